@@ -1,0 +1,147 @@
+"""relay's error hierarchy.
+
+Every failure a request can meet is one of these types. Each carries the HTTP status
+and the short machine-readable ``code`` that clients see; ``relay.responses`` turns
+them into bytes in exactly one place. Nothing here exits the process.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """A request-level failure that maps to an HTTP status."""
+
+    status: int = 500
+    code: str = "internal_error"
+    #: the connection cannot be trusted to be in sync any more (framing errors)
+    close_connection: bool = False
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.code)
+        self.detail = detail or self.code
+
+
+class BadRequest(RelayError):
+    status = 400
+    code = "bad_request"
+    close_connection = True
+
+
+class Unauthorized(RelayError):
+    """Missing or invalid credentials (RFC 6750 ``invalid_token``)."""
+
+    status = 401
+    code = "invalid_token"
+
+    def __init__(self, detail: str = "", reason: str = "invalid_token") -> None:
+        super().__init__(detail)
+        #: the audit reason: expired, bad_signature, unknown_kid, ...
+        self.reason = reason
+
+
+class Forbidden(RelayError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(RelayError):
+    status = 404
+    code = "no_flow"
+
+
+class MethodNotAllowed(RelayError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        super().__init__("method not allowed for this flow")
+        self.allowed = allowed
+
+
+class RequestTimeout(RelayError):
+    status = 408
+    code = "header_timeout"
+    close_connection = True
+
+
+class ExpectationFailed(RelayError):
+    status = 417
+    code = "expectation_failed"
+    close_connection = True
+
+
+class PayloadTooLarge(RelayError):
+    status = 413
+    code = "body_too_large"
+    close_connection = True
+
+
+class HeadersTooLarge(RelayError):
+    status = 431
+    code = "headers_too_large"
+    close_connection = True
+
+
+class NotImplementedMethod(RelayError):
+    status = 501
+    code = "not_implemented"
+    close_connection = True
+
+
+class BadGateway(RelayError):
+    """A sink refused, reset or answered garbage."""
+
+    status = 502
+    code = "sink_failed"
+
+    def __init__(self, detail: str = "", sink: str = "") -> None:
+        super().__init__(detail)
+        self.sink = sink
+
+
+class ServiceUnavailable(RelayError):
+    """Overloaded, draining, or a sink is full: try again later."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, detail: str = "", sink: str = "", retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.sink = sink
+        self.retry_after = retry_after
+
+
+class GatewayTimeout(RelayError):
+    status = 504
+    code = "sink_timeout"
+
+    def __init__(self, detail: str = "", sink: str = "") -> None:
+        super().__init__(detail)
+        self.sink = sink
+
+
+class ConfigProblem:
+    """One thing wrong with a configuration file, located as precisely as we can."""
+
+    __slots__ = ("file", "key", "line", "message")
+
+    def __init__(self, file: str, key: str, message: str, line: int | None = None) -> None:
+        self.file = file
+        self.key = key
+        self.message = message
+        self.line = line
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"ConfigProblem({str(self)!r})"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
