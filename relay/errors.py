@@ -145,3 +145,7 @@ class ConfigError(Exception):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
+
+
+class StartupError(Exception):
+    """relayd cannot start as configured (an address in use, a socket path taken)."""

@@ -1,0 +1,21 @@
+"""relay: an identity-aware data relay daemon.
+
+::
+
+    client ─HTTP─▶ lighttpd ─mod_proxy─▶ relayd ──────────────────────────────▶ sinks
+                                         │ protocol   httptools + fastpath.scan_headers
+                                         │ routing    paths.normalize_path → FlowTable
+                                         │ exchange   one task per request, in order
+                                         │ sinks      http (pooled), file, stream
+                                         │ audit      one JSON line per decision
+    control plane: config.load_config → policy.Policy (immutable) → swapped on reload
+
+Modules: ``cli`` (entry points), ``config`` (validated, frozen configuration),
+``server`` (listeners, reload, shutdown), ``protocol`` (client HTTP/1.1), ``exchange``
+(one request's delivery), ``reply`` (response framing), ``sinks`` (destinations),
+``fastpath`` (the compiled hot path or its pure-Python twin), ``audit``.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

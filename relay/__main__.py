@@ -1,0 +1,3 @@
+from relay.cli import relayd_main
+
+relayd_main()

@@ -1,0 +1,63 @@
+"""Command-line entry points. The only module that exits the process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from relay import __version__
+from relay.config import load_config
+from relay.errors import ConfigError, StartupError
+
+DEFAULT_CONFIG = os.environ.get("RELAY_CONFIG", "conf/relay.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relayd",
+        description="Identity-aware data relay daemon.",
+        epilog="'relayd check -c FILE' validates a configuration without serving (like nginx -t).",
+    )
+    parser.add_argument("command", nargs="?", choices=("serve", "check"), default="serve",
+                        help="serve (default) or check the configuration and exit")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                        help="configuration file (default: %(default)s)")
+    parser.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "info"),
+                        choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--version", action="version", version=f"relayd {__version__}")
+    return parser
+
+
+def relayd_main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"relayd: {args.config}: {len(exc.problems)} problem(s), configuration rejected",
+              file=sys.stderr)
+        sys.exit(1)
+    if args.command == "check":
+        print(f"relayd: {args.config}: configuration ok "
+              f"({len(config.flows)} flows, {len(config.sinks)} sinks, {len(config.issuers)} issuers)")
+        return
+    # imported here so that 'check' works without the event loop libraries loaded
+    import uvloop
+
+    from relay.server import Server
+
+    try:
+        uvloop.run(Server(config).run())
+    except StartupError as exc:
+        print(f"relayd: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,90 @@
+"""One request's journey through its flow: deliver to the sink, answer, audit.
+
+An ``Exchange`` runs as one task per request. The sink streams the body out and the
+answer back through the ``Reply``; whatever goes wrong is a ``RelayError`` and is
+answered by ``Reply.fail`` (the one place errors become responses). Exactly one audit
+record is written per exchange, whatever its outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from relay.errors import RelayError
+from relay.flowcontrol import ClientGone
+from relay.reply import Reply
+from relay.request import Request
+
+if TYPE_CHECKING:
+    from relay.server import ServerContext
+
+log = logging.getLogger("relay.exchange")
+
+
+class Exchange:
+    __slots__ = ("_ctx", "request", "reply", "_error", "_raw_target", "_task", "_on_done", "outcome")
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        request: Request | None,
+        reply: Reply,
+        error: RelayError | None = None,
+        raw_target: bytes = b"",
+    ) -> None:
+        self._ctx = ctx
+        self.request = request
+        self.reply = reply
+        self._error = error
+        self._raw_target = raw_target
+        self._task: asyncio.Task[None] | None = None
+        self._on_done: Callable[[Exchange], None] | None = None
+        #: the audit reason: "relayed", or the error code / failure that decided the answer
+        self.outcome = "relayed"
+
+    @classmethod
+    def rejected(cls, ctx: ServerContext, err: RelayError, reply: Reply, raw_target: bytes) -> Exchange:
+        """An exchange that only answers ``err`` (a request refused while parsing)."""
+        return cls(ctx, None, reply, err, raw_target)
+
+    @property
+    def request_drained(self) -> bool:
+        """The client's request was read to its end, so the connection is in step."""
+        return self.request is not None and self.request.body.drained
+
+    def start(self, on_done: Callable[[Exchange], None]) -> None:
+        self._on_done = on_done
+        self._task = self._ctx.loop.create_task(self._run())
+
+    def client_gone(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        request = self.request
+        try:
+            if self._error is not None:
+                raise self._error
+            assert request is not None
+            await request.flow.sink.relay(request, self.reply)
+        except RelayError as err:
+            self.outcome = err.code
+            self.reply.fail(err)
+        except (ClientGone, asyncio.CancelledError):
+            self.outcome = "client_gone"
+            self.reply.keep_alive = False
+        except Exception:
+            log.exception("request %s failed unexpectedly", self.reply.request_id)
+            self.outcome = "internal_error"
+            self.reply.fail(RelayError("internal error"))
+        finally:
+            self._ctx.audit.record_exchange(self)
+            if self._on_done is not None:
+                self._on_done(self)
+
+    @property
+    def raw_target(self) -> bytes:
+        return self._raw_target

@@ -1,0 +1,330 @@
+"""The client side of HTTP/1.1: one ``ClientConnection`` per accepted connection.
+
+The protocol object only moves bytes: it feeds httptools, applies relay's own strictness
+(head size, Host rules, framing, path normalization, routing) when a head completes, and
+hands each request to an ``Exchange`` that talks to the sinks. Exchanges on one connection
+run one at a time, in order; pipelined requests wait in a queue while reading is paused.
+
+Parsing state lives in one place (``_state``); everything the parser reports after a
+head has completed belongs to that request's body, so chunked trailers (which httptools
+reports through ``on_header``) can never become headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+import httptools
+
+from relay.errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    NotImplementedMethod,
+    PayloadTooLarge,
+    RelayError,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from relay.exchange import Exchange
+from relay.fastpath import scan_headers
+from relay.flowcontrol import ClientGone, ReadGate, RequestBody
+from relay.paths import normalize_path
+from relay.reply import Reply
+from relay.request import Request
+from relay.responses import error_response
+
+if TYPE_CHECKING:
+    from relay.server import ServerContext
+
+log = logging.getLogger("relay.protocol")
+
+#: one read's worth of slack before the coarse head-size guard fires; the exact check
+#: runs when the head completes
+_READ_SLACK = 64 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ParseState(IntEnum):
+    IDLE = 0   # between requests
+    HEAD = 1   # inside a request head
+    BODY = 2   # head done; everything until message end is body (trailers included)
+    DEAD = 3   # a framing error: nothing more is parsed on this connection
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_ctx", "_trusted_peer", "_peer", "_transport", "_parser", "_gate", "_state",
+        "_url", "_headers", "_head_bytes", "_parsing", "_active", "_queue", "_closed",
+        "_write_paused", "deadline",
+    )
+
+    def __init__(self, ctx: ServerContext, trusted_peer: bool) -> None:
+        self._ctx = ctx
+        self._trusted_peer = trusted_peer
+        self._peer = "unix"
+        self._transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._parser = httptools.HttpRequestParser(self)
+        self._gate: ReadGate = None  # type: ignore[assignment]
+        self._state = ParseState.IDLE
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._parsing: Request | None = None      # the request whose body is arriving
+        self._active: Exchange | None = None      # the exchange writing its response
+        self._queue: deque[Exchange] = deque()    # pipelined exchanges waiting their turn
+        self._closed = False
+        self._write_paused = False
+        self.deadline = 0.0
+
+    # --- connection lifecycle ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._gate = ReadGate(transport)
+        ctx = self._ctx
+        if not ctx.admit(self):
+            transport.write(error_response(ServiceUnavailable("too many connections"), "-", False))  # type: ignore[attr-defined]
+            transport.close()
+            self._closed = True
+            return
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple):
+            self._peer = peername[0]
+            self._trusted_peer = self._peer in ctx.trusted_proxies
+        self.deadline = ctx.loop.time() + ctx.header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._ctx.release(self)
+        request = self._parsing
+        if request is not None:
+            request.body.fail(ClientGone())
+        for exchange in (self._active, *self._queue):
+            if exchange is not None:
+                exchange.client_gone()
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._active is not None:
+            self._active.reply.client_paused()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._active is not None:
+            self._active.reply.client_resumed()
+
+    def on_deadline(self) -> None:
+        """The sweep found this connection past its deadline."""
+        if self._closed:
+            return
+        if self._state == ParseState.HEAD:
+            self._fail(RequestTimeout("request head not received in time"))
+        elif self._state == ParseState.BODY and not self._gate.paused:
+            self._fail(RequestTimeout("request body stalled"))
+        elif self._active is None:
+            self._transport.close()  # an idle keep-alive connection: close quietly
+
+    def close_if_idle(self) -> bool:
+        """Close the connection if no request is in progress (used when draining)."""
+        if self._active is None and self._state == ParseState.IDLE and not self._closed:
+            self._transport.close()
+            return True
+        return False
+
+    @property
+    def busy(self) -> bool:
+        return self._active is not None
+
+    # --- bytes in ---------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        state = self._state
+        if state == ParseState.DEAD:
+            return
+        if state != ParseState.BODY:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, RelayError) else BadRequest(str(exc)))
+            return
+        except httptools.HttpParserInvalidMethodError:
+            self._fail(NotImplementedMethod("unknown method"))
+            return
+        except httptools.HttpParserUpgrade:
+            self._fail(BadRequest("protocol upgrade is not allowed"))
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(BadRequest(str(exc)))
+            return
+        if self._state == ParseState.HEAD:
+            if self._head_bytes > self._ctx.max_header_bytes + _READ_SLACK:
+                self._fail(HeadersTooLarge("request head too large"))
+        elif self._state == ParseState.BODY:
+            self.deadline = self._ctx.loop.time() + self._ctx.idle_timeout
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._state = ParseState.HEAD
+        self._url = b""
+        self._headers = []
+        self.deadline = self._ctx.loop.time() + self._ctx.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._state == ParseState.HEAD:
+            self._headers.append((name, value))
+        # a trailer after a chunked body: counted against the head limit, never used
+        elif self._head_bytes + len(name) + len(value) > self._ctx.max_header_bytes:
+            raise HeadersTooLarge("trailers too large")
+        else:
+            self._head_bytes += len(name) + len(value)
+
+    def on_headers_complete(self) -> None:
+        self._state = ParseState.BODY
+        request = self._build_request()
+        self._parsing = request
+        self._head_bytes = 0
+        self.deadline = 0.0
+        self._start(Exchange(self._ctx, request, self._make_reply(request)))
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        if request is not None:
+            request.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        if request is not None:
+            request.body.feed_eof()
+            self._parsing = None
+        self._state = ParseState.IDLE
+
+    # --- the head: relay's own strictness ------------------------------------------------
+
+    def _build_request(self) -> Request:
+        ctx = self._ctx
+        parser = self._parser
+        headers = self._headers
+        head_size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in headers)
+        if head_size > ctx.max_header_bytes:
+            raise HeadersTooLarge("request head too large")
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise BadRequest(f"unsupported HTTP version {version}")
+        method = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise BadRequest("CONNECT is not allowed")
+        route_path, forward_path, query = normalize_path(self._url)
+        policy = ctx.policy
+        route_error: RelayError | None = None
+        try:
+            flow = policy.table.match(route_path, method)
+            drop = flow.drop
+        except (NotFound, MethodNotAllowed) as exc:
+            route_error = exc
+            flow = None  # type: ignore[assignment]
+            drop = policy.default_drop
+        scan = scan_headers(headers, drop)
+        if scan.host is None and version == "1.1":
+            raise BadRequest("missing Host header")
+        if scan.upgrade:
+            raise BadRequest("protocol upgrade is not allowed")
+        if scan.expect is not None and scan.expect != b"100-continue":
+            raise ExpectationFailed("unsupported Expect")
+        if route_error is not None:
+            raise route_error
+        if scan.content_length > flow.max_body:
+            raise PayloadTooLarge(f"body of {scan.content_length} bytes exceeds the flow's limit")
+        if self._trusted_peer:
+            client = scan.forwarded_for.decode("latin-1") if scan.forwarded_for else self._peer
+        else:
+            client = self._peer
+        has_body = scan.chunked or scan.content_length > 0
+        expects_continue = scan.expect is not None and has_body and version == "1.1"
+        body = RequestBody(
+            self._gate,
+            flow.max_body,
+            complete=not has_body,
+            on_first_read=self._send_continue if expects_continue else None,
+        )
+        target = forward_path + b"?" + query if query else forward_path
+        return Request(
+            ctx.next_request_id(), method, version, route_path, target, scan, flow, client,
+            body, parser.should_keep_alive() and not ctx.draining, ctx.loop.time(),
+        )
+
+    def _make_reply(self, request: Request) -> Reply:
+        return Reply(
+            self._transport, request.request_id, request.head_only,
+            request.version == "1.0", request.keep_alive, self._write_paused,
+        )
+
+    def _send_continue(self) -> None:
+        if self._active is not None and not self._active.reply.started:
+            self._transport.write(_CONTINUE)
+
+    # --- errors detected while parsing ---------------------------------------------------
+
+    def _fail(self, err: RelayError) -> None:
+        """The parser side failed: answer ``err`` in turn and close, parsing nothing more."""
+        self._state = ParseState.DEAD
+        self._gate.pause("dead")
+        request = self._parsing
+        self._parsing = None
+        if request is not None and not request.body.complete:
+            # the exchange of this request is reading its body: let it answer
+            request.body.fail(err)
+            return
+        if not self._closed:
+            request_id = self._ctx.next_request_id()
+            reply = Reply(self._transport, request_id, False, False, False, self._write_paused)
+            self._start(Exchange.rejected(self._ctx, err, reply, self._url))
+
+    # --- running exchanges in order ------------------------------------------------------
+
+    def _start(self, exchange: Exchange) -> None:
+        if self._active is None:
+            self._active = exchange
+            exchange.start(self._exchange_done)
+        else:
+            self._queue.append(exchange)
+            self._gate.pause("pipeline")
+
+    def _exchange_done(self, exchange: Exchange) -> None:
+        self._active = None
+        if self._closed:
+            return
+        if not exchange.reply.keep_alive or not exchange.request_drained:
+            # the connection is out of step with the client (unread body, error, close)
+            self._state = ParseState.DEAD
+            self._transport.close()
+            return
+        if self._queue:
+            nxt = self._queue.popleft()
+            if not self._queue:
+                self._gate.resume("pipeline")
+            self._active = nxt
+            nxt.reply.producer = None
+            if self._write_paused:
+                nxt.reply.client_paused()
+            nxt.start(self._exchange_done)
+        elif self._state == ParseState.IDLE:
+            self.deadline = self._ctx.loop.time() + self._ctx.idle_timeout
+
+    def abort(self) -> None:
+        """Drop the connection at once (the end of a shutdown grace period)."""
+        if not self._closed:
+            self._transport.abort()

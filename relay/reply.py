@@ -1,0 +1,162 @@
+"""Writing one response back to the client.
+
+A sink hands relay the upstream's answer either whole (``send_whole``: relay holds every
+byte, so it may promise a Content-Length) or as a stream (``begin``/``write``/``end``:
+chunked to HTTP/1.1 clients, close-delimited to HTTP/1.0 ones). relay never announces
+a Content-Length it does not already hold, because a short body behind a Content-Length
+leaves lighttpd's client hanging; a stream that breaks is cut off without its last
+chunk, which every client recognises as truncation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from enum import IntEnum
+from typing import Protocol
+
+from relay.errors import RelayError
+from relay.responses import error_response, status_line
+
+
+class Producer(Protocol):
+    """Whatever feeds the response (an upstream connection); paused when the client is slow."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class ReplyState(IntEnum):
+    NOT_STARTED = 0
+    STREAMING = 1
+    DONE = 2
+    ABORTED = 3
+
+
+_NO_BODY_STATUSES = frozenset((204, 304))
+
+
+class Reply:
+    """The response half of one exchange."""
+
+    __slots__ = (
+        "_transport", "request_id", "_rid_header", "_head_only", "_http10",
+        "keep_alive", "state", "status", "bytes_out", "producer", "_client_paused",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        request_id: str,
+        head_only: bool,
+        http10: bool,
+        keep_alive: bool,
+        client_paused: bool,
+    ) -> None:
+        self._transport = transport
+        self.request_id = request_id
+        self._rid_header = b"X-Relay-Request-Id: " + request_id.encode("ascii") + b"\r\n"
+        self._head_only = head_only
+        self._http10 = http10
+        self.keep_alive = keep_alive
+        self.state = ReplyState.NOT_STARTED
+        self.status = 0
+        self.bytes_out = 0
+        self.producer: Producer | None = None
+        self._client_paused = client_paused
+
+    @property
+    def started(self) -> bool:
+        return self.state != ReplyState.NOT_STARTED
+
+    def _connection_header(self) -> bytes:
+        if not self.keep_alive:
+            return b"Connection: close\r\n"
+        return b"Connection: keep-alive\r\n" if self._http10 else b""
+
+    def send_whole(self, status: int, headers: bytes, body: Sequence[bytes], length: int) -> None:
+        """Send a response whose body (``length`` bytes, in ``body``) relay already holds.
+
+        For HEAD, ``body`` is empty and ``length`` is the upstream's Content-Length.
+        """
+        self.status = status
+        if status in _NO_BODY_STATUSES:
+            framing = b""
+            body = ()
+        else:
+            framing = b"Content-Length: %d\r\n" % length
+            if self._head_only:
+                body = ()
+        self._transport.writelines((
+            status_line(status), headers, self._rid_header, framing,
+            self._connection_header(), b"\r\n", *body,
+        ))
+        self.bytes_out = length if body else 0
+        self.state = ReplyState.DONE
+
+    def begin(self, status: int, headers: bytes) -> None:
+        """Start a streamed response; ``write`` the body, then ``end``."""
+        self.status = status
+        if self._http10:
+            # HTTP/1.0 has no chunked encoding: the end of the body is the end of the connection.
+            self.keep_alive = False
+            framing = b""
+        else:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        self._transport.writelines((
+            status_line(status), headers, self._rid_header, framing,
+            self._connection_header(), b"\r\n",
+        ))
+        self.state = ReplyState.STREAMING
+
+    def write(self, data: bytes) -> None:
+        if not data or self.state != ReplyState.STREAMING:
+            return
+        self.bytes_out += len(data)
+        if self._http10:
+            self._transport.write(data)
+        else:
+            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
+    def end(self) -> None:
+        if self.state == ReplyState.STREAMING:
+            if not self._http10:
+                self._transport.write(b"0\r\n\r\n")
+            self.state = ReplyState.DONE
+
+    def fail(self, err: RelayError) -> None:
+        """Answer with ``err`` if nothing was sent yet; otherwise cut the response off."""
+        if self.state == ReplyState.NOT_STARTED:
+            if err.close_connection:
+                self.keep_alive = False
+            self.status = err.status
+            self._transport.write(
+                error_response(err, self.request_id, self.keep_alive, head_only=self._head_only)
+            )
+            self.state = ReplyState.DONE
+        elif self.state == ReplyState.STREAMING:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close the client connection mid-response so the truncation is visible."""
+        self.keep_alive = False
+        self.state = ReplyState.ABORTED
+        self._transport.close()
+
+    # --- back-pressure from the client socket -------------------------------------------
+
+    def set_producer(self, producer: Producer | None) -> None:
+        self.producer = producer
+        if producer is not None and self._client_paused:
+            producer.pause_reading()
+
+    def client_paused(self) -> None:
+        self._client_paused = True
+        if self.producer is not None:
+            self.producer.pause_reading()
+
+    def client_resumed(self) -> None:
+        self._client_paused = False
+        if self.producer is not None:
+            self.producer.resume_reading()

@@ -1,0 +1,56 @@
+"""What relay knows about one request once its head has been parsed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relay.flowcontrol import RequestBody
+
+if TYPE_CHECKING:
+    from relay.fastpath import HeaderScan
+    from relay.policy import Flow
+
+
+class Request:
+    """One request, from the end of its head until its exchange is done.
+
+    ``forward_target`` is what the upstream receives: the normalized path, re-encoded, and
+    the raw query. ``client`` is the address relay trusts (the peer, or the rightmost
+    X-Forwarded-For entry when the peer is a trusted proxy).
+    """
+
+    __slots__ = (
+        "request_id", "method", "version", "forward_target", "route_path", "headers",
+        "flow", "client", "body", "keep_alive", "head_only", "received_at",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        method: str,
+        version: str,
+        route_path: str,
+        forward_target: bytes,
+        headers: HeaderScan,
+        flow: Flow,
+        client: str,
+        body: RequestBody,
+        keep_alive: bool,
+        received_at: float,
+    ) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.version = version
+        self.route_path = route_path
+        self.forward_target = forward_target
+        self.headers = headers
+        self.flow = flow
+        self.client = client
+        self.body = body
+        self.keep_alive = keep_alive
+        self.head_only = method == "HEAD"
+        self.received_at = received_at
+
+    @property
+    def has_body(self) -> bool:
+        return self.headers.chunked or self.headers.content_length > 0

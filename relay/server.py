@@ -1,0 +1,257 @@
+"""The daemon: listeners, the shared request context, reload and graceful shutdown.
+
+``Server.run`` binds every ``server.listen`` address (TCP and Unix sockets side by side),
+serves until SIGTERM/SIGINT, and then drains: listeners close, idle connections close,
+requests in flight get ``server.shutdown_grace`` to finish. SIGHUP reloads the config as a
+transaction (the old policy keeps serving when the new file is invalid); SIGUSR1 reopens
+the audit file after rotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import socket
+import stat
+
+from relay.audit import AuditLog
+from relay.config import Config, ListenAddress, ServerConfig, load_config
+from relay.errors import ConfigError, StartupError
+from relay.policy import Policy
+from relay.protocol import ClientConnection
+from relay.sinks import Sink, build_sink
+from relay.timers import Deadlines
+
+log = logging.getLogger("relay.server")
+
+_BACKLOG = 1024
+
+
+class ServerContext:
+    """What every client connection shares: limits, the current policy, ids, the sweep."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        server: ServerConfig,
+        policy: Policy,
+        audit: AuditLog,
+        deadlines: Deadlines,
+    ) -> None:
+        self.loop = loop
+        self.policy = policy
+        self.audit = audit
+        self.deadlines = deadlines
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self._request_prefix = secrets.token_hex(4)
+        self._request_counter = 0
+        self.apply(server)
+
+    def apply(self, server: ServerConfig) -> None:
+        self.max_header_bytes = server.max_header_bytes
+        self.header_timeout = server.header_timeout
+        self.idle_timeout = server.idle_timeout
+        self.max_connections = server.max_connections
+        self.trusted_proxies = frozenset(
+            str(ipaddress.ip_address(p)) for p in server.trusted_proxies if p != "unix"
+        )
+        self.trust_unix_peers = "unix" in server.trusted_proxies
+
+    def next_request_id(self) -> str:
+        self._request_counter += 1
+        return f"{self._request_prefix}-{self._request_counter:08x}"
+
+    def admit(self, conn: ClientConnection) -> bool:
+        if len(self.connections) >= self.max_connections or self.draining:
+            return False
+        self.connections.add(conn)
+        self.deadlines.watch(conn)
+        return True
+
+    def release(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        self.deadlines.unwatch(conn)
+
+
+def _prepare_unix_path(path: str) -> None:
+    """Make room for a Unix socket at ``path``: replace a stale socket, refuse anything else."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # nobody is listening: a leftover from a crashed run
+        return
+    finally:
+        probe.close()
+    raise StartupError(f"{path} is in use by a running server")
+
+
+def _bind_unix(path: str, mode: int) -> socket.socket:
+    _prepare_unix_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # the umask makes the socket file appear with its final mode: no window where it is wider
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    return sock
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._listeners: dict[ListenAddress, asyncio.AbstractServer] = {}
+        self._stop: asyncio.Event | None = None
+        self._ctx: ServerContext | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    async def run(self) -> None:
+        """Serve until asked to stop, then drain. Raises StartupError when it cannot bind."""
+        loop = asyncio.get_running_loop()
+        config = self._config
+        self._stop = asyncio.Event()
+        deadlines = Deadlines(loop)
+        audit = AuditLog(config.audit, loop)
+        sinks = {name: build_sink(sink, deadlines) for name, sink in config.sinks.items()}
+        self._ctx = ctx = ServerContext(loop, config.server, Policy(config, sinks, 1), audit, deadlines)
+        try:
+            await self._bind(config.server)
+        except BaseException:
+            await self._close_listeners()
+            audit.close()
+            raise
+        deadlines.start()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, audit.reopen)
+        log.info("relayd serving on %s", ", ".join(a.spec for a in config.server.listen))
+        await self._stop.wait()
+        await self._drain(config.server.shutdown_grace)
+        deadlines.stop()
+        for sink in ctx.policy.sinks.values():
+            await sink.close()
+        audit.close()
+        log.info("relayd stopped")
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    # --- listeners ---------------------------------------------------------------------
+
+    async def _bind(self, server: ServerConfig) -> None:
+        for address in server.listen:
+            if address not in self._listeners:
+                self._listeners[address] = await self._listen(address, server)
+
+    async def _listen(self, address: ListenAddress, server: ServerConfig) -> asyncio.AbstractServer:
+        ctx = self._ctx
+        assert ctx is not None
+        loop = ctx.loop
+        try:
+            if address.path is not None:
+                sock = _bind_unix(address.path, server.socket_mode)
+                return await loop.create_unix_server(
+                    lambda: ClientConnection(ctx, ctx.trust_unix_peers), sock=sock, backlog=_BACKLOG
+                )
+            return await loop.create_server(
+                lambda: ClientConnection(ctx, False), address.host, address.port,
+                reuse_address=True, backlog=_BACKLOG,
+            )
+        except OSError as exc:
+            reason = "address in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise StartupError(f"cannot listen on {address.spec}: {reason}") from None
+
+    async def _close_listeners(self, keep: frozenset[ListenAddress] = frozenset()) -> None:
+        for address in [a for a in self._listeners if a not in keep]:
+            listener = self._listeners.pop(address)
+            listener.close()
+            await listener.wait_closed()
+            if address.path is not None:
+                try:
+                    os.unlink(address.path)
+                except FileNotFoundError:
+                    pass
+
+    # --- reload ------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        asyncio.get_running_loop().create_task(self.apply_reload())
+
+    async def apply_reload(self) -> list[str]:
+        """Load the config file again and switch to it; on any error keep the running one.
+
+        Returns the problems found (empty on success). Listeners that did not change
+        stay bound; sinks whose configuration did not change are kept with their pools.
+        """
+        ctx = self._ctx
+        assert ctx is not None
+        try:
+            config = load_config(self._config.path)
+        except ConfigError as exc:
+            problems = [str(p) for p in exc.problems]
+            for problem in problems:
+                log.error("reload rejected: %s", problem)
+            return problems
+        old_policy = ctx.policy
+        sinks: dict[str, Sink] = {}
+        for name, sink_config in config.sinks.items():
+            old = old_policy.sinks.get(name)
+            same = old is not None and old_policy.config.sinks[name] == sink_config
+            sinks[name] = old if same and old is not None else build_sink(sink_config, ctx.deadlines)
+        try:
+            await self._bind(config.server)
+        except StartupError as exc:
+            log.error("reload rejected: %s", exc)
+            await self._close_listeners(keep=frozenset(self._config.server.listen))
+            return [str(exc)]
+        await self._close_listeners(keep=frozenset(config.server.listen))
+        ctx.apply(config.server)
+        ctx.policy = Policy(config, sinks, old_policy.version + 1)
+        self._config = config
+        retired = [s for name, s in old_policy.sinks.items() if sinks.get(name) is not s]
+        if retired:
+            # requests already using them finish first
+            ctx.loop.call_later(config.server.shutdown_grace, self._close_sinks, retired)
+        log.info("reloaded %s: policy version %d, %d flows", config.path, ctx.policy.version, len(config.flows))
+        return []
+
+    def _close_sinks(self, sinks: list[Sink]) -> None:
+        for sink in sinks:
+            asyncio.get_running_loop().create_task(sink.close())
+
+    # --- shutdown ----------------------------------------------------------------------
+
+    async def _drain(self, grace: float) -> None:
+        ctx = self._ctx
+        assert ctx is not None
+        ctx.draining = True
+        await self._close_listeners()
+        deadline = ctx.loop.time() + grace
+        while True:
+            for conn in list(ctx.connections):
+                conn.close_if_idle()
+            if not any(conn.busy for conn in ctx.connections) or ctx.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(ctx.connections):
+            conn.abort()

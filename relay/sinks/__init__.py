@@ -1,0 +1,17 @@
+"""Sinks: the destinations flows deliver to. One module per kind."""
+
+from __future__ import annotations
+
+from relay.config import HttpSinkConfig, SinkConfig
+from relay.sinks.base import Sink
+from relay.sinks.http import HttpSink
+from relay.timers import Deadlines
+
+__all__ = ["Sink", "build_sink"]
+
+
+def build_sink(config: SinkConfig, deadlines: Deadlines) -> Sink:
+    """The running sink for ``config``."""
+    if isinstance(config, HttpSinkConfig):
+        return HttpSink(config, deadlines)
+    raise NotImplementedError(f"sink type {config.type!r} is not available in this build")

@@ -1,0 +1,52 @@
+"""Coarse deadlines for connections, without a timer per request.
+
+Every object that can time out (a client connection waiting for its head, an upstream
+exchange waiting for an answer) carries a ``deadline`` attribute (loop time, or 0.0 for
+"none") and an ``on_deadline()`` method. One periodic sweep checks them all. Moving a
+deadline is a float assignment, so the per-request hot path creates and cancels no
+timer handles; the price is a resolution of one ``tick``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+
+class Expiring(Protocol):
+    deadline: float
+
+    def on_deadline(self) -> None: ...
+
+
+class Deadlines:
+    """A set of expiring objects swept every ``tick`` seconds."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.1) -> None:
+        self._loop = loop
+        self._tick = tick
+        self._watched: set[Expiring] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def watch(self, obj: Expiring) -> None:
+        self._watched.add(obj)
+
+    def unwatch(self, obj: Expiring) -> None:
+        self._watched.discard(obj)
+
+    def start(self) -> None:
+        if self._handle is None:
+            self._handle = self._loop.call_later(self._tick, self._sweep)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _sweep(self) -> None:
+        now = self._loop.time()
+        expired = [obj for obj in self._watched if 0.0 < obj.deadline <= now]
+        for obj in expired:
+            obj.deadline = 0.0
+            obj.on_deadline()
+        self._handle = self._loop.call_later(self._tick, self._sweep)
