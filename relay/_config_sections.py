@@ -1,0 +1,359 @@
+"""Builders for the sections of the configuration: [server], [audit], [[issuer]], [sink.*].
+
+Each builder reads its table through :class:`relay._config_read.Table`, so a wrong
+value is recorded and checking goes on; defaults come from "blank" instances of the
+dataclasses, never repeated here. ``build`` assembles the whole :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+from relay._config_flows import build_flows
+from relay._config_read import (
+    HEADER_NAME,
+    NAME,
+    NAME_RULE,
+    Problems,
+    Table,
+    array_of_tables,
+    label,
+)
+from relay._toml_locate import join_key
+from relay.config import (
+    SIGNING_ALGORITHMS,
+    AuditConfig,
+    ClaimsMapping,
+    Config,
+    FileSinkConfig,
+    HttpSinkConfig,
+    IssuerConfig,
+    ListenAddress,
+    RedisStreamSinkConfig,
+    ServerConfig,
+    SinkConfig,
+    parse_listen,
+)
+from relay.config_checks import check_flows
+from relay.errors import ConfigError
+
+_MODE = re.compile(r"0?[0-7]{3}")
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+_KiB = 1024
+_TiB = 1024**4
+_DAY = 86400.0
+
+_SERVER = ServerConfig(listen=())
+_ISSUER = IssuerConfig(name="", issuer="", audiences=())
+_HTTP = HttpSinkConfig(name="", url="", host="", port=0, base_path="")
+_FILE = FileSinkConfig(name="", path="")
+_REDIS = RedisStreamSinkConfig(name="", url="", stream="")
+
+
+def build(data: dict[str, Any], text: str, path: str) -> Config:
+    """Validate parsed TOML ``data`` (from ``text`` in file ``path``) as a whole."""
+    problems = Problems(path, text)
+    root = Table(problems, data, "", ("server", "audit", "issuer", "sink", "flow"))
+    server = _server(root)
+    audit = _audit(root)
+    issuers = _issuers(root)
+    sinks = _sinks(root)
+    declared_sinks = list(root.table("sink") or ())
+    declared_issuers = [i.name for i in issuers]
+    flows = build_flows(root, array_of_tables(root, "flow"), declared_sinks, declared_issuers)
+    check_flows(problems, flows, bool(issuers))
+    if problems.items:
+        raise ConfigError(sorted(problems.items, key=lambda p: p.line or 1 << 30))
+    return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows)
+
+
+def _section(root: Table, name: str, allowed: tuple[str, ...]) -> Table:
+    return Table(root.problems, root.table(name) or {}, name, allowed)
+
+
+def _server(root: Table) -> ServerConfig:
+    if not root.has("server"):
+        root.problem("server", "the [server] table is missing")
+    t = _section(root, "server", (
+        "listen", "workers", "admin_socket", "socket_mode", "max_header_bytes", "header_timeout",
+        "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
+    ))  # fmt: skip
+    admin = t.file_path("admin_socket", _SERVER.admin_socket)
+    if admin is not None and len(os.fsencode(admin)) > 107:
+        t.problem("admin_socket", f"socket path {admin} is longer than 107 bytes")
+    return ServerConfig(
+        listen=_listen(t),
+        workers=t.integer("workers", _SERVER.workers, 1, 64),
+        admin_socket=admin,
+        socket_mode=_socket_mode(t),
+        max_header_bytes=t.size("max_header_bytes", _SERVER.max_header_bytes, _KiB, 1024 * _KiB),
+        header_timeout=t.duration("header_timeout", _SERVER.header_timeout, 0.001, _DAY),
+        idle_timeout=t.duration("idle_timeout", _SERVER.idle_timeout, 0.001, _DAY),
+        shutdown_grace=t.duration("shutdown_grace", _SERVER.shutdown_grace, 0.0, _DAY),
+        max_connections=t.integer("max_connections", _SERVER.max_connections, 1, 1_000_000),
+        trusted_proxies=_trusted_proxies(t),
+        strip_headers=_strip_headers(t, "strip_headers", _SERVER.strip_headers),
+    )
+
+
+def _listen(t: Table) -> tuple[ListenAddress, ...]:
+    if not t.has("listen"):
+        t.problem("listen", 'required key \'listen\' is missing, e.g. ["127.0.0.1:8081"]')
+    specs = t.strings("listen", ())
+    found: dict[tuple[str | None, int | None, str | None], int] = {}
+    out = []
+    for i, spec in enumerate(specs):
+        key = f"{t.path('listen')}[{i}]"
+        try:
+            addr = parse_listen(spec)
+        except ValueError as e:
+            t.report(key, str(e))
+            continue
+        where = (addr.host, addr.port, addr.path)
+        if where in found and addr.port != 0 and spec not in specs[:i]:
+            t.report(key, f"'{spec}' is the same socket as listen[{found[where]}]")
+        found.setdefault(where, i)
+        out.append(addr)
+    return tuple(out)
+
+
+def _socket_mode(t: Table) -> int:
+    value = t.data.get("socket_mode")
+    if value is None:
+        return _SERVER.socket_mode
+    if isinstance(value, str) and _MODE.fullmatch(value):
+        return int(value, 8)
+    # an integer is refused: socket_mode = 660 would silently mean 0o1224
+    t.problem("socket_mode", 'must be an octal string such as "0660"')
+    return _SERVER.socket_mode
+
+
+def _trusted_proxies(t: Table) -> tuple[str, ...]:
+    out = []
+    for i, entry in enumerate(t.strings("trusted_proxies", _SERVER.trusted_proxies, allow_empty=True)):
+        if entry == "unix":
+            out.append(entry)
+            continue
+        try:
+            out.append(str(ipaddress.ip_address(entry)))
+        except ValueError:
+            t.report(f"{t.path('trusted_proxies')}[{i}]", f"'{entry}' is neither \"unix\" nor an IP address")
+    return tuple(out)
+
+
+def _strip_headers(t: Table, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Header names to remove, lowercased; a trailing "*" makes a prefix."""
+    out = []
+    for i, header in enumerate(t.strings(name, default, allow_empty=True)):
+        if HEADER_NAME.fullmatch(header.removesuffix("*")):
+            out.append(header.lower())
+        else:
+            t.report(f"{t.path(name)}[{i}]", f"'{header}' is not a header name")
+    return tuple(out)
+
+
+def _audit(root: Table) -> AuditConfig:
+    t = _section(root, "audit", ("path", "chain"))
+    default = AuditConfig()
+    path = t.string("path", default.path)
+    return AuditConfig(
+        path=path if path == "-" else t.file_path("path", default.path),
+        chain=t.boolean("chain", default.chain),
+    )
+
+
+def _issuers(root: Table) -> tuple[IssuerConfig, ...]:
+    out: list[IssuerConfig] = []
+    for i, data in array_of_tables(root, "issuer"):
+        t = Table(root.problems, data, f"issuer[{i}]", (
+            "name", "issuer", "audiences", "jwks_file", "jwks_url", "discovery_url",
+            "algorithms", "refresh", "leeway", "claims", "max_token_bytes",
+        ), label("issuer", data))  # fmt: skip
+        name = t.require_str("name")
+        if name and not NAME.fullmatch(name):
+            t.problem("name", f"'{name}' is not {NAME_RULE}")
+        issuer = t.require_str("issuer")
+        for other in out:
+            if name and name == other.name:
+                t.problem("name", f"issuer name '{name}' is already used")
+            if issuer and issuer == other.issuer:
+                t.problem("issuer", f"'{issuer}' is already configured by issuer '{other.name}'")
+        if not t.has("audiences"):
+            t.problem("audiences", "required key 'audiences' is missing")
+        sources = [k for k in ("jwks_file", "jwks_url", "discovery_url") if t.has(k)]
+        if len(sources) != 1:
+            t.problem(sources[1] if sources[1:] else "", "set exactly one of jwks_file, jwks_url, discovery_url")
+        out.append(IssuerConfig(
+            name=name,
+            issuer=issuer,
+            audiences=t.strings("audiences", ()),
+            jwks_file=t.file_path("jwks_file", None),
+            jwks_url=_fetch_url(t, "jwks_url"),
+            discovery_url=_fetch_url(t, "discovery_url"),
+            algorithms=_algorithms(t),
+            refresh=t.duration("refresh", _ISSUER.refresh, 10.0, 7 * _DAY),
+            leeway=t.duration("leeway", _ISSUER.leeway, 0.0, 60.0),
+            claims=_claims(t),
+            max_token_bytes=t.size("max_token_bytes", _ISSUER.max_token_bytes, 256, 64 * _KiB),
+        ))  # fmt: skip
+    return tuple(out)
+
+
+def _fetch_url(t: Table, name: str) -> str | None:
+    """A key-fetching URL: https, or http only to this machine (a test identity provider)."""
+    url = t.string(name, None)
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname
+    except ValueError:
+        scheme, host = "", None
+    if not host or scheme not in ("http", "https"):
+        t.problem(name, f"'{url}' is not an http(s) URL")
+    elif scheme == "http" and host not in _LOOPBACK_HOSTS:
+        t.problem(name, "keys must be fetched over https (plain http is allowed to localhost only)")
+    return url
+
+
+def _algorithms(t: Table) -> tuple[str, ...]:
+    algorithms = t.strings("algorithms", _ISSUER.algorithms)
+    for i, alg in enumerate(algorithms):
+        if alg in SIGNING_ALGORITHMS:
+            continue
+        if alg.lower() == "none":
+            why = "'none' is refused: tokens must be signed"
+        elif alg.upper().startswith("HS"):
+            why = (f"'{alg}' is refused: HMAC needs a shared secret, and relay verifies "
+                   "with the issuer's public keys only")  # fmt: skip
+        else:
+            close = difflib.get_close_matches(alg, SIGNING_ALGORITHMS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            why = f"unknown algorithm '{alg}'{hint}; use {', '.join(SIGNING_ALGORITHMS)}"
+        t.report(f"{t.path('algorithms')}[{i}]", why)
+    return algorithms
+
+
+def _claims(t: Table) -> ClaimsMapping:
+    data = t.table("claims")
+    if data is None:
+        return _ISSUER.claims
+    c = Table(t.problems, data, t.path("claims"), ("subject", "groups", "scopes"), t.label)
+    default = _ISSUER.claims
+    mapped = {k: c.string(k, getattr(default, k)) for k in ("subject", "groups", "scopes")}
+    for key, claim in mapped.items():
+        if not claim or claim.startswith(".") or claim.endswith("."):
+            c.problem(key, f"'{claim}' is not a claim name or dotted path")
+    return ClaimsMapping(**mapped)
+
+
+def _sinks(root: Table) -> dict[str, SinkConfig]:
+    sinks: dict[str, SinkConfig] = {}
+    for name, data in (root.table("sink") or {}).items():
+        key = join_key("sink", name)
+        if not NAME.fullmatch(name):
+            root.report(key, f"sink name '{name}' is not {NAME_RULE}")
+        if not isinstance(data, dict):
+            root.report(key, f"must be a table: write [sink.{name}]")
+            continue
+        kind = data.get("type")
+        builder = _SINK_TYPES.get(kind) if isinstance(kind, str) else None
+        if builder is None:
+            choices = ", ".join(_SINK_TYPES)
+            what = f"unknown sink type '{kind}'" if "type" in data else "required key 'type' is missing"
+            root.report(join_key(key, "type"), f"{what} (one of {choices})")
+            continue
+        allowed, make = builder
+        sinks[name] = make(Table(root.problems, data, key, ("type", *allowed)), name)
+    return sinks
+
+
+def _http_sink(t: Table, name: str) -> HttpSinkConfig:
+    url = t.require_str("url")
+    host, port, base = "", 0, ""
+    parts = _split_url(t, url)
+    if parts is not None:
+        if parts.scheme == "https":
+            t.problem("url", "https upstreams are not supported yet: use http:// to an upstream "
+                             "on a trusted network")  # fmt: skip
+        elif parts.scheme != "http":
+            t.problem("url", f"'{url}' must start with http://")
+        elif parts.query or parts.fragment or parts.username is not None:
+            t.problem("url", "must not carry a query, fragment or user:password")
+        elif any(c in parts.path for c in "%;\\") or "/." in parts.path or "//" in parts.path:
+            t.problem("url", f"base path '{parts.path}' must be plain, without '%', '//' or dot segments")
+        host, port, base = parts.hostname or "", parts.port or 80, parts.path.rstrip("/")
+    return HttpSinkConfig(
+        name=name, url=url, host=host, port=port, base_path=base,
+        timeout=t.duration("timeout", _HTTP.timeout, 0.001, _DAY),
+        connect_timeout=t.duration("connect_timeout", _HTTP.connect_timeout, 0.001, 600.0),
+        pool_size=t.integer("pool_size", _HTTP.pool_size, 0, 4096),
+    )  # fmt: skip
+
+
+def _split_url(t: Table, url: str) -> SplitResult | None:
+    """``url`` split, with a host and a valid port; None (and a problem) otherwise."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError as e:
+        t.problem("url", f"cannot read '{url}': {e}")
+        return None
+    if not parts.hostname and parts.scheme != "unix":
+        t.problem("url", f"'{url}' has no host")
+        return None
+    return parts
+
+
+def _file_sink(t: Table, name: str) -> FileSinkConfig:
+    if not t.has("path"):
+        t.problem("path", "required key 'path' is missing")
+    fsync = t.choice("fsync", _FILE.fsync, ("always", "interval", "never"))
+    if t.has("fsync_interval") and fsync != "interval":
+        t.problem("fsync_interval", f'only applies with fsync = "interval", not "{fsync}"')
+    return FileSinkConfig(
+        name=name,
+        path=t.file_path("path", ""),
+        format=t.choice("format", _FILE.format, ("ndjson", "raw")),
+        fsync=fsync,
+        fsync_interval=t.duration("fsync_interval", _FILE.fsync_interval, 0.001, 3600.0),
+        rotate=t.size("rotate", _FILE.rotate, _KiB, _TiB),
+        rotate_interval=t.duration("rotate_interval", _FILE.rotate_interval, 1.0, 366 * _DAY),
+    )
+
+
+def _redis_sink(t: Table, name: str) -> RedisStreamSinkConfig:
+    url = t.require_str("url")
+    parts = _split_url(t, url)
+    if parts is not None:
+        if parts.scheme == "rediss":
+            t.problem("url", "TLS to Redis (rediss://) is not supported yet")
+        elif parts.scheme not in ("redis", "unix"):
+            t.problem("url", f"'{url}' must start with redis:// or unix://")
+        elif parts.scheme == "redis" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            t.problem("url", f"database '{parts.path.strip('/')}' in '{url}' is not a number")
+    return RedisStreamSinkConfig(
+        name=name,
+        url=url,
+        stream=t.require_str("stream"),
+        maxlen=t.integer("maxlen", _REDIS.maxlen, 1, 2**63 - 1),
+        timeout=t.duration("timeout", _REDIS.timeout, 0.001, 3600.0),
+        entry=t.choice("entry", _REDIS.entry, ("record", "body")),
+    )
+
+
+_SinkBuilder = Callable[[Table, str], SinkConfig]
+_SINK_TYPES: dict[str, tuple[tuple[str, ...], _SinkBuilder]] = {
+    "http": (("url", "timeout", "connect_timeout", "pool_size"), _http_sink),
+    "file": (("path", "format", "fsync", "fsync_interval", "rotate", "rotate_interval"), _file_sink),
+    "redis-stream": (("url", "stream", "maxlen", "timeout", "entry"), _redis_sink),
+}

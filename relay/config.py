@@ -1,0 +1,273 @@
+"""The configuration contract: typed, frozen snapshots built from one TOML file.
+
+``load_config`` reads the file, ``parse_config`` validates it as a whole and returns a
+:class:`Config` or raises one :class:`~relay.errors.ConfigError` listing every problem
+(file, key path such as ``flow[2].allow.groups``, line when it can be found). The
+dataclasses are immutable so a running server can swap a new snapshot in atomically
+and keep serving from the old one when a reload fails. Sections are read in
+``relay._config_sections``; checks that span several flows live in
+``relay.config_checks``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from relay.errors import ConfigError, ConfigProblem
+
+#: spoofable identity headers removed from every inbound request unless overridden
+DEFAULT_STRIP: tuple[str, ...] = (
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-forwarded-access-token",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-preferred-username",
+    "x-auth-request-groups",
+    "x-auth-request-access-token",
+    "x-remote-user",
+    "x-remote-group",
+    "remote-user",
+    "x-user",
+    "x-email",
+)
+DEFAULT_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+SIGNING_ALGORITHMS: tuple[str, ...] = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One listening socket: TCP (``host``/``port``) or Unix (``path``)."""
+
+    spec: str  # as written: "127.0.0.1:8081", "[::1]:8081", "unix:var/run/relay.sock"
+    host: str | None  # IP literal without brackets; None for unix
+    port: int | None  # 0 = ephemeral (tests); None for unix
+    path: str | None  # absolute socket path; None for TCP
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: tuple[ListenAddress, ...]
+    workers: int = 1
+    admin_socket: str | None = None
+    socket_mode: int = 0o660  # applied to Unix listen sockets
+    max_header_bytes: int = 16 * 1024
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    shutdown_grace: float = 30.0  # SIGTERM: time left to in-flight requests
+    max_connections: int = 10000
+    #: peers whose rightmost X-Forwarded-For entry is believed: "unix" = any Unix-socket
+    #: peer, else normalized IP literals
+    trusted_proxies: tuple[str, ...] = ("unix",)
+    #: lowercase header names removed from every inbound request; "x-foo-*" is a prefix
+    strip_headers: tuple[str, ...] = DEFAULT_STRIP
+    #: ``strip_headers`` split for the hot path: exact names and "*" prefixes
+    strip_exact: frozenset[str] = field(init=False, repr=False, compare=False)
+    strip_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        exact = frozenset(h for h in self.strip_headers if not h.endswith("*"))
+        prefixes = tuple(h[:-1] for h in self.strip_headers if h.endswith("*"))
+        object.__setattr__(self, "strip_exact", exact)
+        object.__setattr__(self, "strip_prefixes", prefixes)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    path: str = "-"  # "-" = stdout, else absolute
+    chain: bool = True  # each record carries the hash of the previous one
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimsMapping:
+    """Where an issuer puts identity in its tokens (dotted paths reach nested claims)."""
+
+    subject: str = "sub"
+    groups: str = "groups"
+    scopes: str = "scope"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    name: str
+    issuer: str  # compared exactly with the token's "iss"
+    audiences: tuple[str, ...]
+    jwks_file: str | None = None  # exactly one of the three key sources is set
+    jwks_url: str | None = None
+    discovery_url: str | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")  # pinned, never from the token
+    refresh: float = 600.0
+    leeway: float = 30.0
+    claims: ClaimsMapping = ClaimsMapping()
+    max_token_bytes: int = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSinkConfig:
+    name: str
+    url: str  # as written: "http://host:port[/base]"
+    host: str
+    port: int
+    base_path: str  # "" or "/prefix", never a trailing "/"
+    timeout: float = 30.0  # inactivity over the whole exchange → 504
+    connect_timeout: float = 5.0
+    pool_size: int = 64  # idle keep-alive connections kept
+    type: Literal["http"] = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class FileSinkConfig:
+    name: str
+    path: str  # absolute
+    format: Literal["ndjson", "raw"] = "ndjson"
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval: float = 1.0
+    rotate: int | None = None  # bytes
+    rotate_interval: float | None = None
+    type: Literal["file"] = "file"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStreamSinkConfig:
+    name: str
+    url: str  # redis://host[:port][/db] or unix:///path/to.sock
+    stream: str
+    maxlen: int | None = None  # approximate trim (XADD MAXLEN ~)
+    timeout: float = 5.0
+    entry: Literal["record", "body"] = "record"
+    type: Literal["redis-stream"] = "redis-stream"
+
+
+SinkConfig = HttpSinkConfig | FileSinkConfig | RedisStreamSinkConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An allow or deny rule: every key must match (AND), any listed value does (OR)."""
+
+    subjects: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    claims: tuple[tuple[str, tuple[str, ...]], ...] = ()  # claim path → accepted values
+
+    def is_empty(self) -> bool:
+        """True when the rule constrains nothing (the table was absent)."""
+        return not (self.subjects or self.groups or self.scopes or self.claims)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowHeaders:
+    set: tuple[tuple[str, str], ...] = ()  # header name → value, overwritten downstream
+    strip: tuple[str, ...] = ()  # lowercase names removed before forwarding
+    identity: Literal["none", "plain", "signed"] = "plain"
+    forward_authorization: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlowConfig:
+    name: str
+    path: str  # normalized; a trailing "/" makes it a prefix
+    sink: str
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    auth: Literal["jwt", "none"] = "jwt"
+    issuers: tuple[str, ...] = ()  # () = every issuer
+    allow: Rule = Rule()
+    deny: Rule = Rule()
+    tee: tuple[str, ...] = ()
+    max_body: int = 64 * 1024 * 1024
+    headers: FlowHeaders = FlowHeaders()
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.path.endswith("/")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str  # absolute path of the file loaded
+    server: ServerConfig
+    audit: AuditConfig
+    issuers: tuple[IssuerConfig, ...]
+    sinks: Mapping[str, SinkConfig]  # read-only
+    flows: tuple[FlowConfig, ...]
+
+
+_UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
+
+
+def parse_listen(spec: str) -> ListenAddress:
+    """Parse "127.0.0.1:8081", "[::1]:8081" or "unix:PATH"; raises ValueError.
+
+    Hosts must be IP literals: a name such as "localhost" may resolve to several
+    addresses, and relay would silently listen on only one of them.
+    """
+    if spec.startswith("unix:"):
+        path = os.path.abspath(spec[5:]) if spec[5:] else ""
+        if not path:
+            raise ValueError("'unix:' needs a socket path, e.g. \"unix:var/run/relay.sock\"")
+        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+            raise ValueError(f"socket path {path} is longer than {_UNIX_PATH_MAX} bytes")
+        return ListenAddress(spec, None, None, path)
+    if spec.startswith("["):
+        host, sep, port = spec[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"cannot read '{spec}': write an IPv6 address as \"[::1]:8081\"")
+    else:
+        host, sep, port = spec.rpartition(":")
+        if not sep:
+            raise ValueError(f"'{spec}' needs a port (\"127.0.0.1:8081\") or a \"unix:\" path")
+        if ":" in host:
+            raise ValueError(f"put the IPv6 address of '{spec}' in brackets: \"[{host}]:{port}\"")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"'{host}' in '{spec}' is not an IP address literal") from None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port '{port}' in '{spec}' is not a number from 0 to 65535")
+    return ListenAddress(spec, str(ip), int(port), None)
+
+
+_SYNTAX_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the TOML file at ``path``; raises ConfigError listing every problem."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError([ConfigProblem(path, "", f"cannot read: {e.strerror or e}")]) from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError([ConfigProblem(path, "", "not valid UTF-8", line)]) from e
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: str) -> Config:
+    """Validate TOML ``text`` as a whole; ``path`` names the file in problems.
+
+    Relative paths inside the file resolve against the current directory.
+    """
+    from relay import _config_sections as sections  # they import the dataclasses above
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        m = _SYNTAX_LINE.search(message)
+        line = int(m.group(1)) if m else None
+        message = _SYNTAX_LINE.sub("", message).strip()
+        raise ConfigError([ConfigProblem(path, "", f"TOML syntax: {message}", line)]) from e
+    return sections.build(data, text, path)
