@@ -1,0 +1,35 @@
+"""Shared fixtures. The end-to-end ones start real processes (see tests/support)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+
+import pytest
+
+from support import LIVE, Control, Stack
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    """Attach the logs of every process still running to a failed test's report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for service in LIVE:
+            report.sections.append((f"{service.name} log (pid {service.pid})", service.log_tail()))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """upstream, relayd and lighttpd, shared by one module's tests."""
+    running = Stack(tmp_path_factory.mktemp("stack"))
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
+    """lighttpd straight to the upstream, no relayd: the harness's own baseline."""
+    running = Control(tmp_path_factory.mktemp("control"))
+    yield running
+    running.close()
