@@ -127,8 +127,12 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._state == ParseState.HEAD:
             self._fail(RequestTimeout("request head not received in time"))
-        elif self._state == ParseState.BODY and not self._gate.paused:
-            self._fail(RequestTimeout("request body stalled"))
+        elif self._state == ParseState.BODY:
+            if self._gate.paused:
+                # relay itself stopped reading (a slow sink): not the client's fault, look again later
+                self.deadline = self._ctx.loop.time() + self._ctx.idle_timeout
+            else:
+                self._fail(RequestTimeout("request body stalled"))
         elif self._active is None:
             self._transport.close()  # an idle keep-alive connection: close quietly
 

@@ -65,6 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._informational = False
         self._response_headers = b""
         self._content_length = -1
+        self._until_close = False
         self._pieces: list[bytes] = []
         self._body_len = 0
         self._head_seen = False
@@ -122,7 +123,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = ConnState.CLOSED
         self._pool.forget(self)
         if previous == ConnState.EXCHANGE:
-            if not self._got_bytes:
+            if self._until_close and self._head_seen:
+                self._complete = True
+                self._flush()
+            elif not self._got_bytes:
                 self._fail(_Stale())
             else:
                 self._fail(BadGateway("upstream closed the connection mid-answer", self._pool.name))
@@ -200,8 +204,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._status = status
         self._response_headers = scan.forward
         self._content_length = scan.content_length
+        # neither length nor chunked: the body ends when the upstream closes
+        self._until_close = scan.content_length < 0 and not scan.chunked
         self._head_seen = True
-        if scan.close or not self._parser.should_keep_alive():
+        if scan.close or self._until_close or not self._parser.should_keep_alive():
             self._reusable = False
         if self._head_only or status in (204, 304):
             # no body follows; httptools cannot be told so, so this connection is not reused
@@ -253,7 +259,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.resume_reading()
             self.deadline = 0.0
         done, self._done = self._done, None
-        self.state = ConnState.IDLE
+        if self.state == ConnState.EXCHANGE:
+            self.state = ConnState.IDLE
         if done is not None and not done.done():
             done.set_result(None)
 
