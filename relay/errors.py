@@ -120,6 +120,17 @@ class GatewayTimeout(RelayError):
         self.sink = sink
 
 
+class InsufficientStorage(RelayError):
+    """A file sink's disk or quota is full (ENOSPC, EDQUOT)."""
+
+    status = 507
+    code = "sink_full"
+
+    def __init__(self, detail: str = "", sink: str = "") -> None:
+        super().__init__(detail)
+        self.sink = sink
+
+
 class ConfigProblem:
     """One thing wrong with a configuration file, located as precisely as we can."""
 
