@@ -32,7 +32,7 @@ _UNSETTABLE = frozenset({
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
     "trailer", "upgrade", "proxy-connection",
 })  # fmt: skip
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB
+_BAD_VALUE = re.compile(r"[^\t\x20-\x7e]")  # header values relay sets are printable ASCII
 _BAD_PATH = re.compile(r"[\x00-\x20\x7f%#?\\]")
 _TiB = 1024**4
 
@@ -167,7 +167,7 @@ def _headers(t: Table) -> FlowHeaders:
         elif not isinstance(value, str):
             h.report(key, f"the value must be a string, not {type(value).__name__}")
         elif _BAD_VALUE.search(value):
-            h.report(key, "the value must not contain CR, LF, NUL or other control characters")
+            h.report(key, "the value must be printable ASCII (no CR, LF, NUL or other controls)")
         else:
             pairs.append((header, value))
     strip = []

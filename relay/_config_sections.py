@@ -81,6 +81,7 @@ def _section(root: Table, name: str, allowed: tuple[str, ...]) -> Table:
 def _server(root: Table) -> ServerConfig:
     if not root.has("server"):
         root.problem("server", "the [server] table is missing")
+        return _SERVER
     t = _section(root, "server", (
         "listen", "workers", "admin_socket", "socket_mode", "max_header_bytes", "header_timeout",
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",

@@ -232,7 +232,7 @@ def parse_listen(spec: str) -> ListenAddress:
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"'{host}' in '{spec}' is not an IP address literal") from None
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"port '{port}' in '{spec}' is not a number from 0 to 65535")
     return ListenAddress(spec, str(ip), int(port), None)
 
@@ -267,7 +267,12 @@ def parse_config(text: str, path: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         message = str(e)
         m = _SYNTAX_LINE.search(message)
-        line = int(m.group(1)) if m else None
+        if m:
+            line: int | None = int(m.group(1))
+        elif "end of document" in message:
+            line = text.count("\n") + (not text.endswith("\n"))
+        else:
+            line = None
         message = _SYNTAX_LINE.sub("", message).strip()
         raise ConfigError([ConfigProblem(path, "", f"TOML syntax: {message}", line)]) from e
     return sections.build(data, text, path)
