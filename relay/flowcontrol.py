@@ -125,9 +125,13 @@ class RequestBody:
         if self._on_first_read is not None:
             callback, self._on_first_read = self._on_first_read, None
             callback()
-        while not self._chunks:
+        while True:
+            # a failed body is failed at once, even with pieces still queued: they belong
+            # to a request that will not complete, and must not be delivered anywhere
             if self._error is not None:
                 raise self._error
+            if self._chunks:
+                break
             if self._eof:
                 return b""
             self._waiter = asyncio.get_running_loop().create_future()

@@ -73,8 +73,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- used by the sink ----------------------------------------------------------------
 
-    def begin(self, reply: Reply, head: bytes, head_only: bool, awaiting_body: bool) -> asyncio.Future[None]:
-        """Send a request head; the returned future resolves when the answer is complete."""
+    def begin(
+        self, reply: Reply, head: bytes, first: bytes, chunked: bool, head_only: bool, body_sent: bool
+    ) -> asyncio.Future[None]:
+        """Send a request head with the first piece of its body, in one write.
+
+        The returned future resolves when the upstream's answer is complete.
+        """
         assert self._transport is not None and self.state == ConnState.IDLE
         self.state = ConnState.EXCHANGE
         self._reply = reply
@@ -82,10 +87,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self._done = self._loop.create_future()
         self._reset_response()
-        self._transport.write(head)
+        if chunked:
+            parts = [head, b"%x\r\n" % len(first), first, b"\r\n"] if first else [head]
+            if body_sent:
+                parts.append(b"0\r\n\r\n")
+            self._transport.writelines(parts)
+        else:
+            self._transport.writelines((head, first))
         # while relay itself waits for the client's body, upstream silence is not the
         # upstream's fault: the clock starts once the body is sent
-        self.deadline = 0.0 if awaiting_body else self._loop.time() + self._timeout
+        self.deadline = self._loop.time() + self._timeout if body_sent else 0.0
         return self._done
 
     def send(self, data: bytes, chunked: bool) -> None:
@@ -373,36 +384,41 @@ class HttpSink:
         ))
 
     async def relay(self, request: Request, reply: Reply) -> None:
+        # The first piece of the body is awaited before an upstream is involved: a body
+        # refused at once (bad chunk framing, over the limit) reaches no upstream, and the
+        # head and that piece leave in one write.
+        first = await request.body.read() if request.has_body else b""
         head = self._head(request)
         conn, reused = await self._pool.acquire()
         try:
-            await self._exchange(conn, head, request, reply)
+            await self._exchange(conn, head, first, request, reply)
         except _Stale:
-            if not (reused and request.body.consumed == 0 and not reply.started):
+            # a pooled connection the upstream had meanwhile closed: one fresh try, as long
+            # as relay still holds everything it has read of the body
+            if not (reused and request.body.consumed == len(first) and not reply.started):
                 raise BadGateway("upstream closed the connection without answering", self.name) from None
-            # the pooled connection had been closed by the upstream meanwhile: one fresh try
             conn = await self._pool.connect()
             try:
-                await self._exchange(conn, head, request, reply)
+                await self._exchange(conn, head, first, request, reply)
             except _Stale:
                 raise BadGateway("upstream closed the connection without answering", self.name) from None
 
-    async def _exchange(self, conn: UpstreamConnection, head: bytes, request: Request, reply: Reply) -> None:
+    async def _exchange(
+        self, conn: UpstreamConnection, head: bytes, first: bytes, request: Request, reply: Reply
+    ) -> None:
         body = request.body
-        has_body = request.has_body
-        done = conn.begin(reply, head, request.head_only, awaiting_body=has_body)
-        body_sent = not has_body
+        chunked = request.headers.chunked
+        body_sent = body.drained
+        done = conn.begin(reply, head, first, chunked, request.head_only, body_sent)
         try:
-            if has_body:
-                chunked = request.headers.chunked
-                while not conn.answered:
-                    data = await body.read()
-                    if not data:
-                        conn.finish_body(chunked)
-                        body_sent = True
-                        break
+            while not body_sent and not conn.answered:
+                await conn.drain()
+                data = await body.read()
+                if not data:
+                    conn.finish_body(chunked)
+                    body_sent = True
+                else:
                     conn.send(data, chunked)
-                    await conn.drain()
             await done
         except ConnectionResetError:
             await done  # the connection's own failure says why
