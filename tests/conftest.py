@@ -9,14 +9,15 @@ import pytest
 from support import LIVE, Control, Stack
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the logs of every process still running to a failed test's report."""
-    outcome = yield
-    report = outcome.get_result()
+    report = yield
     if report.failed:
         for service in LIVE:
             report.sections.append((f"{service.name} log (pid {service.pid})", service.log_tail()))
+    return report
 
 
 @pytest.fixture(scope="module")

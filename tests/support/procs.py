@@ -29,7 +29,7 @@ UPSTREAM_SCRIPT = Path(__file__).with_name("upstream.py")
 T = TypeVar("T")
 
 
-def poll_until(condition: Callable[[], T], timeout: float, what: str,
+def poll_until(condition: Callable[[], T | None], timeout: float, what: str,
                interval: float = 0.02) -> T:
     """Call ``condition`` until it returns something truthy, and return that;
     fail with ``what`` once ``timeout`` seconds pass."""

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .procs import Lighttpd, Relayd, Upstream, free_port
+from .procs import Lighttpd, Relayd, Upstream, free_port, poll_until
 from .rawhttp import Address, exchange, request_bytes
 
 #: the sink timeout of the /slow/ flow: a slower upstream must give 504 after about this
 SLOW_TIMEOUT = 1.0
 #: the body limit of the /small/ flow ("1KiB")
 SMALL_MAX_BODY = 1024
+#: where the requests that order the upstream's log go (see upstream_gained_nothing)
+SENTINEL_PREFIX = "/data/sentinel-"
 
 
 def relay_config(workdir: Path, upstream_url: str, *, tcp_port: int | None = None,
@@ -158,8 +160,22 @@ def upstream_gained_nothing(upstream: Upstream, mark: int, address: Address) -> 
     request under test provoked (it was sent earlier) has had its chance to arrive
     and be logged: no sleeping, no race. An empty list is the passing answer.
     """
-    target = f"/data/sentinel-{uuid.uuid4().hex}"
+    target = f"{SENTINEL_PREFIX}{uuid.uuid4().hex}"
     response = exchange(address, request_bytes("GET", target, [("Connection", "close")]))
     assert response.status == 200, f"sentinel request failed: {response}"
     upstream.wait_for(lambda r: r["target"] == target, mark, what="the sentinel")
     return [r for r in upstream.since(mark) if r["target"] != target]
+
+
+def upstream_completed(upstream: Upstream, mark: int, address: Address) -> list[dict[str, Any]]:
+    """What reached the upstream *complete* after ``mark``, sentinel aside.
+
+    For requests whose head relayd may rightly stream on before the body turns out
+    bad (a chunked body over the limit, a client gone mid-body): each must end cut
+    off at the upstream, which logs it once the connection drops.
+    """
+    upstream_gained_nothing(upstream, mark, address)
+    poll_until(lambda: all("complete" in r for r in upstream.since(mark)), 10,
+               "every request at the upstream to finish")
+    return [r for r in upstream.since(mark)
+            if r["complete"] and not r["target"].startswith(SENTINEL_PREFIX)]
