@@ -25,7 +25,9 @@ log = logging.getLogger("relay.exchange")
 
 
 class Exchange:
-    __slots__ = ("_ctx", "request", "reply", "_error", "_raw_target", "_task", "_on_done", "outcome")
+    __slots__ = (
+        "_ctx", "request", "reply", "_error", "_raw_target", "_in_step", "_task", "_on_done", "outcome",
+    )
 
     def __init__(
         self,
@@ -34,26 +36,33 @@ class Exchange:
         reply: Reply,
         error: RelayError | None = None,
         raw_target: bytes = b"",
+        in_step: bool = False,
     ) -> None:
         self._ctx = ctx
         self.request = request
         self.reply = reply
         self._error = error
         self._raw_target = raw_target
+        self._in_step = in_step
         self._task: asyncio.Task[None] | None = None
         self._on_done: Callable[[Exchange], None] | None = None
         #: the audit reason: "relayed", or the error code / failure that decided the answer
         self.outcome = "relayed"
 
     @classmethod
-    def rejected(cls, ctx: ServerContext, err: RelayError, reply: Reply, raw_target: bytes) -> Exchange:
-        """An exchange that only answers ``err`` (a request refused while parsing)."""
-        return cls(ctx, None, reply, err, raw_target)
+    def rejected(
+        cls, ctx: ServerContext, err: RelayError, reply: Reply, raw_target: bytes, in_step: bool
+    ) -> Exchange:
+        """An exchange that only answers ``err`` (a request refused while parsing).
+
+        ``in_step``: the refused request was read whole, so the connection may carry on.
+        """
+        return cls(ctx, None, reply, err, raw_target, in_step)
 
     @property
     def request_drained(self) -> bool:
         """The client's request was read to its end, so the connection is in step."""
-        return self.request is not None and self.request.body.drained
+        return self.request.body.drained if self.request is not None else self._in_step
 
     def start(self, on_done: Callable[[Exchange], None]) -> None:
         self._on_done = on_done

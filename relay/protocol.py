@@ -33,7 +33,7 @@ from relay.errors import (
     ServiceUnavailable,
 )
 from relay.exchange import Exchange
-from relay.fastpath import scan_headers
+from relay.fastpath import HeaderScan, scan_headers
 from relay.flowcontrol import ClientGone, ReadGate, RequestBody
 from relay.paths import normalize_path
 from relay.reply import Reply
@@ -198,11 +198,20 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._state = ParseState.BODY
-        request = self._build_request()
-        self._parsing = request
         self._head_bytes = 0
         self.deadline = 0.0
-        self._start(Exchange(self._ctx, request, self._make_reply(request)))
+        outcome = self._build_request()
+        if isinstance(outcome, Request):
+            self._parsing = outcome
+            self._start(Exchange(self._ctx, outcome, self._make_reply(outcome)))
+        else:
+            # a well-formed, bodiless request for no flow: answered, and the connection stays usable
+            parser = self._parser
+            reply = Reply(
+                self._transport, self._ctx.next_request_id(), parser.get_method() == b"HEAD",
+                parser.get_http_version() == "1.0", parser.should_keep_alive(), self._write_paused,
+            )
+            self._start(Exchange.rejected(self._ctx, outcome, reply, self._url, in_step=True))
 
     def on_body(self, body: bytes) -> None:
         request = self._parsing
@@ -218,7 +227,11 @@ class ClientConnection(asyncio.Protocol):
 
     # --- the head: relay's own strictness ------------------------------------------------
 
-    def _build_request(self) -> Request:
+    def _build_request(self) -> Request | RelayError:
+        """The request for the head just parsed, or the routing error to answer it with.
+
+        Raises a RelayError for heads that end the connection (malformed, too large, ...).
+        """
         ctx = self._ctx
         parser = self._parser
         headers = self._headers
@@ -233,23 +246,17 @@ class ClientConnection(asyncio.Protocol):
             raise BadRequest("CONNECT is not allowed")
         route_path, forward_path, query = normalize_path(self._url)
         policy = ctx.policy
-        route_error: RelayError | None = None
         try:
             flow = policy.table.match(route_path, method)
-            drop = flow.drop
         except (NotFound, MethodNotAllowed) as exc:
-            route_error = exc
-            flow = None  # type: ignore[assignment]
-            drop = policy.default_drop
-        scan = scan_headers(headers, drop)
-        if scan.host is None and version == "1.1":
-            raise BadRequest("missing Host header")
-        if scan.upgrade:
-            raise BadRequest("protocol upgrade is not allowed")
-        if scan.expect is not None and scan.expect != b"100-continue":
-            raise ExpectationFailed("unsupported Expect")
-        if route_error is not None:
-            raise route_error
+            # framing errors outrank routing ones: after those the connection must close
+            unrouted = scan_headers(headers, policy.default_drop)
+            self._check_framing(unrouted, version)
+            if unrouted.chunked or unrouted.content_length > 0:
+                raise  # its body would have to be read and discarded: close instead
+            return exc
+        scan = scan_headers(headers, flow.drop)
+        self._check_framing(scan, version)
         if scan.content_length > flow.max_body:
             raise PayloadTooLarge(f"body of {scan.content_length} bytes exceeds the flow's limit")
         if self._trusted_peer:
@@ -269,6 +276,15 @@ class ClientConnection(asyncio.Protocol):
             ctx.next_request_id(), method, version, route_path, target, scan, flow, client,
             body, parser.should_keep_alive() and not ctx.draining, ctx.loop.time(),
         )
+
+    @staticmethod
+    def _check_framing(scan: HeaderScan, version: str) -> None:
+        if scan.host is None and version == "1.1":
+            raise BadRequest("missing Host header")
+        if scan.upgrade:
+            raise BadRequest("protocol upgrade is not allowed")
+        if scan.expect is not None and scan.expect != b"100-continue":
+            raise ExpectationFailed("unsupported Expect")
 
     def _make_reply(self, request: Request) -> Reply:
         return Reply(
@@ -295,7 +311,7 @@ class ClientConnection(asyncio.Protocol):
         if not self._closed:
             request_id = self._ctx.next_request_id()
             reply = Reply(self._transport, request_id, False, False, False, self._write_paused)
-            self._start(Exchange.rejected(self._ctx, err, reply, self._url))
+            self._start(Exchange.rejected(self._ctx, err, reply, self._url, in_step=False))
 
     # --- running exchanges in order ------------------------------------------------------
 

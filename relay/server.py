@@ -173,6 +173,7 @@ class Server:
                 return await loop.create_unix_server(
                     lambda: ClientConnection(ctx, ctx.trust_unix_peers), sock=sock, backlog=_BACKLOG
                 )
+            assert address.port is not None
             return await loop.create_server(
                 lambda: ClientConnection(ctx, False), address.host, address.port,
                 reuse_address=True, backlog=_BACKLOG,

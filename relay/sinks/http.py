@@ -24,7 +24,7 @@ from relay.timers import Deadlines
 log = logging.getLogger("relay.sinks.http")
 
 #: response headers relay does not pass on (beyond the hop-by-hop set scan_headers drops)
-_RESPONSE_DROP = frozenset()
+_RESPONSE_DROP: frozenset[bytes] = frozenset()
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 
 
