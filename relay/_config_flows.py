@@ -19,7 +19,7 @@ _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
     "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body",
     "headers",
-)  # fmt: skip
+)
 _HEADERS_KEYS = ("set", "strip", "identity", "forward_authorization")
 _RULE_KEYS = ("subjects", "groups", "scopes")
 _METHOD = re.compile(r"[A-Z][A-Z0-9_-]*")
@@ -31,7 +31,7 @@ _REFUSED_METHODS = {
 _UNSETTABLE = frozenset({
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
     "trailer", "upgrade", "proxy-connection",
-})  # fmt: skip
+})
 _BAD_VALUE = re.compile(r"[^\t\x20-\x7e]")  # header values relay sets are printable ASCII
 _BAD_PATH = re.compile(r"[\x00-\x20\x7f%#?\\]")
 _TiB = 1024**4
@@ -155,11 +155,14 @@ def _headers(t: Table) -> FlowHeaders:
         return FlowHeaders()
     h = Table(t.problems, data, t.path("headers"), _HEADERS_KEYS, t.label)
     pairs = []
+    seen: set[str] = set()
     for header, value in (h.table("set") or {}).items():
         key = join_key(h.path("set"), header)
         lower = header.lower()
         if not HEADER_NAME.fullmatch(header):
             h.report(key, f"'{header}' is not a header name")
+        elif lower in seen:
+            h.report(key, f"'{header}' is set twice (header names ignore case)")
         elif lower.startswith("x-relay-"):
             h.report(key, "X-Relay-* headers are set by relay itself")
         elif lower in _UNSETTABLE:
@@ -170,6 +173,7 @@ def _headers(t: Table) -> FlowHeaders:
             h.report(key, "the value must be printable ASCII (no CR, LF, NUL or other controls)")
         else:
             pairs.append((header, value))
+        seen.add(lower)
     strip = []
     for i, header in enumerate(h.strings("strip", (), allow_empty=True)):
         if HEADER_NAME.fullmatch(header):
@@ -177,9 +181,12 @@ def _headers(t: Table) -> FlowHeaders:
         else:
             h.report(f"{h.path('strip')}[{i}]", f"'{header}' is not a header name")
     default = FlowHeaders()
+    forward = h.boolean("forward_authorization", default.forward_authorization)
+    if forward and "authorization" in strip:
+        h.problem("forward_authorization", "contradicts strip = [..., \"Authorization\"]")
     return FlowHeaders(
         set=tuple(pairs),
         strip=tuple(strip),
         identity=h.choice("identity", default.identity, ("none", "plain", "signed")),
-        forward_authorization=h.boolean("forward_authorization", default.forward_authorization),
+        forward_authorization=forward,
     )

@@ -38,8 +38,10 @@ class Problems:
         self._text = text
         self._lines: dict[str, int] | None = None
 
-    def add(self, key: str, message: str, line: int | None = None) -> None:
-        if line is None and key:
+    def add(self, key: str, message: str) -> None:
+        """Record a problem at key path ``key`` ("" = the file as a whole)."""
+        line = None
+        if key:
             if self._lines is None:  # scan the text only once something is wrong
                 self._lines = locate_keys(self._text)
             line = find_line(self._lines, key)
@@ -156,40 +158,18 @@ class Table:
     def duration(self, name: str, default: D, lo: float, hi: float) -> float | D:
         """A duration string ("30s"); a bare number is a problem (its unit is ambiguous)."""
         value = self.data.get(name)
-        if value is None:
-            return default
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            self.problem(name, f"a duration needs a unit: write \"{value}s\" or \"{value}ms\"")
+            self.problem(name, f'a duration needs a unit: write "{value}s" or "{value}ms"')
             return default
-        if not isinstance(value, str):
-            self.problem(name, f"must be a duration such as \"30s\", not {describe(value)}")
-            return default
-        try:
-            seconds = parse_duration(value)
-        except ValueError as e:
-            self.problem(name, str(e))
-            return default
-        return self._bounded(name, seconds, default, lo, hi, format_duration)
+        want = 'a duration such as "30s"'
+        return self._parsed(name, default, parse_duration, want, lo, hi, format_duration)
 
     def size(self, name: str, default: D, lo: int, hi: int) -> int | D:
         """A size string ("64KiB") or a plain integer byte count."""
         value = self.data.get(name)
-        if value is None:
-            return default
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value < 0:
-                self.problem(name, f"size {value} is negative")
-                return default
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return self._bounded(name, value, default, lo, hi, format_size)
-        if not isinstance(value, str):
-            self.problem(name, f"must be a size such as \"64KiB\", not {describe(value)}")
-            return default
-        try:
-            n = parse_size(value)
-        except ValueError as e:
-            self.problem(name, str(e))
-            return default
-        return self._bounded(name, n, default, lo, hi, format_size)
+        return self._parsed(name, default, parse_size, 'a size such as "64KiB"', lo, hi, format_size)
 
     def file_path(self, name: str, default: D) -> str | D:
         """A filesystem path, made absolute against the current directory."""
@@ -204,6 +184,26 @@ class Table:
     def table(self, name: str) -> dict[str, Any] | None:
         value = self._typed(name, lambda v: isinstance(v, dict), "a table")
         return value if isinstance(value, dict) else None
+
+    def _parsed(
+        self,
+        name: str,
+        default: D,
+        parse: Callable[[str], N],
+        want: str,
+        lo: N,
+        hi: N,
+        fmt: Callable[[N], str],
+    ) -> N | D:
+        text = self._typed(name, lambda v: isinstance(v, str), want)
+        if text is None:
+            return default
+        try:
+            value = parse(text)
+        except ValueError as e:
+            self.problem(name, str(e))
+            return default
+        return self._bounded(name, value, default, lo, hi, fmt)
 
     def _bounded(
         self, name: str, value: N, default: D, lo: N, hi: N, fmt: Callable[[N], str]
@@ -226,6 +226,7 @@ def array_of_tables(root: Table, name: str) -> list[tuple[int, dict[str, Any]]]:
 
 
 def label(kind: str, data: dict[str, Any]) -> str:
+    """ "flow 'orders'" for a table with a usable name, else "" (the key path says enough)."""
     name = data.get("name")
     return f"{kind} '{name}'" if isinstance(name, str) and name else ""
 

@@ -40,6 +40,7 @@ from relay.config import (
     ServerConfig,
     SinkConfig,
     parse_listen,
+    unix_socket_path,
 )
 from relay.config_checks import check_flows
 from relay.errors import ConfigError
@@ -85,14 +86,11 @@ def _server(root: Table) -> ServerConfig:
     t = _section(root, "server", (
         "listen", "workers", "admin_socket", "socket_mode", "max_header_bytes", "header_timeout",
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
-    ))  # fmt: skip
-    admin = t.file_path("admin_socket", _SERVER.admin_socket)
-    if admin is not None and len(os.fsencode(admin)) > 107:
-        t.problem("admin_socket", f"socket path {admin} is longer than 107 bytes")
+    ))
     return ServerConfig(
         listen=_listen(t),
         workers=t.integer("workers", _SERVER.workers, 1, 64),
-        admin_socket=admin,
+        admin_socket=_admin_socket(t),
         socket_mode=_socket_mode(t),
         max_header_bytes=t.size("max_header_bytes", _SERVER.max_header_bytes, _KiB, 1024 * _KiB),
         header_timeout=t.duration("header_timeout", _SERVER.header_timeout, 0.001, _DAY),
@@ -123,6 +121,17 @@ def _listen(t: Table) -> tuple[ListenAddress, ...]:
         found.setdefault(where, i)
         out.append(addr)
     return tuple(out)
+
+
+def _admin_socket(t: Table) -> str | None:
+    path = t.file_path("admin_socket", _SERVER.admin_socket)
+    if path is None:
+        return None
+    try:
+        return unix_socket_path(path)
+    except ValueError as e:
+        t.problem("admin_socket", str(e))
+        return None
 
 
 def _socket_mode(t: Table) -> int:
@@ -176,7 +185,7 @@ def _issuers(root: Table) -> tuple[IssuerConfig, ...]:
         t = Table(root.problems, data, f"issuer[{i}]", (
             "name", "issuer", "audiences", "jwks_file", "jwks_url", "discovery_url",
             "algorithms", "refresh", "leeway", "claims", "max_token_bytes",
-        ), label("issuer", data))  # fmt: skip
+        ), label("issuer", data))
         name = t.require_str("name")
         if name and not NAME.fullmatch(name):
             t.problem("name", f"'{name}' is not {NAME_RULE}")
@@ -190,7 +199,8 @@ def _issuers(root: Table) -> tuple[IssuerConfig, ...]:
             t.problem("audiences", "required key 'audiences' is missing")
         sources = [k for k in ("jwks_file", "jwks_url", "discovery_url") if t.has(k)]
         if len(sources) != 1:
-            t.problem(sources[1] if sources[1:] else "", "set exactly one of jwks_file, jwks_url, discovery_url")
+            where = sources[1] if sources[1:] else ""  # the second source, else the table
+            t.problem(where, "set exactly one of jwks_file, jwks_url, discovery_url")
         out.append(IssuerConfig(
             name=name,
             issuer=issuer,
@@ -203,7 +213,7 @@ def _issuers(root: Table) -> tuple[IssuerConfig, ...]:
             leeway=t.duration("leeway", _ISSUER.leeway, 0.0, 60.0),
             claims=_claims(t),
             max_token_bytes=t.size("max_token_bytes", _ISSUER.max_token_bytes, 256, 64 * _KiB),
-        ))  # fmt: skip
+        ))
     return tuple(out)
 
 
@@ -233,7 +243,7 @@ def _algorithms(t: Table) -> tuple[str, ...]:
             why = "'none' is refused: tokens must be signed"
         elif alg.upper().startswith("HS"):
             why = (f"'{alg}' is refused: HMAC needs a shared secret, and relay verifies "
-                   "with the issuer's public keys only")  # fmt: skip
+                   "with the issuer's public keys only")
         else:
             close = difflib.get_close_matches(alg, SIGNING_ALGORITHMS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -283,7 +293,7 @@ def _http_sink(t: Table, name: str) -> HttpSinkConfig:
     if parts is not None:
         if parts.scheme == "https":
             t.problem("url", "https upstreams are not supported yet: use http:// to an upstream "
-                             "on a trusted network")  # fmt: skip
+                             "on a trusted network")
         elif parts.scheme != "http":
             t.problem("url", f"'{url}' must start with http://")
         elif parts.query or parts.fragment or parts.username is not None:
@@ -296,7 +306,7 @@ def _http_sink(t: Table, name: str) -> HttpSinkConfig:
         timeout=t.duration("timeout", _HTTP.timeout, 0.001, _DAY),
         connect_timeout=t.duration("connect_timeout", _HTTP.connect_timeout, 0.001, 600.0),
         pool_size=t.integer("pool_size", _HTTP.pool_size, 0, 4096),
-    )  # fmt: skip
+    )
 
 
 def _split_url(t: Table, url: str) -> SplitResult | None:

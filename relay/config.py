@@ -42,7 +42,7 @@ DEFAULT_STRIP: tuple[str, ...] = (
 DEFAULT_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 SIGNING_ALGORITHMS: tuple[str, ...] = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +205,14 @@ class Config:
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
 
 
+def unix_socket_path(path: str) -> str:
+    """``path`` made absolute; ValueError when a Unix socket could not be bound there."""
+    path = os.path.abspath(path)
+    if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+        raise ValueError(f"socket path {path} is longer than {_UNIX_PATH_MAX} bytes")
+    return path
+
+
 def parse_listen(spec: str) -> ListenAddress:
     """Parse "127.0.0.1:8081", "[::1]:8081" or "unix:PATH"; raises ValueError.
 
@@ -212,12 +220,9 @@ def parse_listen(spec: str) -> ListenAddress:
     addresses, and relay would silently listen on only one of them.
     """
     if spec.startswith("unix:"):
-        path = os.path.abspath(spec[5:]) if spec[5:] else ""
-        if not path:
+        if not spec[5:]:
             raise ValueError("'unix:' needs a socket path, e.g. \"unix:var/run/relay.sock\"")
-        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
-            raise ValueError(f"socket path {path} is longer than {_UNIX_PATH_MAX} bytes")
-        return ListenAddress(spec, None, None, path)
+        return ListenAddress(spec, None, None, unix_socket_path(spec[5:]))
     if spec.startswith("["):
         host, sep, port = spec[1:].partition("]:")
         if not sep:

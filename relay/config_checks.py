@@ -29,7 +29,8 @@ def check_flows(problems: Problems, flows: tuple[FlowConfig, ...], have_issuers:
         key = f"flow[{i}]"
         if flow.name:
             if flow.name in names:
-                problems.add(f"{key}.name", f"flow name '{flow.name}' is already used by flow[{names[flow.name]}]")
+                first = names[flow.name]
+                problems.add(f"{key}.name", f"flow name '{flow.name}' is already used by flow[{first}]")
             names.setdefault(flow.name, i)
         clashes: dict[int, list[str]] = {}
         if flow.path:

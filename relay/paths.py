@@ -4,12 +4,12 @@ Routing and forwarding must see the same path, or a request could be authorized 
 one flow and reach the upstream as another (``/public/%2e%2e/admin``). So relay
 decodes percent-escapes exactly once, resolves dot-segments, and forwards the result
 re-encoded: the upstream never has to interpret an escape or a ``..`` itself.
-Anything that could be read two ways is refused instead: encoded ``/`` or ``\\``,
-NUL and other control characters, ``#``, empty segments, ``..`` above the root,
-malformed escapes and invalid UTF-8.
+Anything that could be read two ways is refused instead: an encoded ``/``, ``\\``
+or ``#``, NUL and other control characters, a raw ``#``, empty segments, ``..``
+above the root, malformed escapes and invalid UTF-8.
 
-Most request paths are plain (``/orders/42``); they pass one regular expression and
-are returned as they are.
+Most request paths are plain (``/orders/42``): they pass one regular expression and
+are returned as they are. Repeated targets are answered from a small memo.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ _PLAIN = re.compile(
 _RAW_BAD = re.compile(rb"[\x00-\x20\x7f\\\x80-\xff]")
 _QUERY_BAD = re.compile(rb"[\x00-\x20\x7f#]")
 _ESCAPE_BAD = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-# escapes that decode to "/", "\" or a control character
-_ESCAPE_FORBIDDEN = re.compile(rb"%(?:2[Ff]|5[Cc]|[01][0-9A-Fa-f]|7[Ff])")
+# escapes that decode to "/", "\", "#" or a control character
+_ESCAPE_FORBIDDEN = re.compile(rb"%(?:2[Ff]|5[Cc]|23|[01][0-9A-Fa-f]|7[Ff])")
 # RFC 3986 pchar minus unreserved (quote never escapes those) plus "/"
 _KEEP = "/!$&'()*+,;=:@"
 
@@ -109,7 +109,7 @@ def _normalize_path(path: bytes) -> tuple[str, bytes]:
         if _ESCAPE_BAD.search(path):
             raise BadRequest("malformed percent-escape in the path")
         if _ESCAPE_FORBIDDEN.search(path):
-            raise BadRequest("encoded '/', '\\' or control character in the path")
+            raise BadRequest("encoded '/', '\\', '#' or control character in the path")
         try:
             decoded = unquote_to_bytes(path).decode("utf-8")
         except UnicodeDecodeError:

@@ -218,7 +218,7 @@ max_body = 0
         "events": RedisStreamSinkConfig(
             name="events", url="redis://127.0.0.1:6379/2", stream="relay-events", maxlen=100000, entry="body",
         ),
-    }  # fmt: skip
+    }
     assert config.flows == (
         FlowConfig(
             name="orders",
@@ -541,6 +541,10 @@ BAD = [
                  "flow[0].headers.set.X-A", "printable ASCII", id="flow-set-non-ascii"),
     pytest.param(doc(flows=FLOWS + '\nheaders = { set = { "X A" = "a" } }  # HERE'),
                  'flow[0].headers.set."X A"', "'X A' is not a header name", id="flow-set-name"),
+    pytest.param(doc(flows=FLOWS + '\nheaders = { set = { "X-A" = "1", "x-a" = "2" } }  # HERE'),
+                 "flow[0].headers.set.x-a", "'x-a' is set twice", id="flow-set-twice"),
+    pytest.param(doc(flows=FLOWS + '\nheaders = { strip = ["Authorization"], forward_authorization = true }  # HERE'),
+                 "flow[0].headers.forward_authorization", "contradicts strip", id="flow-forward-stripped"),
     pytest.param(doc(flows=FLOWS + '\nheaders = { identity = "secret" }  # HERE'), "flow[0].headers.identity",
                  "'secret' is not one of none, plain, signed", id="flow-identity"),
     pytest.param(doc(flows=FLOWS + '\nheaders = { stirp = ["a"] }  # HERE'), "flow[0].headers.stirp",
@@ -566,7 +570,7 @@ BAD = [
                  "auth = \"none\" contradicts 'allow'", id="flow-public-with-allow"),
     pytest.param(doc(flows=FLOWS + '\nauth = "none"\nissuers = ["dev"]  # HERE'), "flow[0].issuers",
                  "auth = \"none\" contradicts 'issuers'", id="flow-public-with-issuers"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("text", "key", "message"), BAD)
@@ -597,7 +601,7 @@ def test_a_broken_sink_is_not_also_reported_as_unknown(here: Path) -> None:
     ("spec", "host", "port"),
     [("127.0.0.1:8081", "127.0.0.1", 8081), ("[::1]:0", "::1", 0), ("0.0.0.0:65535", "0.0.0.0", 65535),
      ("[0:0::1]:80", "::1", 80)],
-)  # fmt: skip
+)
 def test_parse_listen_tcp(spec: str, host: str, port: int) -> None:
     assert parse_listen(spec) == ListenAddress(spec, host, port, None)
 

@@ -37,7 +37,7 @@ TABLE = FlowTable([
     flow("health", "/healthz", "GET"),
     flow("dir-exact", "/docs/", "GET"),
     flow("docs-write", "/docs/", "PUT"),
-])  # fmt: skip
+])
 
 
 @pytest.mark.parametrize(
