@@ -8,7 +8,8 @@ does unless a flow at the same path takes HEAD itself. No match at all is 404: t
 table is default-deny.
 
 Lookups cost one dict probe for an exact path and one per "/" of the request path
-for prefixes, whatever the number of flows.
+for prefixes, whatever the number of flows; a path already resolved to a prefix is
+remembered in a small bounded memo, so a repeated one costs a single probe too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class HasFlowConfig(Protocol):
 
 
 T = TypeVar("T", bound=HasFlowConfig)
+_MEMO_ENTRIES = 4096
 
 
 class _Route(Generic[T]):
@@ -64,7 +66,7 @@ class FlowTable(Generic[T]):
     same path (validated configurations never do).
     """
 
-    __slots__ = ("flows", "_exact", "_prefix", "_longest_prefix")
+    __slots__ = ("flows", "_exact", "_prefix", "_longest_prefix", "_memo")
 
     def __init__(self, flows: Sequence[T]) -> None:
         self.flows = tuple(flows)
@@ -80,6 +82,7 @@ class FlowTable(Generic[T]):
         for route in (*self._exact.values(), *self._prefix.values()):
             route.seal()
         self._longest_prefix = max(map(len, self._prefix), default=0)
+        self._memo: dict[str, _Route[T]] = {}  # request path → its prefix route
 
     def match(self, route_path: str, method: str) -> T:
         """The flow for a normalized path and method.
@@ -87,7 +90,7 @@ class FlowTable(Generic[T]):
         Raises NotFound when no flow's path matches, MethodNotAllowed (with the sorted
         methods of the matching path) when the path matches but not the method.
         """
-        route = self._exact.get(route_path) or self._find_prefix(route_path)
+        route = self._exact.get(route_path) or self._memo.get(route_path) or self._find_prefix(route_path)
         if route is None:
             raise NotFound(f"no flow for {route_path}")
         flow = route.by_method.get(method)
@@ -105,5 +108,8 @@ class FlowTable(Generic[T]):
                 return None
             route = prefixes.get(path[: end + 1])
             if route is not None:
+                if len(self._memo) >= _MEMO_ENTRIES:  # bounded whatever paths clients send
+                    self._memo.clear()
+                self._memo[path] = route
                 return route
         return None

@@ -9,6 +9,7 @@ import pytest
 
 from relay.config import FlowConfig, load_config
 from relay.errors import MethodNotAllowed, NotFound
+from relay import routing
 from relay.routing import FlowTable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +146,13 @@ def test_routes_the_flows_of_the_shipped_config(monkeypatch: pytest.MonkeyPatch)
     assert caught.value.allowed == ("POST",)
     with pytest.raises(NotFound):
         table.match("/admin", "GET")
+
+
+def test_remembered_prefixes_stay_bounded_and_right() -> None:
+    table = FlowTable([flow("a", "/a/", "GET"), flow("root", "/", "GET")])
+    for n in range(3 * routing._MEMO_ENTRIES):
+        assert route(table, f"/a/{n}") == "a"
+        assert route(table, f"/b/{n}") == "root"
+    assert 0 < len(table._memo) <= routing._MEMO_ENTRIES
+    with pytest.raises(MethodNotAllowed):
+        table.match("/a/1", "POST")  # a remembered path still checks the method
