@@ -68,7 +68,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, ctx: ServerContext, trusted_peer: bool) -> None:
         self._ctx = ctx
         self._trusted_peer = trusted_peer
-        self._peer = "unix"
+        self._peer: str | None = None  # a Unix-socket peer has no address
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._parser = httptools.HttpRequestParser(self)
         self._gate: ReadGate = None  # type: ignore[assignment]

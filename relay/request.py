@@ -16,7 +16,8 @@ class Request:
 
     ``forward_target`` is what the upstream receives: the normalized path, re-encoded, and
     the raw query. ``client`` is the address relay trusts (the peer, or the rightmost
-    X-Forwarded-For entry when the peer is a trusted proxy).
+    X-Forwarded-For entry when the peer is a trusted proxy), None when there is none
+    (a Unix-socket client that names no address).
     """
 
     __slots__ = (
@@ -33,7 +34,7 @@ class Request:
         forward_target: bytes,
         headers: HeaderScan,
         flow: Flow,
-        client: str,
+        client: str | None,
         body: RequestBody,
         keep_alive: bool,
         received_at: float,

@@ -16,6 +16,7 @@ what stops a slow client behind lighttpd.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -95,7 +96,6 @@ CASES = [
     Case("chunk-size-empty", chunked_post(b"\r\nhello\r\n" + TERMINATOR)),
     Case("chunk-data-too-long", chunked_post(b"5\r\nhelloXX\r\n" + TERMINATOR)),
     # chunk extensions abused
-    Case("chunk-ext-huge", chunked_post(b"5;" + b"a" * 65536 + b"\r\nhello\r\n" + TERMINATOR), status=None),
     Case("chunk-ext-bare-lf", chunked_post(b"5;a\nhello\r\n" + TERMINATOR), front="normalizes"),
     Case("chunk-ext-nul", chunked_post(b"5;a=\x00\r\nhello\r\n" + TERMINATOR), front="aborts"),
     # line endings
@@ -220,6 +220,19 @@ def test_trailers_never_become_headers(stack: Stack, via: str) -> None:
         names = {name.lower() for name, _ in record["headers"]}
         assert not names & {"x-smuggled", "x-relay-subject"}, record
         assert ["Content-Length", "99"] not in record["headers"], record
+
+
+def test_chunk_extensions_never_reach_the_upstream(stack: Stack) -> None:
+    """relayd re-frames chunked bodies itself, so extensions (here 64 KiB of one) are
+    dropped on the way: the upstream sees only the payload, in relayd's own chunks."""
+    target = "/data/chunk-ext"
+    raw = (f"POST {target} HTTP/1.1\r\n".encode() + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
+           + b"5;" + b"a" * 65536 + b"\r\nhello\r\n" + TERMINATOR)
+    mark = stack.upstream.mark()
+    response = exchange(stack.direct_tcp, raw)
+    assert response.status == 200, str(response)
+    records = [r for r in stack.upstream.since(mark) if r["target"] == target]
+    assert [(r["body_len"], r["sha256"]) for r in records] == [(5, hashlib.sha256(b"hello").hexdigest())]
 
 
 def test_upgrade_to_websocket_is_refused(stack: Stack) -> None:

@@ -376,12 +376,16 @@ class HttpSink:
             request.method.encode("ascii"), b" ", self._base, request.forward_target, b" HTTP/1.1\r\n",
             b"Host: ", scan.host or self._host, b"\r\n",
             scan.forward,
-            b"X-Forwarded-For: ", request.client.encode("latin-1"), b"\r\n",
+            self._forwarded_for(request.client),
             b"X-Relay-Request-Id: ", request.request_id.encode("ascii"), b"\r\n",
             request.flow.extra_headers,
             framing,
             b"\r\n",
         ))
+
+    @staticmethod
+    def _forwarded_for(client: str | None) -> bytes:
+        return b"X-Forwarded-For: " + client.encode("latin-1") + b"\r\n" if client else b""
 
     async def relay(self, request: Request, reply: Reply) -> None:
         # The first piece of the body is awaited before an upstream is involved: a body
