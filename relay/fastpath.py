@@ -1,0 +1,44 @@
+"""The one place that picks relay's fast path: the compiled module or its pure-Python twin.
+
+``relay._fastpath`` (Cython, built by setup.py) serves unless the environment variable
+``RELAY_NO_EXTENSIONS`` is set to anything but "" or "0", or it is not built, in which case
+a warning is logged. Then ``relay._fastpath_py``, the executable spec with the same API,
+serves. Everything else in relay imports the fast path from here, never from either module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from relay import _fastpath_py
+
+__all__ = ["COMPILED", "HeaderScan", "scan_headers"]
+
+log = logging.getLogger(__name__)
+
+
+def _choose() -> ModuleType:
+    if os.environ.get("RELAY_NO_EXTENSIONS", "") not in ("", "0"):
+        return _fastpath_py
+    try:
+        from relay import _fastpath
+    except ImportError as exc:
+        log.warning("compiled fast path unavailable (%s); using the pure-Python twin", exc)
+        return _fastpath_py
+    return _fastpath
+
+
+_impl = _choose()
+#: True when the compiled module serves.
+COMPILED: bool = _impl is not _fastpath_py
+
+if TYPE_CHECKING:
+    # Both implementations share one API; type-check callers against the compiled stub.
+    from relay._fastpath import HeaderScan, scan_headers
+else:
+    # 1. header scanning
+    HeaderScan = _impl.HeaderScan
+    scan_headers = _impl.scan_headers
