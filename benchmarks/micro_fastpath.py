@@ -1,0 +1,103 @@
+"""Micro-benchmark: each fast-path function, compiled vs its pure-Python twin.
+
+    python -m benchmarks.micro_fastpath [--repeat N] [--json]
+
+For every case, prints the median ns per call of ``relay._fastpath`` and of
+``relay._fastpath_py`` side by side, with their ratio. Build the extension first
+(``python setup.py build_ext --inplace``); without it only the twin is timed. Adding a
+case is one line in ``CASES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import timeit
+from dataclasses import dataclass
+from types import ModuleType
+
+from relay import _fastpath_py
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    function: str  # the name of the function in both modules
+    args: tuple[object, ...]
+
+
+# --- inputs -----------------------------------------------------------------------------
+
+# What lighttpd hands relay for an API call: a bearer token of ~800 bytes, the client's
+# headers, and the ones mod_proxy adds.
+PROXIED_HEADERS = [
+    (b"Host", b"api.example.com"),
+    (b"User-Agent", b"orders-client/2.4 python-httpx/0.27"),
+    (b"Accept", b"application/json"),
+    (b"Accept-Encoding", b"gzip, deflate"),
+    (b"Authorization", b"Bearer eyJhbGciOiJSUzI1NiIsImtpZCI6ImRldi0xIn0." + b"Q" * 700 + b".c2ln"),
+    (b"Content-Type", b"application/json"),
+    (b"Content-Length", b"1432"),
+    (b"Idempotency-Key", b"8e3b0a52-7c1f-4a55-9d0e-2f6d1b7c9a11"),
+    (b"X-Forwarded-For", b"203.0.113.7"),
+    (b"X-Host", b"api.example.com"),
+    (b"X-Forwarded-Proto", b"https"),
+    (b"Connection", b"close"),
+]
+# A flow that neither forwards the token nor the cookies, and strips a spoofable header.
+PROXIED_DROP = frozenset({b"authorization", b"cookie", b"x-forwarded-user"})
+SMALL_HEADERS = [(b"Host", b"127.0.0.1:8081"), (b"User-Agent", b"wrk"), (b"Accept", b"*/*")]
+
+CASES = [
+    Case("scan_headers proxied (12 headers, 800 B token)", "scan_headers", (PROXIED_HEADERS, PROXIED_DROP)),
+    Case("scan_headers small (3 headers)", "scan_headers", (SMALL_HEADERS, frozenset())),
+]
+
+
+# --- timing -----------------------------------------------------------------------------
+
+
+def median_ns(module: ModuleType, case: Case, repeat: int) -> float:
+    """Median over ``repeat`` runs of the time per call, each run lasting ~0.2 s."""
+    names = {f"a{i}": arg for i, arg in enumerate(case.args)}
+    timer = timeit.Timer(f"f({', '.join(names)})", globals={"f": getattr(module, case.function), **names})
+    number, _ = timer.autorange()
+    number *= 2
+    runs = timer.repeat(repeat=repeat, number=number)
+    return statistics.median(runs) / number * 1e9
+
+
+def compiled_module() -> ModuleType | None:
+    try:
+        return importlib.import_module("relay._fastpath")
+    except ImportError:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7, help="runs per measurement (median)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per case")
+    options = parser.parse_args()
+    compiled = compiled_module()
+    if compiled is None and not options.json:
+        print("relay._fastpath is not built: timing the twin only\n")
+    width = max(len(case.name) for case in CASES)
+    if not options.json:
+        print(f"{'case':<{width}}  {'compiled ns':>11}  {'twin ns':>9}  {'ratio':>6}")
+    for case in CASES:
+        twin = median_ns(_fastpath_py, case, options.repeat)
+        fast = median_ns(compiled, case, options.repeat) if compiled is not None else None
+        ratio = twin / fast if fast else None
+        if options.json:
+            print(json.dumps({"case": case.name, "compiled_ns": fast, "twin_ns": twin, "ratio": ratio}))
+        else:
+            fast_text = f"{fast:11.0f}" if fast is not None else f"{'-':>11}"
+            ratio_text = f"{ratio:5.1f}x" if ratio is not None else f"{'-':>6}"
+            print(f"{case.name:<{width}}  {fast_text}  {twin:9.0f}  {ratio_text}")
+
+
+if __name__ == "__main__":
+    main()
