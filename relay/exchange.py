@@ -17,6 +17,7 @@ from relay.errors import RelayError
 from relay.flowcontrol import ClientGone
 from relay.reply import Reply
 from relay.request import Request
+from relay.sinks.base import Delivery, Receipt
 
 if TYPE_CHECKING:
     from relay.server import ServerContext
@@ -78,7 +79,7 @@ class Exchange:
             if self._error is not None:
                 raise self._error
             assert request is not None
-            await request.flow.sink.relay(request, self.reply)
+            await self._deliver(request)
         except RelayError as err:
             self.outcome = err.code
             self.reply.fail(err)
@@ -93,6 +94,49 @@ class Exchange:
             self._ctx.audit.record_exchange(self)
             if self._on_done is not None:
                 self._on_done(self)
+
+    async def _deliver(self, request: Request) -> None:
+        """Read the body once into every sink of the flow; answer once all accepted."""
+        flow = request.flow
+        reply = self.reply
+        sole = not flow.tees
+        answering = await flow.sink.open(request, True, reply if sole else None)
+        deliveries = [answering]
+        try:
+            for tee in flow.tees:
+                deliveries.append(await tee.open(request, False, None))
+            body = request.body
+            while not answering.stopped:
+                data = await body.read()
+                if not data:
+                    break
+                for delivery in deliveries:
+                    await delivery.write(data)
+            if sole:
+                receipts = {flow.sink.name: await answering.finish()}
+            else:
+                if answering.stopped and not body.drained:
+                    # the answering sink took only part of the body: the tees must not keep it
+                    for tee_delivery in deliveries[1:]:
+                        tee_delivery.abort()
+                    deliveries = [answering]
+                receipts = await self._finish_all(flow.sink_names, deliveries)
+        except BaseException:
+            for delivery in deliveries:
+                delivery.abort()
+            raise
+        await answering.answer(reply, receipts)
+
+    @staticmethod
+    async def _finish_all(names: tuple[str, ...], deliveries: list[Delivery]) -> dict[str, Receipt]:
+        """Finish every delivery at once; the first failure (in flow order) is the answer."""
+        results = await asyncio.gather(*(d.finish() for d in deliveries), return_exceptions=True)
+        receipts: dict[str, Receipt] = {}
+        for name, result in zip(names, results):
+            if isinstance(result, BaseException):
+                raise result
+            receipts[name] = result
+        return receipts
 
     @property
     def raw_target(self) -> bytes:

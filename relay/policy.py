@@ -18,12 +18,17 @@ from relay.sinks import Sink
 class Flow:
     """A flow as the request path uses it."""
 
-    __slots__ = ("config", "name", "sink", "drop", "extra_headers", "max_body", "requires_token")
+    __slots__ = (
+        "config", "name", "sink", "tees", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
+    )
 
     def __init__(self, config: FlowConfig, sinks: Mapping[str, Sink], server: ServerConfig) -> None:
         self.config = config
         self.name = config.name
         self.sink = sinks[config.sink]
+        self.tees = tuple(sinks[name] for name in config.tee)
+        #: the answering sink first, then the tees: the order receipts and failures are reported in
+        self.sink_names = (config.sink, *config.tee)
         self.max_body = config.max_body
         self.requires_token = config.auth == "jwt"
         drop = {name.encode("latin-1") for name in server.strip_exact}

@@ -67,6 +67,10 @@ class Reply:
         self._client_paused = client_paused
 
     @property
+    def client_is_paused(self) -> bool:
+        return self._client_paused
+
+    @property
     def started(self) -> bool:
         return self.state != ReplyState.NOT_STARTED
 

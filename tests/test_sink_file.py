@@ -1,4 +1,5 @@
-"""The file sink, driven through ``FileSink.relay`` with real files and real sockets.
+"""The file sink, driven through its delivery (open, write, finish, answer) with real files
+and real sockets.
 
 Each exchange runs on a real socket pair: the test writes the request body into one end,
 a small protocol on the other feeds it to a ``RequestBody`` (with the real ``ReadGate``
@@ -66,7 +67,7 @@ class Result:
     status: int = 0  # 0: no answer reached the client
     headers: dict[bytes, bytes] = field(default_factory=dict)
     receipt: dict[str, Any] = field(default_factory=dict)
-    error: BaseException | None = None  # what relay() raised
+    error: BaseException | None = None  # what the delivery raised
 
 
 class _RelaySide(asyncio.Protocol):
@@ -109,10 +110,18 @@ def _request(body: RequestBody, length: int) -> Request:
 
 
 async def _serve(sink: FileSink, request: Request, transport: asyncio.BaseTransport, result: Result) -> None:
-    """What ``Exchange`` does: relay, and turn a RelayError into the client's answer."""
+    """What ``Exchange`` does for a flow's only sink, turning a RelayError into the answer."""
     reply = Reply(cast(asyncio.WriteTransport, transport), request.request_id, False, False, False, False)
     try:
-        await sink.relay(request, reply)
+        delivery = await sink.open(request, True, reply)
+        try:
+            while data := await request.body.read():
+                await delivery.write(data)
+            receipts = {sink.name: await delivery.finish()}
+        except BaseException:
+            delivery.abort()
+            raise
+        await delivery.answer(reply, receipts)
     except RelayError as err:
         result.error = err
         reply.fail(err)
@@ -221,7 +230,7 @@ def test_ndjson_every_split_point(tmp_path: Path) -> None:
     for n, result in enumerate(results):
         assert result.status == 200, result.error
         assert result.receipt["records"] == 4
-        assert result.receipt["bytes"] == len(stored)
+        assert result.receipt["bytes"] == len(SAMPLE)  # what the client sent; relay adds the final "\n"
         assert result.receipt["sinks"]["archive"] == {"file": "archive.ndjson", "offset": n * len(stored)}
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from relay.config import HttpSinkConfig, SinkConfig
+from relay.config import FileSinkConfig, HttpSinkConfig, SinkConfig
 from relay.sinks.base import Sink
+from relay.sinks.file import FileSink
 from relay.sinks.http import HttpSink
 from relay.timers import Deadlines
 
@@ -14,4 +15,6 @@ def build_sink(config: SinkConfig, deadlines: Deadlines) -> Sink:
     """The running sink for ``config``."""
     if isinstance(config, HttpSinkConfig):
         return HttpSink(config, deadlines)
+    if isinstance(config, FileSinkConfig):
+        return FileSink(config, deadlines)
     raise NotImplementedError(f"sink type {config.type!r} is not available in this build")

@@ -37,33 +37,26 @@ import errno
 import fcntl
 import logging
 import os
-import tempfile
 import threading
 import time
-from collections.abc import Sequence
-
-import orjson
+from collections.abc import Mapping, Sequence
 
 from relay.config import FileSinkConfig
-from relay.errors import BadRequest, InsufficientStorage, RelayError, ServiceUnavailable
+from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
 from relay.reply import Reply
 from relay.request import Request
+from relay.sinks._staging import MAX_RECORD_BYTES, STAGE_BYTES, NdjsonChecker, Staging, write_all
+from relay.sinks.base import Receipt, send_receipt
 from relay.timers import Deadlines
 
 __all__ = ["FileSink", "INLINE_BYTES", "MAX_RECORD_BYTES", "STAGE_BYTES", "disk_error", "rotated_name"]
 
 log = logging.getLogger("relay.sinks.file")
 
-#: bytes of one request held in memory; the rest is staged in a temporary file
-STAGE_BYTES = 1024 * 1024
-#: the longest NDJSON line accepted (it is held whole in memory while it is checked)
-MAX_RECORD_BYTES = 1024 * 1024
 #: the largest body appended from the event loop itself
 INLINE_BYTES = 64 * 1024
 _COPY_BYTES = 1024 * 1024  # buffer copying a staged file into the target
-_IOV_MAX = 1024  # writev's limit on buffers per call (Linux)
 _FULL = frozenset((errno.ENOSPC, errno.EDQUOT))
-_RECEIPT_HEADERS = b"Content-Type: application/json\r\n"
 
 
 def disk_error(exc: OSError, sink: str) -> RelayError:
@@ -84,22 +77,6 @@ def rotated_name(path: str, when: float, taken: int = 0) -> str:
     return os.path.join(directory, ".".join(parts) + ext)
 
 
-def _write_all(fd: int, pieces: Sequence[bytes | memoryview]) -> None:
-    """Write every byte of ``pieces`` (none empty) to ``fd``, resuming after short writes."""
-    pending = list(pieces)
-    first = 0
-    while first < len(pending):
-        written = os.writev(fd, pending[first:first + _IOV_MAX])
-        while written:
-            size = len(pending[first])
-            if written >= size:
-                written -= size
-                first += 1
-            else:
-                pending[first] = memoryview(pending[first])[written:]
-                written = 0
-
-
 def _fsync_dir(directory: str) -> None:
     """Make a file's creation or renaming durable: that is recorded in its directory."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -107,125 +84,6 @@ def _fsync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class _NdjsonChecker:
-    """Checks a body as NDJSON while it streams in, whatever the read boundaries."""
-
-    __slots__ = ("records", "_partial")
-
-    def __init__(self) -> None:
-        self.records = 0
-        self._partial = bytearray()  # the current line so far, when it spans reads
-
-    def feed(self, data: bytes) -> None:
-        """Check every line ``data`` completes; raises ``BadRequest`` at the first bad one."""
-        end = data.find(b"\n")
-        if end < 0:
-            self._hold(data)
-            return
-        view = memoryview(data)
-        if self._partial:
-            self._hold(view[:end])
-            self._check(self._partial)
-            self._partial.clear()
-        else:
-            self._check(view[:end])
-        start = end + 1
-        while (end := data.find(b"\n", start)) >= 0:
-            self._check(view[start:end])
-            start = end + 1
-        if start < len(data):
-            self._hold(view[start:])
-
-    def finish(self) -> bool:
-        """Check the last line; True when it lacked its "\\n" and one must be appended."""
-        if not self._partial:
-            return False
-        self._check(self._partial)
-        return True
-
-    def _hold(self, piece: bytes | memoryview) -> None:
-        if len(self._partial) + len(piece) > MAX_RECORD_BYTES:
-            raise BadRequest(f"line {self.records + 1}: longer than {MAX_RECORD_BYTES} bytes")
-        self._partial += piece
-
-    def _check(self, line: bytes | bytearray | memoryview) -> None:
-        self.records += 1
-        if len(line) > MAX_RECORD_BYTES:
-            raise BadRequest(f"line {self.records}: longer than {MAX_RECORD_BYTES} bytes")
-        try:
-            orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise BadRequest(f"line {self.records}: not valid JSON") from None
-
-
-class _Staging:
-    """One request's bytes until they are appended: memory first, then a temporary file.
-
-    The temporary file is unlinked as soon as it exists, so nothing is left behind whatever
-    happens; it shares the target's file system, so a full disk shows while staging.
-    """
-
-    __slots__ = ("_loop", "_directory", "_prefix", "pieces", "_buffered", "size", "temp_fd", "temp_size",
-                 "_spilling")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, directory: str, prefix: str) -> None:
-        self._loop = loop
-        self._directory = directory
-        self._prefix = prefix
-        self.pieces: list[bytes] = []  # the bytes after the temporary file's
-        self._buffered = 0
-        self.size = 0
-        self.temp_fd = -1
-        self.temp_size = 0
-        self._spilling: asyncio.Future[None] | None = None
-
-    async def add(self, data: bytes) -> None:
-        self.pieces.append(data)
-        self._buffered += len(data)
-        self.size += len(data)
-        if self._buffered >= STAGE_BYTES:
-            pieces, self.pieces, self._buffered = self.pieces, [], 0
-            if self.temp_fd < 0:
-                self.temp_fd = self._create()
-            self._spilling = job = self._loop.run_in_executor(None, _write_all, self.temp_fd, pieces)
-            # a thread cannot be stopped: if this request is cancelled the write runs on, and
-            # discard() closes the file once it is done
-            await asyncio.shield(job)
-            self._spilling = None
-            self.temp_size += sum(map(len, pieces))
-
-    def _create(self) -> int:
-        # two quick metadata calls, once per large body; the data is written in a thread
-        os.makedirs(self._directory, mode=0o750, exist_ok=True)
-        fd, temp_path = tempfile.mkstemp(prefix=self._prefix, suffix=".part", dir=self._directory)
-        try:
-            os.unlink(temp_path)
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
-
-    def take_file(self) -> int:
-        """Hand the temporary file (or -1) to whoever appends it; they close it."""
-        fd, self.temp_fd = self.temp_fd, -1
-        return fd
-
-    def discard(self) -> None:
-        """Release the temporary file, if this request still owns one."""
-        fd = self.take_file()
-        spilling, self._spilling = self._spilling, None
-        if fd < 0:
-            return
-        if spilling is not None and not spilling.done():
-            spilling.add_done_callback(lambda _: self._close(fd))
-        else:
-            self._close(fd)
-
-    def _close(self, fd: int) -> None:
-        # closing a large unlinked file frees its blocks: not on the event loop
-        self._loop.run_in_executor(None, os.close, fd)
 
 
 class _Target:
@@ -333,9 +191,9 @@ class _Target:
                     got = os.preadv(temp_fd, [buffer], copied)
                     if not got:
                         raise OSError(errno.EIO, "staged body shorter than written")
-                    _write_all(fd, [view[:got]])
+                    write_all(fd, [view[:got]])
                     copied += got
-            _write_all(fd, pieces)
+            write_all(fd, pieces)
             if self._config.fsync == "always":
                 os.fsync(fd)
                 self.fsyncs += 1
@@ -453,19 +311,14 @@ class FileSink:
         if config.fsync == "interval":
             deadlines.watch(self)
 
-    async def relay(self, request: Request, reply: Reply) -> None:
+    async def open(self, request: Request, answers: bool, reply: Reply | None) -> FileDelivery:
         if self._closed:
             raise ServiceUnavailable("file sink is closed", self.name)
-        checker = _NdjsonChecker() if self.config.format == "ndjson" else None
-        staging = _Staging(self._loop, self._directory, self._staging_prefix)
-        body = request.body
+        return FileDelivery(self, request)
+
+    async def append(self, staging: Staging) -> Receipt:
+        """Append a staged body as one run; the receipt says where it went."""
         try:
-            while data := await body.read():
-                if checker is not None:
-                    checker.feed(data)
-                await staging.add(data)
-            if checker is not None and checker.finish():
-                await staging.add(b"\n")
             offset = self._append_now(staging)
             if offset is None:
                 async with self._lock:
@@ -478,21 +331,19 @@ class FileSink:
                             None, self._target.append, staging.pieces, staging.take_file(), staging.temp_size
                         )
         except OSError as exc:
-            # body.read() fails with ClientGone or a RelayError, never OSError: this is the disk
-            log.warning("file sink %s: %s: %s", self.name, self.config.path, exc)
-            raise disk_error(exc, self.name) from None
-        finally:
-            staging.discard()
+            raise self.disk_failure(exc) from None
         if self.config.fsync == "interval" and not self.deadline:
             self.deadline = self._loop.time() + self.config.fsync_interval
-        receipt: dict[str, object] = {"request_id": request.request_id, "bytes": staging.size}
-        if checker is not None:
-            receipt["records"] = checker.records
-        receipt["sinks"] = {self.name: {"file": self._basename, "offset": offset}}
-        answer = orjson.dumps(receipt)
-        reply.send_whole(200, _RECEIPT_HEADERS, [answer], len(answer))
+        return {"file": self._basename, "offset": offset}
 
-    def _append_now(self, staging: _Staging) -> int | None:
+    def disk_failure(self, exc: OSError) -> RelayError:
+        log.warning("file sink %s: %s: %s", self.name, self.config.path, exc)
+        return disk_error(exc, self.name)
+
+    def new_staging(self) -> Staging:
+        return Staging(self._loop, self._directory, self._staging_prefix)
+
+    def _append_now(self, staging: Staging) -> int | None:
         if staging.temp_fd >= 0:
             return None
         return self._target.try_append(staging.pieces, staging.size)
@@ -522,3 +373,43 @@ class FileSink:
             await asyncio.wait([self.flushing])
         async with self._lock:
             await self._loop.run_in_executor(None, self._target.close)
+
+
+class FileDelivery:
+    """One request's body staged for ``FileSink``; appended when the body is complete."""
+
+    __slots__ = ("_sink", "_request", "_checker", "_staging")
+
+    stopped = False  # a file takes the whole body
+
+    def __init__(self, sink: FileSink, request: Request) -> None:
+        self._sink = sink
+        self._request = request
+        self._checker = NdjsonChecker() if sink.config.format == "ndjson" else None
+        self._staging = sink.new_staging()
+
+    async def write(self, data: bytes) -> None:
+        if self._checker is not None:
+            self._checker.feed(data)
+        try:
+            await self._staging.add(data)
+        except OSError as exc:
+            raise self._sink.disk_failure(exc) from None
+
+    async def finish(self) -> Receipt:
+        try:
+            if self._checker is not None and self._checker.finish():
+                await self._staging.add(b"\n")
+            return await self._sink.append(self._staging)
+        except OSError as exc:
+            raise self._sink.disk_failure(exc) from None
+        finally:
+            self._staging.discard()
+
+    async def answer(self, reply: Reply, receipts: Mapping[str, Receipt]) -> None:
+        records = self._checker.records if self._checker is not None else None
+        send_receipt(reply, self._request, receipts, records)
+
+    def abort(self) -> None:
+        self._staging.discard()
+

@@ -1,0 +1,391 @@
+"""A pooled keep-alive HTTP/1.1 client connection to one upstream.
+
+``UpstreamConnection`` carries one exchange at a time: ``begin`` sends a request head
+(with the first piece of its body, in one write), ``send`` the rest, and the answer is
+parsed as it arrives. The answer is *held* until someone claims it: ``attach(reply)``
+passes it to the client (whole if it is complete by then, so it can keep its
+Content-Length, streamed otherwise), ``discard()`` reads it to the end and drops it
+(a tee's answer). While held, at most ``HOLD_BYTES`` of it are buffered before the
+upstream is paused. Timeouts use the shared deadline sweep, not per-request timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import IntEnum
+
+import httptools
+
+from relay.config import HttpSinkConfig
+from relay.errors import BadGateway, BadRequest, GatewayTimeout, RelayError
+from relay.fastpath import scan_headers
+from relay.reply import Reply
+from relay.timers import Deadlines
+
+#: response headers relay does not pass on (beyond the hop-by-hop set scan_headers drops)
+_RESPONSE_DROP: frozenset[bytes] = frozenset()
+#: bytes of an unclaimed answer buffered before the upstream is paused
+HOLD_BYTES = 256 * 1024
+
+
+class Stale(Exception):
+    """A reused connection died before answering: the request may be retried elsewhere."""
+
+
+class ConnState(IntEnum):
+    IDLE = 0        # in the pool, or just connected
+    EXCHANGE = 1    # a request is in flight
+    CLOSED = 2
+
+
+class Claim(IntEnum):
+    HELD = 0        # nobody has claimed the answer yet
+    ATTACHED = 1    # passed on to a client reply
+    DISCARDED = 2   # read to the end and dropped
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._loop = pool.loop
+        self._timeout = pool.config.timeout
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self.state = ConnState.IDLE
+        self.deadline = 0.0
+        self._head_waiter: asyncio.Future[int] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._reading_paused = False
+        self._head_only = False
+        self._got_bytes = False
+        self._reusable = True
+        self._reset_answer()
+
+    def _reset_answer(self) -> None:
+        self._claim = Claim.HELD
+        self._reply: Reply | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._status = 0
+        self._informational = False
+        self._response_headers = b""
+        self._content_length = -1
+        self._until_close = False
+        self._pieces: list[bytes] = []
+        self._held = 0
+        self._head_seen = False
+        self._complete = False
+
+    # --- the request ---------------------------------------------------------------------
+
+    def begin(self, parts: list[bytes], head_only: bool, body_sent: bool) -> None:
+        """Send a request head and the first piece of its body (``parts``) in one write."""
+        assert self._transport is not None and self.state == ConnState.IDLE
+        self.state = ConnState.EXCHANGE
+        self._head_only = head_only
+        self._got_bytes = False
+        self._head_waiter = self._loop.create_future()
+        self._done = self._loop.create_future()
+        self._reset_answer()
+        self._transport.writelines(parts)
+        # while relay itself waits for the client's body, upstream silence is not the
+        # upstream's fault: the clock starts once the body is sent
+        self.deadline = self._loop.time() + self._timeout if body_sent else 0.0
+
+    def send(self, data: bytes, chunked: bool) -> None:
+        assert self._transport is not None
+        if chunked:
+            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self._transport.write(data)
+
+    def finish_body(self, chunked: bool) -> None:
+        assert self._transport is not None
+        if chunked:
+            self._transport.write(b"0\r\n\r\n")
+        if self.state == ConnState.EXCHANGE and not self._reading_paused:
+            self.deadline = self._loop.time() + self._timeout
+
+    async def drain(self) -> None:
+        """Wait while the upstream reads slower than relay writes; raise if it failed."""
+        if self._write_paused:
+            self.deadline = self._loop.time() + self._timeout
+            self._drain_waiter = self._loop.create_future()
+            await self._drain_waiter
+        if self.state == ConnState.CLOSED and self._done is not None and self._done.done():
+            self._done.result()  # raises the reason the connection failed
+
+    async def answer_head(self) -> int:
+        """The status of the upstream's (final) answer, once its head has arrived."""
+        assert self._head_waiter is not None
+        return await self._head_waiter
+
+    @property
+    def answered(self) -> bool:
+        """The whole answer arrived: the upstream wants no more of the body."""
+        return self._complete
+
+    # --- claiming the answer ------------------------------------------------------------
+
+    def attach(self, reply: Reply) -> asyncio.Future[None]:
+        """Pass the answer to ``reply``; the future resolves when all of it is passed on."""
+        assert self._done is not None
+        done = self._done
+        self._claim = Claim.ATTACHED
+        self._reply = reply
+        self._flush()
+        self._resume_held()
+        return done
+
+    def discard(self) -> asyncio.Future[None]:
+        """Read the answer to its end and drop it."""
+        assert self._done is not None
+        done = self._done
+        self._claim = Claim.DISCARDED
+        self._pieces = []
+        self._flush()
+        self._resume_held()
+        return done
+
+    def _resume_held(self) -> None:
+        if self._reading_paused and (self._reply is None or not self._reply.client_is_paused):
+            self.resume_reading()
+
+    def release(self, body_sent: bool) -> None:
+        """After the exchange: back to the pool when clean, else closed."""
+        if self._reusable and body_sent and self.state == ConnState.IDLE:
+            self._pool.put_back(self)
+        else:
+            self.close()
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = self.state
+        self.state = ConnState.CLOSED
+        self._pool.forget(self)
+        if previous == ConnState.EXCHANGE:
+            if self._until_close and self._head_seen:
+                self._complete = True
+                self._flush()
+            elif not self._got_bytes:
+                self._fail(Stale())
+            else:
+                self._fail(BadGateway("upstream closed the connection mid-answer", self._pool.name))
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != ConnState.EXCHANGE:
+            # bytes nobody asked for: this connection cannot be trusted any more
+            self.close()
+            return
+        self._got_bytes = True
+        if not self._reading_paused:
+            self.deadline = self._loop.time() + self._timeout
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, RelayError) else BadGateway(str(exc), self._pool.name))
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(BadGateway(f"upstream answered garbage: {exc}", self._pool.name))
+            return
+        self._flush()
+
+    # the client reply (or a full hold buffer) pauses us when the answer can't move on
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self.deadline = 0.0
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None and self.state != ConnState.CLOSED:
+            self._reading_paused = False
+            self.deadline = self._loop.time() + self._timeout
+            self._transport.resume_reading()
+
+    def on_deadline(self) -> None:
+        if self.state == ConnState.EXCHANGE:
+            self._fail(GatewayTimeout("upstream did not answer in time", self._pool.name))
+
+    # --- httptools callbacks -----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._head_seen:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            # 1xx interim answers are relay's business with the upstream, not the client's
+            self._informational = True
+            self._headers = []
+            return
+        try:
+            scan = scan_headers(self._headers, _RESPONSE_DROP)
+        except BadRequest as exc:
+            raise BadGateway(f"upstream answered bad headers: {exc.detail}", self._pool.name) from exc
+        self._status = status
+        self._response_headers = scan.forward
+        self._content_length = scan.content_length
+        # neither length nor chunked: the body ends when the upstream closes
+        self._until_close = scan.content_length < 0 and not scan.chunked
+        self._head_seen = True
+        if scan.close or self._until_close or not self._parser.should_keep_alive():
+            self._reusable = False
+        if self._head_only or status in (204, 304):
+            # no body follows; httptools cannot be told so, so this connection is not reused
+            if self._head_only:
+                self._reusable = False
+            self._complete = True
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(status)
+
+    def on_body(self, body: bytes) -> None:
+        if self._claim == Claim.ATTACHED:
+            reply = self._reply
+            if reply is not None and reply.started:
+                reply.write(body)
+                return
+        elif self._claim == Claim.DISCARDED:
+            return
+        self._pieces.append(body)
+        self._held += len(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        self._complete = True
+
+    # --- passing the answer on ---------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if not self._head_seen:
+            return
+        if self._claim == Claim.HELD:
+            if self._held > HOLD_BYTES:
+                self.pause_reading()
+            return
+        reply = self._reply
+        if reply is not None and not reply.started:
+            if self._complete:
+                length = self._content_length if self._head_only else self._held
+                reply.send_whole(self._status, self._response_headers, self._pieces, max(length, 0))
+            else:
+                reply.set_producer(self)
+                reply.begin(self._status, self._response_headers)
+                for piece in self._pieces:
+                    reply.write(piece)
+            self._pieces = []
+        if self._complete:
+            if reply is not None and reply.started:
+                reply.end()
+            self._finish()
+
+    def _finish(self) -> None:
+        self.deadline = 0.0
+        reply, self._reply = self._reply, None
+        if reply is not None:
+            reply.set_producer(None)
+        if self._reading_paused:
+            self.resume_reading()
+            self.deadline = 0.0
+        done, self._done = self._done, None
+        if self.state == ConnState.EXCHANGE:
+            self.state = ConnState.IDLE
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.deadline = 0.0
+        self._reusable = False
+        reply, self._reply = self._reply, None
+        if reply is not None:
+            reply.set_producer(None)
+        for waiter in (self._head_waiter, self._done):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+                # whoever awaits it sees it; nobody may, if the request failed first
+                waiter.exception()
+        self.close()
+
+    def close(self) -> None:
+        self._reusable = False
+        if self.state != ConnState.CLOSED:
+            self.state = ConnState.CLOSED
+            self._pool.forget(self)
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one upstream, most recently used first."""
+
+    def __init__(self, config: HttpSinkConfig, deadlines: Deadlines) -> None:
+        self.config = config
+        self.name = config.name
+        self.loop = asyncio.get_running_loop()
+        self._deadlines = deadlines
+        self._idle: list[UpstreamConnection] = []
+        self._all: set[UpstreamConnection] = set()
+
+    async def acquire(self) -> tuple[UpstreamConnection, bool]:
+        """A connection ready for a request, and whether it was reused from the pool."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.state == ConnState.IDLE:
+                return conn, True
+        return await self.connect(), False
+
+    async def connect(self) -> UpstreamConnection:
+        config = self.config
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamConnection(self), config.host, config.port),
+                config.connect_timeout,
+            )
+        except TimeoutError:
+            raise GatewayTimeout("connecting to the upstream timed out", self.name) from None
+        except OSError as exc:
+            raise BadGateway(f"cannot connect to the upstream: {exc.strerror or exc}", self.name) from None
+        self._all.add(conn)
+        self._deadlines.watch(conn)
+        return conn
+
+    def put_back(self, conn: UpstreamConnection) -> None:
+        if len(self._idle) < self.config.pool_size:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn in self._all:
+            self._all.discard(conn)
+            self._deadlines.unwatch(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    async def close(self) -> None:
+        for conn in list(self._all):
+            conn.close()
