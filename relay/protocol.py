@@ -31,6 +31,7 @@ from relay.errors import (
     RelayError,
     RequestTimeout,
     ServiceUnavailable,
+    Unauthorized,
 )
 from relay.exchange import Exchange
 from relay.fastpath import HeaderScan, scan_headers
@@ -257,6 +258,9 @@ class ClientConnection(asyncio.Protocol):
             return exc
         scan = scan_headers(headers, flow.drop)
         self._check_framing(scan, version)
+        if flow.requires_token:
+            # fail closed until token verification is wired into this path
+            raise Unauthorized("token verification is not available", reason="unverifiable")
         if scan.content_length > flow.max_body:
             raise PayloadTooLarge(f"body of {scan.content_length} bytes exceeds the flow's limit")
         if self._trusted_peer:
