@@ -88,6 +88,7 @@ class AuditLog:
                 path=request.route_path,
                 client=request.client,
                 sink=request.flow.sink.name,
+                failed_sink=exchange.failed_sink,
                 bytes_in=request.body.consumed,
                 bytes_out=reply.bytes_out,
                 duration_ms=round((self._loop.time() - request.received_at) * 1000, 3),

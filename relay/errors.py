@@ -88,47 +88,42 @@ class NotImplementedMethod(RelayError):
     close_connection = True
 
 
-class BadGateway(RelayError):
-    """A sink refused, reset or answered garbage."""
-
-    status = 502
-    code = "sink_failed"
+class SinkError(RelayError):
+    """A failure of one sink; ``sink`` names it (for the audit record and the operator)."""
 
     def __init__(self, detail: str = "", sink: str = "") -> None:
         super().__init__(detail)
         self.sink = sink
 
 
-class ServiceUnavailable(RelayError):
+class BadGateway(SinkError):
+    """A sink refused, reset or answered garbage."""
+
+    status = 502
+    code = "sink_failed"
+
+
+class ServiceUnavailable(SinkError):
     """Overloaded, draining, or a sink is full: try again later."""
 
     status = 503
     code = "unavailable"
 
     def __init__(self, detail: str = "", sink: str = "", retry_after: int = 1) -> None:
-        super().__init__(detail)
-        self.sink = sink
+        super().__init__(detail, sink)
         self.retry_after = retry_after
 
 
-class GatewayTimeout(RelayError):
+class GatewayTimeout(SinkError):
     status = 504
     code = "sink_timeout"
 
-    def __init__(self, detail: str = "", sink: str = "") -> None:
-        super().__init__(detail)
-        self.sink = sink
 
-
-class InsufficientStorage(RelayError):
+class InsufficientStorage(SinkError):
     """A file sink's disk or quota is full (ENOSPC, EDQUOT)."""
 
     status = 507
     code = "sink_full"
-
-    def __init__(self, detail: str = "", sink: str = "") -> None:
-        super().__init__(detail)
-        self.sink = sink
 
 
 class ConfigProblem:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from relay.errors import RelayError
+from relay.errors import RelayError, SinkError
 from relay.flowcontrol import ClientGone
 from relay.reply import Reply
 from relay.request import Request
@@ -28,6 +28,7 @@ log = logging.getLogger("relay.exchange")
 class Exchange:
     __slots__ = (
         "_ctx", "request", "reply", "_error", "_raw_target", "_in_step", "_task", "_on_done", "outcome",
+        "failed_sink",
     )
 
     def __init__(
@@ -49,6 +50,8 @@ class Exchange:
         self._on_done: Callable[[Exchange], None] | None = None
         #: the audit reason: "relayed", or the error code / failure that decided the answer
         self.outcome = "relayed"
+        #: the sink whose failure decided the answer, if one did
+        self.failed_sink: str | None = None
 
     @classmethod
     def rejected(
@@ -82,6 +85,8 @@ class Exchange:
             await self._deliver(request)
         except RelayError as err:
             self.outcome = err.code
+            if isinstance(err, SinkError):
+                self.failed_sink = err.sink
             self.reply.fail(err)
         except (ClientGone, asyncio.CancelledError):
             self.outcome = "client_gone"

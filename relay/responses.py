@@ -1,6 +1,7 @@
 """Turning outcomes into response bytes: the one place errors become HTTP.
 
-Every error response is small JSON, ``{"error": CODE, "request_id": ID}``, and every
+Every error response is small JSON, ``{"error": CODE, "request_id": ID}`` (plus ``"sink"``
+when one of the flow's sinks failed), and every
 response relay writes carries ``X-Relay-Request-Id``.
 """
 
@@ -10,7 +11,7 @@ from http import HTTPStatus
 
 import orjson
 
-from relay.errors import MethodNotAllowed, RelayError, ServiceUnavailable, Unauthorized
+from relay.errors import MethodNotAllowed, RelayError, ServiceUnavailable, SinkError, Unauthorized
 
 #: "HTTP/1.1 200 OK\r\n" for every status Python knows; others get a generic reason.
 _STATUS_LINES: dict[int, bytes] = {
@@ -38,7 +39,10 @@ def error_headers(err: RelayError) -> bytes:
 
 def error_response(err: RelayError, request_id: str, keep_alive: bool, head_only: bool = False) -> bytes:
     """The complete response for ``err``; ``keep_alive`` is false when the connection closes after it."""
-    body = orjson.dumps({"error": err.code, "request_id": request_id})
+    fields = {"error": err.code, "request_id": request_id}
+    if isinstance(err, SinkError) and err.sink:
+        fields["sink"] = err.sink  # which of the flow's sinks failed
+    body = orjson.dumps(fields)
     head = b"".join((
         status_line(err.status),
         b"Content-Type: application/json\r\n",

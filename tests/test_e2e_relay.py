@@ -68,12 +68,16 @@ def send_body(address: Address, method: str, target: str, body: bytes, framing: 
     return response
 
 
-def assert_error(response: Response, status: int, code: str) -> None:
-    """relayd's error answer: the status and a JSON body naming the request id it sent."""
+def assert_error(response: Response, status: int, code: str, sink: str | None = None) -> None:
+    """relayd's error answer: the status and a JSON body naming the request id it sent
+    (and the sink that failed, for sink errors)."""
     assert response.status == status, str(response)
     request_id = response.get("X-Relay-Request-Id")
     assert request_id, f"no X-Relay-Request-Id on {response}"
-    assert response.json() == {"error": code, "request_id": request_id}
+    expected = {"error": code, "request_id": request_id}
+    if sink is not None:
+        expected["sink"] = sink
+    assert response.json() == expected
 
 
 def assert_relayed(response: Response, route: Route) -> None:
@@ -130,14 +134,14 @@ def test_memory_stays_bounded_for_a_64mib_chunked_post(stack: Stack) -> None:
                                     "/data/x?fail=close"], ids=["refused", "reset", "garbage", "closed"])
 def test_failing_upstream_gives_502(way: Route, target: str) -> None:
     response = exchange(way.address, request_bytes("GET", target))
-    assert_error(response, 502, "sink_failed")
+    assert_error(response, 502, "sink_failed", sink="nowhere" if target.startswith("/down/") else "up")
 
 
 def test_slow_upstream_gives_504_after_the_sink_timeout(way: Route) -> None:
     started = time.monotonic()
     response = exchange(way.address, request_bytes("GET", f"/slow/{unique('late')}?delay={SLOW_TIMEOUT * 3}"))
     elapsed = time.monotonic() - started
-    assert_error(response, 504, "sink_timeout")
+    assert_error(response, 504, "sink_timeout", sink="quick")
     assert SLOW_TIMEOUT * 0.9 <= elapsed < SLOW_TIMEOUT + 1.0
 
 
