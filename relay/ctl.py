@@ -1,0 +1,312 @@
+"""relayctl: operate a running relayd through its admin socket, and check audit logs.
+
+::
+
+    relayctl [--socket PATH | -c relay.toml] [--json] [--timeout SECONDS] COMMAND [ARGS...]
+
+Admin commands send one request line to the socket (``--socket``, else the config's
+``server.admin_socket``) and print the reply readably: ``key: value`` lines for scalars,
+tables for lists of records; ``--json`` prints the reply line as received. Local
+commands (``audit verify``) need no daemon.
+
+Exit status: 0 success · 1 the command failed or found a problem (reason on stderr) ·
+2 relayctl could not ask (usage, configuration, socket, timeout).
+
+Adding a command family (``relayctl token ...``): write a function that takes the
+sub-parsers object, adds its parsers and gives each a ``run`` default
+(``Callable[[argparse.Namespace], int]`` returning the exit status, raising
+:class:`CtlError` for exit 2), and list it in :data:`COMMAND_FAMILIES`. Use
+:func:`admin_call` to reach the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import orjson
+
+from relay.admin import AdminRequest
+from relay.audit import GENESIS
+from relay.audit_verify import verify
+from relay.cli import DEFAULT_CONFIG
+from relay.config import load_config
+from relay.errors import ConfigError
+from relay.units import parse_duration
+
+__all__ = ["COMMAND_FAMILIES", "CtlError", "admin_call", "format_reply", "relayctl_main"]
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # what add_subparsers() returns
+Run = Callable[[argparse.Namespace], int]
+
+#: reply fields holding wall-clock times, shown as local date and time
+_TIMESTAMPS = frozenset({"until", "last_success", "started_at"})
+
+
+class CtlError(Exception):
+    """relayctl could not do what was asked (exit status 2); the message says why."""
+
+
+# --- talking to the daemon ------------------------------------------------------------------
+
+def admin_call(path: str, request: AdminRequest, timeout: float) -> bytes:
+    """Send ``request`` to the admin socket at ``path``; the reply line, newline included."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise CtlError(f"cannot connect to the admin socket {path}: {exc.strerror or exc} "
+                           "(is relayd running, and may this user use it?)") from None
+        try:
+            try:
+                sock.sendall(orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a refused peer is told why before the server hangs up: read that
+            with sock.makefile("rb") as reader:
+                line = reader.readline()
+        except TimeoutError:
+            raise CtlError(f"no reply from {path} within {timeout:g}s") from None
+        except OSError as exc:
+            raise CtlError(f"lost the connection to {path}: {exc.strerror or exc}") from None
+    if not line.endswith(b"\n"):
+        raise CtlError(f"relayd closed the admin connection without a reply ({path})")
+    return line
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CtlError(f"cannot find the admin socket: {exc.problems[0]}"
+                       + (f" (and {len(exc.problems) - 1} more problems)" if len(exc.problems) > 1 else "")) from None
+    if config.server.admin_socket is None:
+        raise CtlError(f"{args.config} configures no server.admin_socket; give --socket PATH")
+    return config.server.admin_socket
+
+
+def _remote(build: Callable[[argparse.Namespace], AdminRequest]) -> Run:
+    """The ``run`` of an admin command whose request ``build`` makes from the arguments."""
+
+    def run(args: argparse.Namespace) -> int:
+        line = admin_call(_socket_path(args), build(args), args.timeout)
+        try:
+            reply = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise CtlError(f"relayd sent an unreadable reply: {line[:200]!r}") from None
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+            raise CtlError(f"relayd sent a reply without 'ok': {line[:200]!r}")
+        if args.json:
+            sys.stdout.write(line.decode())
+        if not reply["ok"]:
+            print(f"relayctl: {args.command}: {reply.get('error', 'failed')}", file=sys.stderr)
+            details = {k: v for k, v in reply.items() if k not in ("ok", "error")}
+            if details and not args.json:
+                print(format_reply(details), file=sys.stderr)
+            return 1
+        if not args.json:
+            text = reply.get("text")
+            if args.command == "metrics" and isinstance(text, str):
+                sys.stdout.write(text)  # Prometheus text, exactly as relayd rendered it
+            else:
+                print(format_reply(reply))
+        return 0
+
+    return run
+
+
+# --- readable output ------------------------------------------------------------------------
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and key in _TIMESTAMPS:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, list):
+        return ",".join(_cell(key, v) for v in value) or "-"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_cell(k, v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_cell(c, row.get(c)) for c in columns] for row in rows]
+    numeric = [all(isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool) for row in rows)
+               for c in columns]
+    header = [c.upper() for c in columns]
+    widths = [max(len(line[i]) for line in (header, *cells)) for i in range(len(columns))]
+
+    def fmt(line: list[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(line, widths, numeric)]
+        return "  ".join(parts).rstrip()
+
+    return [fmt(header), *(fmt(line) for line in cells)]
+
+
+def _is_rows(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def format_reply(reply: Mapping[str, Any]) -> str:
+    """A reply for people: ``key: value`` lines for scalars, then one table per list of records.
+
+    A list of plain values is listed one per line, a nested record is a one-row table;
+    an empty reply reads "ok".
+    """
+    scalars: list[str] = []
+    tables: list[tuple[str, list[str]]] = []
+    for key, value in reply.items():
+        if key in ("ok", "error"):
+            continue
+        if _is_rows(value):
+            tables.append((key, _table(value)))
+        elif isinstance(value, dict) and value:
+            tables.append((key, _table([value])))
+        elif isinstance(value, list) and not value:
+            tables.append((key, [f"(no {key})"]))
+        elif isinstance(value, list):
+            scalars.append(f"{key}:")
+            scalars.extend(f"  {_cell(key, v)}" for v in value)
+        else:
+            scalars.append(f"{key}: {_cell(key, value)}")
+    out = scalars
+    for title, lines in tables:
+        if out:
+            out.append("")
+        if scalars or len(tables) > 1:
+            out.append(f"{title}:")
+        out.extend(lines)
+    return "\n".join(out) or "ok"
+
+
+# --- commands -------------------------------------------------------------------------------
+
+def _duration(text: str) -> str:
+    """An argparse type: a duration relay accepts, passed on as written."""
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _admin_commands(sub: SubParsers) -> None:
+    for name, help_text in (
+        ("status", "the daemon's state: version, uptime, policy version, connections"),
+        ("stats", "requests, errors and bytes per flow"),
+        ("flows", "the routing table in force"),
+        ("reload", "load the configuration again (the running one stays if it is invalid)"),
+        ("drain", "stop accepting, finish requests in flight, then exit"),
+        ("metrics", "the Prometheus metrics text"),
+    ):
+        sub.add_parser(name, help=help_text).set_defaults(run=_remote(lambda a: AdminRequest(cmd=a.command)))
+
+    keys = sub.add_parser("keys", help="issuers' signing keys; 'keys refresh' fetches them now")
+    keys.add_argument("action", nargs="?", choices=("refresh",))
+    keys.set_defaults(run=_remote(lambda a: AdminRequest(cmd=" ".join(filter(None, ("keys", a.action))))))
+
+    cache = sub.add_parser("cache", help="the verified-token cache: 'cache stats' or 'cache purge'")
+    cache.add_argument("action", choices=("stats", "purge"))
+    cache.set_defaults(run=_remote(lambda a: AdminRequest(cmd=f"cache {a.action}")))
+
+    revoke = sub.add_parser("revoke", help="refuse tokens by jti, subject or key id for a while")
+    revoke.add_argument("kind", choices=("jti", "sub", "kid"))
+    revoke.add_argument("value")
+    revoke.add_argument("--ttl", type=_duration, help="how long, e.g. 1h (default: relayd's)")
+
+    def revoke_request(a: argparse.Namespace) -> AdminRequest:
+        request = AdminRequest(cmd="revoke", kind=a.kind, value=a.value)
+        if a.ttl is not None:
+            request["ttl"] = a.ttl
+        return request
+
+    revoke.set_defaults(run=_remote(revoke_request))
+
+    level = sub.add_parser("log-level", help="change relayd's log level")
+    level.add_argument("level", choices=("debug", "info", "warning", "error"))
+    level.set_defaults(run=_remote(lambda a: AdminRequest(cmd="log-level", level=a.level)))
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    try:
+        result = verify(args.files, after=args.after)
+    except OSError as exc:
+        raise CtlError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+    if args.json:
+        problem = result.problem
+        print(orjson.dumps({
+            "ok": result.ok, "lines": result.lines, "chains": result.chains, "head": result.head,
+            "problem": None if problem is None else {
+                "path": problem.path, "line": problem.line, "reason": problem.reason, "detail": problem.detail,
+            },
+        }).decode())
+    if result.problem is not None:
+        print(f"relayctl: audit chain broken at {result.problem} "
+              f"({result.lines} lines verified before it)", file=sys.stderr)
+        return 1
+    if not args.json:
+        print(f"ok: {result.lines} lines in {len(args.files)} file(s), {result.chains} chain start(s); "
+              f"head {result.head}")
+    return 0
+
+
+def _audit_commands(sub: SubParsers) -> None:
+    audit = sub.add_parser("audit", help="audit log tools (run locally, no daemon needed)")
+    actions = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser("verify", help="check the hash chain of audit files, oldest first")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--after", default=GENESIS, metavar="HASH",
+                       help="the head printed for the older files, when they are not given")
+    check.set_defaults(run=_audit_verify)
+
+
+#: each adds one family of sub-commands to relayctl's parser
+COMMAND_FAMILIES: tuple[Callable[[SubParsers], None], ...] = (_admin_commands, _audit_commands)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relayctl",
+        description="Operate a running relayd through its admin socket.",
+        epilog="Exit status: 0 ok, 1 the command failed, 2 relayctl could not ask.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", help="the admin socket (default: from the config)")
+    where.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                       help="read server.admin_socket from this file (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print replies as JSON")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="how long to wait for relayd's reply (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMAND_FAMILIES:
+        add(sub)
+    return parser
+
+
+def relayctl_main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point: run one command and exit with its status."""
+    args = _parser().parse_args(argv)
+    run: Run = args.run
+    try:
+        status = run(args)
+    except CtlError as exc:
+        print(f"relayctl: {exc}", file=sys.stderr)
+        status = 2
+    sys.stdout.flush()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    relayctl_main()
