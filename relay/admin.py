@@ -35,9 +35,9 @@ import orjson
 from relay.errors import StartupError
 
 __all__ = [
-    "COMMANDS", "MAX_LINE", "AdminReply", "AdminRequest", "AdminServer", "CommandError", "CommandTable",
-    "FlowsReply", "Handler", "KeysReply", "LogLevelReply", "MetricsReply", "ReloadReply",
-    "RevokeReply", "StatsReply", "StatusReply", "CacheStatsReply", "bind_unix_socket",
+    "COMMANDS", "MAX_LINE", "AdminReply", "AdminRequest", "AdminServer", "CacheStatsReply", "CommandError",
+    "CommandTable", "FlowsReply", "Handler", "KeysReply", "LogLevelReply", "MetricsReply", "ReloadReply",
+    "RevokeReply", "StatsReply", "StatusReply", "bind_unix_socket",
 ]
 
 log = logging.getLogger("relay.admin")

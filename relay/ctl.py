@@ -96,7 +96,8 @@ def _remote(build: Callable[[argparse.Namespace], AdminRequest]) -> Run:
     """The ``run`` of an admin command whose request ``build`` makes from the arguments."""
 
     def run(args: argparse.Namespace) -> int:
-        line = admin_call(_socket_path(args), build(args), args.timeout)
+        request = build(args)
+        line = admin_call(_socket_path(args), request, args.timeout)
         try:
             reply = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -106,7 +107,7 @@ def _remote(build: Callable[[argparse.Namespace], AdminRequest]) -> Run:
         if args.json:
             sys.stdout.write(line.decode())
         if not reply["ok"]:
-            print(f"relayctl: {args.command}: {reply.get('error', 'failed')}", file=sys.stderr)
+            print(f"relayctl: {request['cmd']}: {reply.get('error', 'failed')}", file=sys.stderr)
             details = {k: v for k, v in reply.items() if k not in ("ok", "error")}
             if details and not args.json:
                 print(format_reply(details), file=sys.stderr)
