@@ -1,0 +1,294 @@
+"""The upstreams and every system under test: configuration and start-up.
+
+Each start function takes the run's ``Context``, starts its processes through
+``Context.start`` (so the runner can stop them whatever happens) and returns a
+``System``: the URL wrk loads and the processes whose CPU time is reported.
+
+Upstreams, started once per invocation on the load CPU, each listening on TCP (for
+relayd, HAProxy and aiohttp, which keep connections to it alive) and on a Unix socket
+(for the lighttpd-in-front chain, as relayd's socket is):
+  * lighttpd serving ``HELLO``, a 100-byte file;
+  * ``discard.py`` taking the POSTs to ``UPLOAD``: it reads each body and drops it,
+    at several GB/s, and answers 200.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from benchmarks.procs import Address, Cores, Proc
+from benchmarks.tokens import AUDIENCE, GROUP, ISSUER, KeyFiles
+
+ROOT = Path(__file__).resolve().parent.parent
+LIGHTTPD_CONF = ROOT / "conf" / "lighttpd.conf"
+HELLO = "/bench/hello.txt"
+UPLOAD = "/upload/64MiB"
+
+Auth = Literal["none", "RS256", "ES256"]
+
+
+@dataclass
+class System:
+    """A started system under test: where to send load, and whose CPU to count
+    (role → process, e.g. {"relayd": ..., "lighttpd": ...} for a chain)."""
+
+    url: str
+    measured: dict[str, Proc]
+
+
+@dataclass
+class Context:
+    """What every start function needs: a scratch directory, the CPU layout, the keys,
+    the upstream's addresses, and the list of processes to stop after each run."""
+
+    workdir: Path
+    cores: Cores
+    keys: KeyFiles
+    running: list[Proc] = field(default_factory=list)
+    upstream_port: int = 0
+    upstream_socket: str = ""
+    discard_port: int = 0
+    discard_socket: str = ""
+
+    def port(self) -> int:
+        """A free loopback port below the kernel's range for outgoing connections, so
+        that none of the thousands of connections a run opens can take it first."""
+        start = random.randrange(20000, 30000)
+        for port in range(start, start + 1000):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+        raise RuntimeError("no free port between 20000 and 31000")
+
+    def path(self, name: str) -> Path:
+        return self.workdir / name
+
+    def start(self, name: str, argv: list[str], ready: list[Address], *, sut: bool,
+              env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, argv, self.path(f"{name}.log"),
+                    cpus=self.cores.sut if sut else self.cores.load, env=env, cwd=ROOT)
+        self.running.append(proc)
+        proc.wait_ready(ready)
+        return proc
+
+    def stop_all(self) -> None:
+        while self.running:
+            self.running.pop().stop()
+
+
+StartFn = Callable[[Context], System]
+
+
+# --- upstreams --------------------------------------------------------------------------
+
+def start_upstreams(ctx: Context) -> list[Proc]:
+    """lighttpd for the GETs, discard.py for the POSTs; the caller stops them."""
+    docroot = ctx.path("htdocs/bench")
+    docroot.mkdir(parents=True, exist_ok=True)
+    (docroot / "hello.txt").write_bytes(b"relay benchmark: a small static answer from the "
+                                        b"upstream, exactly one hundred bytes long.......\n")
+    ctx.upstream_port = ctx.port()
+    ctx.upstream_socket = str(ctx.path("upstream.sock"))
+    conf = ctx.path("upstream.conf")
+    conf.write_text(f"""\
+server.modules = ()
+server.document-root = "{ctx.path('htdocs')}"
+server.bind = "127.0.0.1"
+server.port = {ctx.upstream_port}
+$SERVER["socket"] == "{ctx.upstream_socket}" {{ }}
+# keep-alive clients (relayd, HAProxy, aiohttp) are never asked to reconnect mid-run
+server.max-keep-alive-requests = 1000000
+server.max-connections = 1024
+""")
+    started = []
+    try:
+        lighttpd = Proc("upstream", ["lighttpd", "-D", "-f", str(conf)], ctx.path("upstream.log"),
+                        cpus=ctx.cores.load, cwd=ROOT)
+        started.append(lighttpd)
+        lighttpd.wait_ready([("127.0.0.1", ctx.upstream_port), ctx.upstream_socket])
+        ctx.discard_port = ctx.port()
+        ctx.discard_socket = str(ctx.path("discard.sock"))
+        discard = Proc("discard", [sys.executable, "-m", "benchmarks.discard",
+                                   "--tcp", f"127.0.0.1:{ctx.discard_port}",
+                                   "--unix", ctx.discard_socket],
+                       ctx.path("discard.log"), cpus=ctx.cores.load, cwd=ROOT)
+        started.append(discard)
+        discard.wait_ready([("127.0.0.1", ctx.discard_port), ctx.discard_socket])
+    except BaseException:
+        for proc in reversed(started):
+            proc.stop()
+        raise
+    return started
+
+
+# --- lighttpd in front (the shipped conf/lighttpd.conf) ----------------------------------
+
+def _front_lighttpd(ctx: Context, backend_socket: str) -> tuple[Proc, str]:
+    state = ctx.path("front-lighttpd")
+    (state / "uploads").mkdir(parents=True, exist_ok=True)
+    port = ctx.port()
+    env = dict(os.environ) | {"RELAY_HTTP_ADDR": "127.0.0.1", "RELAY_HTTP_PORT": str(port),
+                              "RELAY_SOCKET": backend_socket, "RELAY_LIGHTTPD_DIR": str(state)}
+    proc = ctx.start("lighttpd", ["lighttpd", "-D", "-f", str(LIGHTTPD_CONF)],
+                     [("127.0.0.1", port)], sut=True, env=env)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def lighttpd_chain(ctx: Context, uploads: bool = False) -> System:
+    """lighttpd (shipped conf) → an upstream's Unix socket: the chain without relay.
+    It proxies every path to one socket, hence ``uploads`` to pick discard.py's."""
+    front, url = _front_lighttpd(ctx, ctx.discard_socket if uploads else ctx.upstream_socket)
+    return System(url, {"lighttpd": front})
+
+
+# --- relayd -----------------------------------------------------------------------------
+
+def relay_config(ctx: Context, port: int, sock: str, auth: Auth) -> str:
+    """GETs under /bench/ to lighttpd, POSTs under /upload/ to discard.py; a token
+    required when ``auth`` names an algorithm (the issuer then accepts only that one,
+    as HAProxy's rules do)."""
+    rules = 'auth = "none"'
+    if auth != "none":
+        rules = f'auth = "jwt"\nissuers = ["bench"]\nallow = {{ groups = ["{GROUP}"] }}'
+    return f"""\
+[server]
+listen = ["127.0.0.1:{port}", "unix:{sock}"]
+socket_mode = "0600"
+
+[audit]
+path = "{ctx.path('audit.jsonl')}"
+
+[[issuer]]
+name = "bench"
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+jwks_file = "{ctx.keys.jwks}"
+algorithms = ["{auth if auth != 'none' else 'RS256'}"]
+
+[sink.upstream]
+type = "http"
+url = "http://127.0.0.1:{ctx.upstream_port}"
+timeout = "30s"
+pool_size = 128
+
+[sink.discard]
+type = "http"
+url = "http://127.0.0.1:{ctx.discard_port}"
+timeout = "30s"
+
+[[flow]]
+name = "bench"
+path = "/bench/"
+methods = ["GET"]
+{rules}
+sink = "upstream"
+
+[[flow]]
+name = "upload"
+path = "/upload/"
+methods = ["POST"]
+{rules}
+sink = "discard"
+max_body = "128MiB"
+"""
+
+
+def _relayd(ctx: Context, auth: Auth) -> tuple[Proc, int, str]:
+    port, sock = ctx.port(), str(ctx.path("relay.sock"))
+    config = ctx.path("relay.toml")
+    config.write_text(relay_config(ctx, port, sock, auth))
+    ctx.path("audit.jsonl").unlink(missing_ok=True)  # each run's audit starts empty
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = ctx.start("relayd", [sys.executable, "-m", "relay", "-c", str(config)],
+                     [("127.0.0.1", port), sock], sut=True, env=env)
+    return proc, port, sock
+
+
+def relayd_direct(ctx: Context, auth: Auth = "none") -> System:
+    """wrk → relayd over TCP with keep-alive → upstream."""
+    relayd, port, _ = _relayd(ctx, auth)
+    return System(f"http://127.0.0.1:{port}", {"relayd": relayd})
+
+
+def relay_chain(ctx: Context, auth: Auth = "none") -> System:
+    """wrk → lighttpd (shipped conf) → relayd's Unix socket → upstream."""
+    relayd, _, sock = _relayd(ctx, auth)
+    front, url = _front_lighttpd(ctx, sock)
+    return System(url, {"relayd": relayd, "lighttpd": front})
+
+
+# --- HAProxy 2.6 ------------------------------------------------------------------------
+
+def _jwt_rules(ctx: Context, alg: str) -> str:
+    """Token checks as an HAProxy operator writes them: the algorithm pinned, the
+    signature, then exp, iss, aud and the group, each failure answered 401/403.
+    HAProxy 2.6's JSON queries return nothing for an array, so the group check can
+    only look at one position (relay accepts the group anywhere in the list)."""
+    pem = ctx.keys.pem[alg]
+    return f"""\
+    http-request deny deny_status 401 unless {{ req.hdr(authorization) -m beg "Bearer " }}
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
+    http-request deny deny_status 401 unless {{ var(txn.alg) -m str {alg} }}
+    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_verify(txn.alg,"{pem}") -m int 1 }}
+    http-request set-var(txn.now) date()
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+    http-request deny deny_status 401 unless {{ var(txn.exp),sub(txn.now) -m int gt 0 }}
+    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.iss') -m str {ISSUER} }}
+    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.aud') -m str {AUDIENCE} }}
+    http-request deny deny_status 403 unless {{ var(txn.bearer),jwt_payload_query('$.groups[0]') -m str {GROUP} }}
+"""
+
+
+def haproxy(ctx: Context, auth: Auth = "none") -> System:
+    """wrk → HAProxy (one thread; with ``auth``, jwt_verify on every request) → upstream."""
+    port = ctx.port()
+    config = ctx.path("haproxy.cfg")
+    config.write_text(f"""\
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend bench
+    bind 127.0.0.1:{port}
+{_jwt_rules(ctx, auth) if auth != "none" else ""}\
+    default_backend upstream
+
+backend upstream
+    http-reuse always
+    server lighttpd 127.0.0.1:{ctx.upstream_port}
+""")
+    proc = ctx.start("haproxy", ["haproxy", "-db", "-f", str(config)], [("127.0.0.1", port)],
+                     sut=True)
+    return System(f"http://127.0.0.1:{port}", {"haproxy": proc})
+
+
+# --- aiohttp + PyJWT --------------------------------------------------------------------
+
+def aiohttp_proxy(ctx: Context, auth: Auth = "none") -> System:
+    """wrk → the minimal aiohttp reverse proxy (benchmarks/aiohttp_proxy.py) → upstream."""
+    port = ctx.port()
+    argv = [sys.executable, "-m", "benchmarks.aiohttp_proxy", "--listen", f"127.0.0.1:{port}",
+            "--upstream", f"http://127.0.0.1:{ctx.upstream_port}"]
+    if auth != "none":
+        argv += ["--alg", auth, "--key", str(ctx.keys.pem[auth]), "--issuer", ISSUER,
+                 "--audience", AUDIENCE, "--group", GROUP]
+    proc = ctx.start("aiohttp", argv, [("127.0.0.1", port)], sut=True)
+    return System(f"http://127.0.0.1:{port}", {"aiohttp": proc})
