@@ -25,19 +25,18 @@ import asyncio
 import logging
 import os
 import socket
-import stat
 import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Required, TypedDict, cast, get_origin, get_type_hints
 
 import orjson
 
-from relay.errors import StartupError
+from relay.unixsock import bind_unix_socket
 
 __all__ = [
     "COMMANDS", "MAX_LINE", "AdminReply", "AdminRequest", "AdminServer", "CacheStatsReply", "CommandError",
     "CommandTable", "FlowsReply", "Handler", "KeysReply", "LogLevelReply", "MetricsReply", "ReloadReply",
-    "RevokeReply", "StatsReply", "StatusReply", "bind_unix_socket",
+    "RevokeReply", "StatsReply", "StatusReply",
 ]
 
 log = logging.getLogger("relay.admin")
@@ -178,41 +177,6 @@ class CommandTable:
             return AdminReply(ok=False, error=f"unknown command {request['cmd']!r} (known: {', '.join(COMMANDS)})")
         canonical: AdminRequest = {**request, "cmd": name, "args": words[len(name.split()):]}
         return await handler(canonical)
-
-
-def bind_unix_socket(path: str, mode: int) -> socket.socket:
-    """A Unix stream socket bound at ``path`` whose file has ``mode`` from the first moment.
-
-    A stale socket file (nobody listening) is replaced; raises StartupError when ``path``
-    exists and is not a socket, or a running server listens on it.
-    """
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(path)
-            except (ConnectionRefusedError, FileNotFoundError):
-                os.unlink(path)  # nobody is listening: a leftover from a crashed run
-            else:
-                raise StartupError(f"{path} is in use by a running server")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # the umask makes the file appear with its final mode: no window where it is wider
-    old_umask = os.umask(0o777 & ~mode)
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot bind {path}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, mode)
-    return sock
 
 
 def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:

@@ -96,7 +96,7 @@ class Exchange:
             self.outcome = "internal_error"
             self.reply.fail(RelayError("internal error"))
         finally:
-            self._ctx.audit.record_exchange(self)
+            self._ctx.exchange_done(self)
             if self._on_done is not None:
                 self._on_done(self)
 

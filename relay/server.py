@@ -16,16 +16,19 @@ import logging
 import os
 import secrets
 import signal
-import socket
-import stat
 
+from relay.admin import AdminServer
 from relay.audit import AuditLog
 from relay.config import Config, ListenAddress, ServerConfig, load_config
+from relay.control import build_commands
 from relay.errors import ConfigError, StartupError
+from relay.exchange import Exchange
+from relay.metrics import EventLoopLag, Metrics
 from relay.policy import Policy
 from relay.protocol import ClientConnection
 from relay.sinks import Sink, build_sink
 from relay.timers import Deadlines
+from relay.unixsock import bind_unix_socket
 
 log = logging.getLogger("relay.server")
 
@@ -41,11 +44,13 @@ class ServerContext:
         server: ServerConfig,
         policy: Policy,
         audit: AuditLog,
+        metrics: Metrics,
         deadlines: Deadlines,
     ) -> None:
         self.loop = loop
         self.policy = policy
         self.audit = audit
+        self.metrics = metrics
         self.deadlines = deadlines
         self.connections: set[ClientConnection] = set()
         self.draining = False
@@ -67,6 +72,22 @@ class ServerContext:
         self._request_counter += 1
         return f"{self._request_prefix}-{self._request_counter:08x}"
 
+    def exchange_done(self, exchange: Exchange) -> None:
+        """Account for a finished exchange: its audit record and its metrics."""
+        self.audit.record_exchange(exchange)
+        request = exchange.request
+        reply = exchange.reply
+        if request is None:
+            self.metrics.request_done("-", reply.status, exchange.outcome, 0, 0, 0.0)
+        else:
+            self.metrics.request_done(
+                request.flow.name, reply.status, exchange.outcome, request.body.consumed, reply.bytes_out,
+                self.loop.time() - request.received_at,
+            )
+
+    def in_flight(self) -> int:
+        return sum(1 for conn in self.connections if conn.busy)
+
     def admit(self, conn: ClientConnection) -> bool:
         if len(self.connections) >= self.max_connections or self.draining:
             return False
@@ -79,49 +100,22 @@ class ServerContext:
         self.deadlines.unwatch(conn)
 
 
-def _prepare_unix_path(path: str) -> None:
-    """Make room for a Unix socket at ``path``: replace a stale socket, refuse anything else."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # nobody is listening: a leftover from a crashed run
-        return
-    finally:
-        probe.close()
-    raise StartupError(f"{path} is in use by a running server")
-
-
-def _bind_unix(path: str, mode: int) -> socket.socket:
-    _prepare_unix_path(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # the umask makes the socket file appear with its final mode: no window where it is wider
-    old_umask = os.umask(0o777 & ~mode)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, mode)
-    return sock
-
-
 class Server:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._listeners: dict[ListenAddress, asyncio.AbstractServer] = {}
         self._stop: asyncio.Event | None = None
         self._ctx: ServerContext | None = None
+        self.metrics = Metrics()
 
     @property
     def config(self) -> Config:
         return self._config
+
+    @property
+    def context(self) -> ServerContext:
+        assert self._ctx is not None, "the server is not running"
+        return self._ctx
 
     async def run(self) -> None:
         """Serve until asked to stop, then drain. Raises StartupError when it cannot bind."""
@@ -131,13 +125,21 @@ class Server:
         deadlines = Deadlines(loop)
         audit = AuditLog(config.audit, loop)
         sinks = {name: build_sink(sink, deadlines) for name, sink in config.sinks.items()}
-        self._ctx = ctx = ServerContext(loop, config.server, Policy(config, sinks, 1), audit, deadlines)
+        self._ctx = ctx = ServerContext(loop, config.server, Policy(config, sinks, 1), audit, self.metrics, deadlines)
+        admin = None
+        if config.server.admin_socket is not None:
+            admin = AdminServer(config.server.admin_socket, frozenset(), build_commands(self))
         try:
             await self._bind(config.server)
+            if admin is not None:
+                await admin.start()
         except BaseException:
             await self._close_listeners()
             audit.close()
             raise
+        lag = EventLoopLag(loop)
+        self._watch_gauges(lag)
+        lag.start()
         deadlines.start()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
@@ -145,12 +147,22 @@ class Server:
         loop.add_signal_handler(signal.SIGUSR1, audit.reopen)
         log.info("relayd serving on %s", ", ".join(a.spec for a in config.server.listen))
         await self._stop.wait()
-        await self._drain(config.server.shutdown_grace)
+        if admin is not None:
+            await admin.close()
+        await self._drain(self._config.server.shutdown_grace)
+        lag.stop()
         deadlines.stop()
         for sink in ctx.policy.sinks.values():
             await sink.close()
         audit.close()
         log.info("relayd stopped")
+
+    def _watch_gauges(self, lag: EventLoopLag) -> None:
+        ctx = self.context
+        self.metrics.watch("relay_connections", lambda: len(ctx.connections))
+        self.metrics.watch("relay_in_flight_requests", ctx.in_flight)
+        self.metrics.watch("relay_event_loop_lag_seconds", lambda: lag.seconds)
+        self.metrics.watch("relay_policy_version", lambda: ctx.policy.version)
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -169,7 +181,7 @@ class Server:
         loop = ctx.loop
         try:
             if address.path is not None:
-                sock = _bind_unix(address.path, server.socket_mode)
+                sock = bind_unix_socket(address.path, server.socket_mode)
                 return await loop.create_unix_server(
                     lambda: ClientConnection(ctx, ctx.trust_unix_peers), sock=sock, backlog=_BACKLOG
                 )
