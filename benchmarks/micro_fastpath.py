@@ -15,6 +15,7 @@ import importlib
 import json
 import statistics
 import timeit
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -26,6 +27,8 @@ class Case:
     name: str
     function: str  # the name of the function in both modules
     args: tuple[object, ...]
+    #: for methods: builds, per module, the callable to time from the module (else getattr)
+    prepare: Callable[[ModuleType], Callable[..., object]] | None = None
 
 
 # --- inputs -----------------------------------------------------------------------------
@@ -50,9 +53,22 @@ PROXIED_HEADERS = [
 PROXIED_DROP = frozenset({b"authorization", b"cookie", b"x-forwarded-user"})
 SMALL_HEADERS = [(b"Host", b"127.0.0.1:8081"), (b"User-Agent", b"wrk"), (b"Accept", b"*/*")]
 
+BEARER = dict(PROXIED_HEADERS)[b"Authorization"]
+
+
+def token_cache_hit(module: ModuleType) -> Callable[..., object]:
+    """TokenCache.get of a cached token, sliced from its header value on every call as the
+    request path does: a new bytes object each time, so its hash is computed each time."""
+    cache = module.TokenCache(10_000)
+    cache.put(BEARER[7:], 1, object(), 2e9)
+    get = cache.get
+    return lambda header, generation, now: get(header[7:], generation, now)
+
+
 CASES = [
     Case("scan_headers proxied (12 headers, 800 B token)", "scan_headers", (PROXIED_HEADERS, PROXIED_DROP)),
     Case("scan_headers small (3 headers)", "scan_headers", (SMALL_HEADERS, frozenset())),
+    Case("TokenCache.get hit (800 B token)", "TokenCache", (BEARER, 1, 1e9), token_cache_hit),
 ]
 
 
@@ -62,7 +78,8 @@ CASES = [
 def median_ns(module: ModuleType, case: Case, repeat: int) -> float:
     """Median over ``repeat`` runs of the time per call, each run lasting ~0.2 s."""
     names = {f"a{i}": arg for i, arg in enumerate(case.args)}
-    timer = timeit.Timer(f"f({', '.join(names)})", globals={"f": getattr(module, case.function), **names})
+    function = case.prepare(module) if case.prepare else getattr(module, case.function)
+    timer = timeit.Timer(f"f({', '.join(names)})", globals={"f": function, **names})
     number, _ = timer.autorange()
     number *= 2
     runs = timer.repeat(repeat=repeat, number=number)

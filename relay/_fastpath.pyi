@@ -4,7 +4,9 @@ has the same API. Import it through relay.fastpath."""
 from collections.abc import Iterable, Set
 from typing import TypeAlias, final
 
-__all__ = ["HeaderScan", "scan_headers"]
+from relay.identity.claims import Identity
+
+__all__ = ["HeaderScan", "TokenCache", "scan_headers"]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 
@@ -38,3 +40,16 @@ class HeaderScan:
     def forward(self) -> bytes: ...
 
 def scan_headers(headers: Iterable[tuple[BytesLike, BytesLike]], drop: Set[bytes]) -> HeaderScan: ...
+
+
+# 2. Verified-token cache
+
+@final
+class TokenCache:
+    """Verified tokens → identity, at most ``capacity``; CLOCK eviction."""
+
+    def __init__(self, capacity: int) -> None: ...
+    def get(self, token: bytes, generation: int, now: float) -> Identity | None: ...
+    def put(self, token: bytes, generation: int, identity: Identity, expires_at: float) -> None: ...
+    def purge(self) -> None: ...
+    def stats(self) -> dict[str, int]: ...

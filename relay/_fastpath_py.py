@@ -8,6 +8,8 @@ Sections (one per fast-path job):
 
 1. header scanning: ``scan_headers`` checks the header pairs httptools delivered,
    pulls out what relay needs and builds the header block forwarded upstream.
+2. verified-token cache: ``TokenCache`` maps tokens already verified to their identity,
+   bounded, so a repeated token costs one lookup instead of a signature check.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from relay.errors import BadRequest
 
-__all__ = ["HeaderScan", "scan_headers"]
+if TYPE_CHECKING:
+    from relay.identity.claims import Identity
+
+__all__ = ["HeaderScan", "TokenCache", "scan_headers"]
 
 #: What httptools may hand over; results are always plain bytes.
 BytesLike = bytes | bytearray | memoryview
@@ -184,3 +190,100 @@ def _connection_options(value: bytes) -> list[bytes]:
 def _as_bytes(data: BytesLike) -> bytes:
     """``data`` as bytes, without a copy when it already is bytes."""
     return data if type(data) is bytes else bytes(memoryview(data))
+
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Verified-token cache
+# ---------------------------------------------------------------------------------------
+
+
+class _CacheEntry:
+    __slots__ = ("identity", "generation", "expires_at", "referenced")
+
+    def __init__(self, identity: Identity, generation: int, expires_at: float) -> None:
+        self.identity = identity
+        self.generation = generation
+        self.expires_at = expires_at
+        self.referenced = True  # hit since the CLOCK hand last passed
+
+
+class TokenCache:
+    """Already-verified tokens → their identity, at most ``capacity`` of them.
+
+    Keyed on the raw token bytes; an entry serves only while the caller's key
+    ``generation`` is the one it was stored with and ``now`` is not past its
+    ``expires_at``. When full, CLOCK (second-chance) eviction picks the victim: a ring
+    of slots and a hand that skips, once, every entry hit since it last passed, so
+    tokens in use stay and dead ones (expired, old generation, one-off) go first.
+    Amortized O(1) per insertion; a hit is one dict lookup.
+    """
+
+    __slots__ = ("_capacity", "_entries", "_ring", "_hand", "_hits", "_misses", "_evictions")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self._capacity = capacity
+        self._entries: dict[bytes, _CacheEntry] = {}
+        self._ring: list[bytes] = []  # slot → token
+        self._hand = 0
+        self._hits = 0
+        self._misses = 0
+        self._evictions = 0
+
+    def get(self, token: bytes, generation: int, now: float) -> Identity | None:
+        """The identity stored for ``token``, or None on a miss, another generation or after expiry."""
+        entry = self._entries.get(token)
+        if entry is None or entry.generation != generation or now > entry.expires_at:
+            self._misses += 1
+            return None
+        entry.referenced = True
+        self._hits += 1
+        return entry.identity
+
+    def put(self, token: bytes, generation: int, identity: Identity, expires_at: float) -> None:
+        """Store a verified ``token``; it serves until ``expires_at`` (seconds since the epoch)."""
+        entry = self._entries.get(token)
+        if entry is not None:
+            entry.identity = identity
+            entry.generation = generation
+            entry.expires_at = expires_at
+            entry.referenced = True
+            return
+        if len(self._ring) < self._capacity:
+            slot = len(self._ring)
+            self._ring.append(token)
+        else:
+            slot = self._evict()
+            self._ring[slot] = token
+        self._entries[token] = _CacheEntry(identity, generation, expires_at)
+
+    def _evict(self) -> int:
+        """Free the slot under the CLOCK hand's first unreferenced entry and return it."""
+        while True:
+            slot = self._hand
+            self._hand = slot + 1 if slot + 1 < self._capacity else 0
+            entry = self._entries[self._ring[slot]]
+            if entry.referenced:
+                entry.referenced = False
+                continue
+            del self._entries[self._ring[slot]]
+            self._evictions += 1
+            return slot
+
+    def purge(self) -> None:
+        """Forget every entry (the counters stay)."""
+        self._entries.clear()
+        self._ring.clear()
+        self._hand = 0
+
+    def stats(self) -> dict[str, int]:
+        """size, capacity, hits, misses, evictions."""
+        return {
+            "size": len(self._entries),
+            "capacity": self._capacity,
+            "hits": self._hits,
+            "misses": self._misses,
+            "evictions": self._evictions,
+        }
