@@ -205,7 +205,8 @@ class JwksServer:
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # a short poll interval makes shutdown() quick at the end of each test
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
 
     def url(self, path: str = "/jwks.json") -> str:
         host, port = self._httpd.server_address[:2]
