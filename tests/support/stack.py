@@ -34,6 +34,7 @@ listen = ["127.0.0.1:{port}", "unix:{workdir / 'relay.sock'}"]
 header_timeout = "2s"
 max_header_bytes = "16KiB"
 shutdown_grace = "10s"
+admin_socket = "{workdir / 'admin.sock'}"
 
 [audit]
 path = "{workdir / 'audit.jsonl'}"
