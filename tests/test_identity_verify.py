@@ -368,3 +368,15 @@ def test_claims_mapping_applies(make: Any) -> None:
     harness = make(configs=(okta,))
     identity = harness.ok(RSA.token(good_claims(uid="00u1", scp=["a", "b"], scope=None)))
     assert (identity.subject, identity.scopes) == ("00u1", ("a", "b"))
+
+
+def test_without_issuers_every_token_fails_on_issuer() -> None:
+    async def main() -> None:
+        auth = Authenticator(())
+        await auth.start()
+        with pytest.raises(Unauthorized) as caught:
+            auth.authenticate(bearer(RSA.token()), ())
+        assert caught.value.reason == "issuer"
+        await auth.close()
+
+    asyncio.run(main())

@@ -33,6 +33,7 @@ __all__ = ["CACHE_CAPACITY", "Authenticator"]
 
 log = logging.getLogger(__name__)
 
+_MAX_TOKEN_BYTES = 64 * 1024  # the largest max_token_bytes the configuration allows
 CACHE_CAPACITY = 10_000  # tokens; at the default 8 KiB cap per token at most ~80 MiB, typically ~10 MiB
 
 
@@ -107,7 +108,8 @@ class Authenticator:
             by_name[config.name] = Issuer(config, keys)
         self._by_name = by_name
         self._by_iss = {i.config.issuer: i for i in by_name.values()}
-        self._max_token_bytes = max((c.max_token_bytes for c in configs), default=0)
+        # checked before the issuer is known; with no issuer at all, tokens fail on "issuer"
+        self._max_token_bytes = max((c.max_token_bytes for c in configs), default=_MAX_TOKEN_BYTES)
         self._generation += 1  # audiences, algorithms or claim mapping may differ now
 
     def _keys_removed(self) -> None:

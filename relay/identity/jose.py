@@ -9,6 +9,7 @@ honour critical extensions). Signature and claims are checked in ``relay.identit
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any, NoReturn
 
 import orjson
@@ -18,6 +19,8 @@ from relay.errors import Unauthorized
 __all__ = ["Compact", "b64url_decode", "b64url_encode", "parse_compact"]
 
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PADDING = (b"", b"", b"==", b"=")  # by length % 4
 #: Header parameters that carry or point at a key (RFC 7515 §4.1.2-4.1.6). A token must
 #: never choose the key it is checked with, so a token naming one is refused outright
 #: rather than silently ignored: no identity provider relay supports sends them.
@@ -54,7 +57,8 @@ def b64url_decode(segment: bytes) -> bytes:
         raise ValueError("not canonical base64url")
     if rest and _ALPHABET.index(segment[-1]) & (0x0F if rest == 2 else 0x03):
         raise ValueError("not canonical base64url (stray low bits)")
-    return base64.urlsafe_b64decode(segment + b"=" * (4 - rest if rest else 0))
+    # binascii directly: base64.urlsafe_b64decode re-validates and copies more (~1 µs a token)
+    return binascii.a2b_base64(segment.translate(_TO_STANDARD) + _PADDING[rest], strict_mode=True)
 
 
 def _malformed(detail: str) -> NoReturn:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 REFETCH_COOLDOWN = 30.0  # seconds between fetches an unknown kid may trigger
 FETCH_TIMEOUT = 10.0  # seconds for one whole fetch (discovery included)
+_MIN_RETRY = 1.0  # seconds between attempts while an issuer has no keys at all
 
 
 class KeyStatus(TypedDict):
@@ -133,14 +134,19 @@ class IssuerKeys:
     async def _run(self) -> None:
         while True:
             if self._last_attempt is not None:
-                # without keys every token fails: retry sooner than the normal refresh
-                delay = self.config.refresh if self._keys else min(self._cooldown, self.config.refresh)
+                # without keys every token fails: retry sooner than the normal refresh,
+                # but never in a tight loop
+                retry = max(self._cooldown, _MIN_RETRY)
+                delay = self.config.refresh if self._keys else min(retry, self.config.refresh)
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
                 # arrives as the event fires, and close() would then wait forever
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug here must not end key refreshing for good
+                log.exception("issuer %s: key refresh failed unexpectedly", self.config.name)
             self._wake.clear()
 
     def _install(self, keys: dict[str, VerifyKey]) -> None:
