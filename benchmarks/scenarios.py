@@ -1,0 +1,123 @@
+"""What is measured: one line per scenario, and the comparisons drawn from them.
+
+A scenario is a start function (systems.py), a request target and a wrk load
+(loadgen.Load: a script in benchmarks/wrk and its arguments). Adding one is a line in
+``SCENARIOS``; a comparison (a ratio, or a figure, with the product's target if it has
+one) is a line in ``COMPARISONS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+from benchmarks import systems
+from benchmarks.loadgen import Load
+from benchmarks.systems import HELLO, UPLOAD, Auth, StartFn
+from benchmarks.tokens import COUNT, KeyFiles, files
+
+UPLOAD_BYTES = 64 * 1024 * 1024
+_keys: KeyFiles = files()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str  # what --only matches, and the key in the JSON
+    label: str  # the table's row title
+    start: StartFn
+    path: str
+    load: Load
+    auth: Auth = "none"  # the algorithm of the tokens sent; probes check one is required
+    relay: bool = False  # relayd is under test
+    upload: bool = False  # report MB/s and peak RSS rather than request rates
+
+
+PLAIN = Load("plain.lua")
+# one upload at a time: the throughput of a single stream, and relayd's memory for it
+UPLOADS = Load("upload.lua", (str(UPLOAD_BYTES),), threads=1, connections=1)
+
+
+def one_token(alg: str) -> Load:
+    return Load("token.lua", (str(_keys.tokens[alg]),))
+
+
+def many_tokens(alg: str) -> Load:
+    return Load("tokens.lua", (str(_keys.tokens[alg]), "2"), threads=2)
+
+
+def _token_scenarios(alg: Auth) -> list[Scenario]:
+    n = f"{COUNT // 1000}k"
+    return [
+        Scenario(f"relay-chain-{alg}", f"lighttpd → relayd, one {alg} token",
+                 partial(systems.relay_chain, auth=alg), HELLO, one_token(alg), alg, relay=True),
+        Scenario(f"relayd-{alg}", f"relayd, one {alg} token",
+                 partial(systems.relayd_direct, auth=alg), HELLO, one_token(alg), alg, relay=True),
+        Scenario(f"relayd-{alg}-{n}", f"relayd, {n} {alg} tokens",
+                 partial(systems.relayd_direct, auth=alg), HELLO, many_tokens(alg), alg, relay=True),
+        Scenario(f"haproxy-{alg}", f"HAProxy jwt_verify, one {alg} token",
+                 partial(systems.haproxy, auth=alg), HELLO, one_token(alg), alg),
+        Scenario(f"haproxy-{alg}-{n}", f"HAProxy jwt_verify, {n} {alg} tokens",
+                 partial(systems.haproxy, auth=alg), HELLO, many_tokens(alg), alg),
+        Scenario(f"aiohttp-{alg}", f"aiohttp + PyJWT, one {alg} token",
+                 partial(systems.aiohttp_proxy, auth=alg), HELLO, one_token(alg), alg),
+    ]
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario("lighttpd-chain", "lighttpd → upstream (no relay)", systems.lighttpd_chain, HELLO, PLAIN),
+    Scenario("relay-chain", "lighttpd → relayd → upstream", systems.relay_chain, HELLO, PLAIN,
+             relay=True),
+    Scenario("relayd", "relayd (TCP, keep-alive)", systems.relayd_direct, HELLO, PLAIN, relay=True),
+    Scenario("haproxy", "HAProxy plain", systems.haproxy, HELLO, PLAIN),
+    Scenario("aiohttp", "aiohttp proxy", systems.aiohttp_proxy, HELLO, PLAIN),
+    *_token_scenarios("RS256"),
+    *_token_scenarios("ES256"),
+    Scenario("upload-lighttpd-chain", "64 MiB POST: lighttpd → upstream",
+             partial(systems.lighttpd_chain, uploads=True), UPLOAD, UPLOADS, upload=True),
+    Scenario("upload-relay-chain", "64 MiB POST: lighttpd → relayd → upstream", systems.relay_chain,
+             UPLOAD, UPLOADS, relay=True, upload=True),
+]
+
+Metric = Literal["rate", "mb_s", "relayd_cpu_us", "relayd_rss_mib"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``metric`` of ``subject``, divided by that of ``baseline`` when there is one,
+    held against ``target`` (``op`` is ">=" or "<=") when the product sets one."""
+
+    label: str
+    subject: str
+    baseline: str | None
+    metric: Metric = "rate"
+    op: Literal[">=", "<=", "<"] = ">="
+    target: float | None = None
+
+
+_K = f"{COUNT // 1000}k"
+COMPARISONS: list[Comparison] = [
+    Comparison("relayd vs HAProxy jwt_verify, one RS256 token", "relayd-RS256", "haproxy-RS256",
+               target=3.0),
+    Comparison("relayd one RS256 token vs HAProxy plain", "relayd-RS256", "haproxy", target=0.9),
+    Comparison("relayd CPU µs/request, one RS256 token", "relayd-RS256", None, "relayd_cpu_us",
+               "<=", 22.0),
+    Comparison(f"relayd vs HAProxy, {_K} RS256 tokens", f"relayd-RS256-{_K}",
+               f"haproxy-RS256-{_K}", target=0.9),
+    Comparison(f"relayd vs HAProxy, {_K} ES256 tokens", f"relayd-ES256-{_K}",
+               f"haproxy-ES256-{_K}", target=0.9),
+    Comparison("relay chain (one RS256 token) vs lighttpd chain", "relay-chain-RS256",
+               "lighttpd-chain", target=0.6),
+    Comparison("relay chain vs aiohttp + PyJWT, one RS256 token", "relay-chain-RS256",
+               "aiohttp-RS256", target=8.0),
+    Comparison("64 MiB POST MB/s: relay chain vs lighttpd chain", "upload-relay-chain",
+               "upload-lighttpd-chain", "mb_s", target=0.9),
+    Comparison("relayd peak RSS MiB, 64 MiB POSTs", "upload-relay-chain", None, "relayd_rss_mib",
+               "<", 100.0),
+    # no target: context for the ones above
+    Comparison("relayd vs HAProxy jwt_verify, one ES256 token", "relayd-ES256", "haproxy-ES256"),
+    Comparison("relayd vs HAProxy plain, no token", "relayd", "haproxy"),
+    Comparison("relayd vs aiohttp + PyJWT, one RS256 token", "relayd-RS256", "aiohttp-RS256"),
+    Comparison("relayd vs aiohttp proxy, no token", "relayd", "aiohttp"),
+    Comparison("relay chain vs lighttpd chain, no token", "relay-chain", "lighttpd-chain"),
+]
