@@ -205,6 +205,7 @@ def test_signer_creates_a_private_key_file_once(tmp_path: Path) -> None:
     path = tmp_path / "relay-identity.pem"
     first = IdentitySigner(str(path))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
     again = IdentitySigner(str(path))
     assert again.kid == first.kid and again.jwks() == first.jwks()
     assert IdentitySigner(str(tmp_path / "other.pem")).kid != first.kid

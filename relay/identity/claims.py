@@ -21,7 +21,8 @@ __all__ = ["ClaimPath", "ClaimsMapper", "Identity"]
 
 
 class Identity:
-    """A verified caller. Immutable by convention; shared by every request with its token.
+    """A verified caller, shared by every request with its token: treat it as read-only
+    (only relay.identity.headers fills ``header_memo``, once).
 
     ``issuer`` is the issuer's configured *name*; ``claims`` is the whole verified
     payload (read-only); ``expires_at`` is the token's ``exp`` (seconds since the epoch).

@@ -32,27 +32,37 @@ REUSE = 30
 _MEMO_CAPACITY = 4096
 
 
-def _load_or_create(path: str) -> Ed25519PrivateKey:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            key = serialization.load_pem_private_key(f.read(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("%s is readable by other users (mode %o): chmod 600 it", path, stat.S_IMODE(mode))
-        return key
+def _load(path: str) -> Ed25519PrivateKey:
+    with open(path, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        key = serialization.load_pem_private_key(f.read(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} does not hold an Ed25519 private key")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s is readable by other users (mode %o): chmod 600 it", path, stat.S_IMODE(mode))
+    return key
+
+
+def _create(path: str) -> None:
+    """Write a new key to ``path`` unless it exists. The key is written to a private
+    temporary file first and linked into place, so workers starting together never
+    read a half-written file and exactly one key wins."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())  # fmt: skip
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    log.info("generated relay's identity key in %s", path)
-    return key
+    temporary = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(temporary, path)
+        log.info("generated relay's identity key in %s", path)
+    except FileExistsError:
+        pass  # another worker created it first: use theirs
+    finally:
+        os.unlink(temporary)
 
 
 class IdentitySigner:
@@ -63,7 +73,9 @@ class IdentitySigner:
 
     def __init__(self, key_path: str, issuer: str = "relay") -> None:
         self.issuer = issuer
-        self._key = _load_or_create(key_path)
+        if not os.path.exists(key_path):
+            _create(key_path)
+        self._key = _load(key_path)
         x = b64url_encode(self._key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode("ascii")  # fmt: skip
         # RFC 7638 §3.2: the required members in lexicographic order, no whitespace
