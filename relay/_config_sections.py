@@ -28,6 +28,8 @@ from relay._config_read import (
 )
 from relay._toml_locate import join_key
 from relay.config import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_MAX_IN_FLIGHT,
     SIGNING_ALGORITHMS,
     AuditConfig,
     ClaimsMapping,
@@ -306,6 +308,7 @@ def _http_sink(t: Table, name: str) -> HttpSinkConfig:
         timeout=t.duration("timeout", _HTTP.timeout, 0.001, _DAY),
         connect_timeout=t.duration("connect_timeout", _HTTP.connect_timeout, 0.001, 600.0),
         pool_size=t.integer("pool_size", _HTTP.pool_size, 0, 4096),
+        max_in_flight=_max_in_flight(t),
     )
 
 
@@ -339,6 +342,8 @@ def _file_sink(t: Table, name: str) -> FileSinkConfig:
         fsync_interval=t.duration("fsync_interval", _FILE.fsync_interval, 0.001, 3600.0),
         rotate=t.size("rotate", _FILE.rotate, _KiB, _TiB),
         rotate_interval=t.duration("rotate_interval", _FILE.rotate_interval, 1.0, 366 * _DAY),
+        max_in_flight=_max_in_flight(t),
+        idempotency_ttl=_idempotency_ttl(t),
     )
 
 
@@ -359,12 +364,26 @@ def _redis_sink(t: Table, name: str) -> RedisStreamSinkConfig:
         maxlen=t.integer("maxlen", _REDIS.maxlen, 1, 2**63 - 1),
         timeout=t.duration("timeout", _REDIS.timeout, 0.001, 3600.0),
         entry=t.choice("entry", _REDIS.entry, ("record", "body")),
+        max_in_flight=_max_in_flight(t),
+        idempotency_ttl=_idempotency_ttl(t),
     )
+
+
+def _max_in_flight(t: Table) -> int:
+    """Every sink type's ``max_in_flight``: deliveries open at once before 503."""
+    return t.integer("max_in_flight", DEFAULT_MAX_IN_FLIGHT, 1, 1_000_000)
+
+
+def _idempotency_ttl(t: Table) -> float:
+    """How long a sink that stores data remembers an Idempotency-Key."""
+    return t.duration("idempotency_ttl", DEFAULT_IDEMPOTENCY_TTL, 1.0, 30 * _DAY)
 
 
 _SinkBuilder = Callable[[Table, str], SinkConfig]
 _SINK_TYPES: dict[str, tuple[tuple[str, ...], _SinkBuilder]] = {
-    "http": (("url", "timeout", "connect_timeout", "pool_size"), _http_sink),
-    "file": (("path", "format", "fsync", "fsync_interval", "rotate", "rotate_interval"), _file_sink),
-    "redis-stream": (("url", "stream", "maxlen", "timeout", "entry"), _redis_sink),
+    "http": (("url", "timeout", "connect_timeout", "pool_size", "max_in_flight"), _http_sink),
+    "file": (("path", "format", "fsync", "fsync_interval", "rotate", "rotate_interval", "max_in_flight",
+              "idempotency_ttl"), _file_sink),
+    "redis-stream": (("url", "stream", "maxlen", "timeout", "entry", "max_in_flight", "idempotency_ttl"),
+                     _redis_sink),
 }

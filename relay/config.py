@@ -40,6 +40,10 @@ DEFAULT_STRIP: tuple[str, ...] = (
     "x-email",
 )
 DEFAULT_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+#: deliveries one sink may have open before it answers 503 (per worker process)
+DEFAULT_MAX_IN_FLIGHT = 256
+#: how long a sink remembers an Idempotency-Key and the receipt it answered
+DEFAULT_IDEMPOTENCY_TTL = 86400.0
 SIGNING_ALGORITHMS: tuple[str, ...] = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 )
@@ -122,6 +126,7 @@ class HttpSinkConfig:
     timeout: float = 30.0  # inactivity over the whole exchange → 504
     connect_timeout: float = 5.0
     pool_size: int = 64  # idle keep-alive connections kept
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     type: Literal["http"] = "http"
 
 
@@ -134,6 +139,8 @@ class FileSinkConfig:
     fsync_interval: float = 1.0
     rotate: int | None = None  # bytes
     rotate_interval: float | None = None
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
     type: Literal["file"] = "file"
 
 
@@ -145,6 +152,8 @@ class RedisStreamSinkConfig:
     maxlen: int | None = None  # approximate trim (XADD MAXLEN ~)
     timeout: float = 5.0
     entry: Literal["record", "body"] = "record"
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
     type: Literal["redis-stream"] = "redis-stream"
 
 

@@ -263,6 +263,20 @@ def test_defaults_fill_what_is_not_written(here: Path) -> None:
     assert flow.headers == FlowHeaders()
 
 
+def test_sink_limits_and_idempotency_ttl(here: Path) -> None:
+    config = load(here, doc(sinks=SINKS.replace('type = "http"', 'type = "http"\nmax_in_flight = 4')
+                            + '\nmax_in_flight = 1000000\nidempotency_ttl = "1h"'
+                            + '\n\n[sink.events]\ntype = "redis-stream"\nurl = "redis://h"\nstream = "s"'
+                            + '\nmax_in_flight = 1\nidempotency_ttl = "30d"'))
+    sinks = config.sinks
+    assert sinks["api"].max_in_flight == 4
+    assert (sinks["archive"].max_in_flight, sinks["archive"].idempotency_ttl) == (1_000_000, 3600.0)
+    assert (sinks["events"].max_in_flight, sinks["events"].idempotency_ttl) == (1, 30 * 86400.0)
+    defaults = load(here, doc(sinks=SINKS + '\n\n[sink.events]\ntype = "redis-stream"\nurl = "redis://h"\nstream = "s"'))
+    assert {name: sink.max_in_flight for name, sink in defaults.sinks.items()} == {"api": 256, "archive": 256, "events": 256}
+    assert defaults.sinks["archive"].idempotency_ttl == defaults.sinks["events"].idempotency_ttl == 86400.0
+
+
 def test_relative_paths_resolve_against_the_working_directory(here: Path) -> None:
     elsewhere = here / "etc"
     elsewhere.mkdir()
@@ -482,6 +496,17 @@ BAD = [
                  "sink.events.url", "database 'x'", id="sink-redis-db"),
     pytest.param(doc(sinks=SINKS + '\n\n[sink."my sink"]  # HERE\ntype = "file"\npath = "x"'), 'sink."my sink"',
                  "sink name 'my sink' is not a name", id="sink-name"),
+    pytest.param(doc(sinks=SINKS + "\nmax_in_flight = 0  # HERE"), "sink.archive.max_in_flight",
+                 "0 is out of range (1 .. 1000000)", id="sink-max-in-flight-range"),
+    pytest.param(doc(sinks=SINKS.replace('type = "http"', 'type = "http"\nmax_in_flight = "8"  # HERE')),
+                 "sink.api.max_in_flight", 'must be an integer, not the string "8"', id="sink-max-in-flight-type"),
+    pytest.param(doc(sinks=SINKS.replace('type = "http"', 'type = "http"\nidempotency_ttl = "1h"  # HERE')),
+                 "sink.api.idempotency_ttl", "unknown key 'idempotency_ttl'", id="sink-http-idempotency-ttl"),
+    pytest.param(doc(sinks=SINKS + '\nidempotency_ttl = "500ms"  # HERE'), "sink.archive.idempotency_ttl",
+                 "500ms is out of range (1s .. 30d)", id="sink-idempotency-ttl-range"),
+    pytest.param(doc(sinks=SINKS + '\n\n[sink.events]\ntype = "redis-stream"\nurl = "redis://h"\nstream = "s"\n'
+                     'idempotency_ttl = 60  # HERE'), "sink.events.idempotency_ttl", "a duration needs a unit",
+                 id="sink-redis-idempotency-ttl-unit"),
     # [[flow]]
     pytest.param(doc(flows=FLOWS + '\nmetods = ["POST"]  # HERE'), "flow[0].metods",
                  "unknown key 'metods' (did you mean 'methods'?) (flow 'orders')", id="flow-unknown-key"),
