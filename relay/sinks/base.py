@@ -9,11 +9,16 @@ the deliveries that are still open.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import orjson
 
+from relay.errors import ServiceUnavailable
 from relay.reply import Reply
 from relay.request import Request
 
@@ -73,3 +78,162 @@ def send_receipt(reply: Reply, request: Request, receipts: Mapping[str, Receipt]
     body["sinks"] = dict(receipts)
     answer = orjson.dumps(body)
     reply.send_whole(200, _RECEIPT_HEADERS, (answer,), len(answer))
+
+
+# --- the in-flight limit every sink gets (see relay.sinks.build_sink) -------------------
+
+
+class LimitedSink:
+    """``sink`` refusing new deliveries while ``limit`` of them are open.
+
+    Past the limit ``open`` raises ``ServiceUnavailable`` (503, ``Retry-After: 1``) at once
+    rather than queueing, so a slow sink holds at most ``limit`` requests and never stalls
+    flows that do not use it. A delivery holds its slot from ``open`` until it is done: a
+    tee's at ``finish``, the answering sink's once its ``answer`` is passed on, any at
+    ``abort``. The count is per process (each worker has its own).
+    """
+
+    __slots__ = ("name", "sink", "limit", "open_count")
+
+    def __init__(self, sink: Sink, limit: int) -> None:
+        self.name = sink.name
+        #: the sink itself (for its own counters)
+        self.sink = sink
+        self.limit = limit
+        self.open_count = 0
+
+    async def open(self, request: Request, answers: bool, reply: Reply | None) -> Delivery:
+        if self.open_count >= self.limit:
+            raise ServiceUnavailable(f"sink has {self.limit} deliveries in flight", self.name, retry_after=1)
+        self.open_count += 1
+        try:
+            delivery = await self.sink.open(request, answers, reply)
+        except BaseException:
+            self.open_count -= 1
+            raise
+        return _LimitedDelivery(self, delivery, answers)
+
+    async def close(self) -> None:
+        await self.sink.close()
+
+
+class _LimitedDelivery:
+    """A delivery that gives its sink's slot back exactly once, when it is done."""
+
+    __slots__ = ("_owner", "_delivery", "_answers")
+
+    def __init__(self, owner: LimitedSink | None, delivery: Delivery, answers: bool) -> None:
+        self._owner = owner  # None once the slot is given back
+        self._delivery = delivery
+        self._answers = answers
+
+    @property
+    def stopped(self) -> bool:
+        return self._delivery.stopped
+
+    async def write(self, data: bytes) -> None:
+        await self._delivery.write(data)
+
+    async def finish(self) -> Receipt:
+        try:
+            receipt = await self._delivery.finish()
+        except BaseException:
+            self._release()
+            raise
+        if not self._answers:
+            self._release()
+        return receipt
+
+    async def answer(self, reply: Reply, receipts: Mapping[str, Receipt]) -> None:
+        try:
+            await self._delivery.answer(reply, receipts)
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        try:
+            self._delivery.abort()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.open_count -= 1
+
+
+# --- idempotency ------------------------------------------------------------------------
+
+
+def idempotency_scope(request: Request) -> tuple[bytes, bytes] | None:
+    """``(flow name, Idempotency-Key)`` when the client sent a key: keys are per flow."""
+    key = request.headers.idempotency_key
+    if not key:
+        return None
+    return request.flow.name.encode("ascii"), key
+
+
+class RecentReceipts:
+    """Receipts of recently accepted requests by Idempotency-Key, for sinks with no store.
+
+    Holds at most ``capacity`` keys, each for ``ttl`` seconds (the oldest are forgotten
+    first). It lives in one process's memory: it is lost on restart and not shared between
+    the workers of a multi-process relayd, so a retry after a restart, or one that another
+    worker serves, is accepted again. Keys are kept as SHA-256 digests, so a long key costs
+    no more memory than a short one.
+    """
+
+    def __init__(self, capacity: int, ttl: float) -> None:
+        self._capacity = capacity
+        self._ttl = ttl
+        self._done: OrderedDict[bytes, tuple[float, Receipt]] = OrderedDict()  # oldest first
+        self._pending: dict[bytes, asyncio.Future[None]] = {}
+        #: requests answered with a stored receipt instead of being accepted again
+        self.replays = 0
+
+    async def once(self, scope: tuple[bytes, bytes], accept: Callable[[], Awaitable[Receipt]]) -> Receipt:
+        """The receipt stored for ``scope``; else ``accept()``'s, stored if it succeeds.
+
+        A request whose key is being accepted right now waits for that one to end, then
+        replays its receipt (or, if it failed, accepts its own body).
+        """
+        flow, key = scope
+        digest = hashlib.sha256(b"%d:%s:%s" % (len(flow), flow, key)).digest()
+        while True:
+            stored = self._lookup(digest)
+            if stored is not None:
+                self.replays += 1
+                return stored
+            pending = self._pending.get(digest)
+            if pending is None:
+                break
+            await asyncio.shield(pending)  # our cancellation must not fail the other request
+        self._pending[digest] = done = asyncio.get_running_loop().create_future()
+        try:
+            receipt = await accept()
+            self._store(digest, receipt)
+            return receipt
+        finally:
+            del self._pending[digest]
+            done.set_result(None)
+
+    def _lookup(self, digest: bytes) -> Receipt | None:
+        entry = self._done.get(digest)
+        if entry is None:
+            return None
+        stored_at, receipt = entry
+        if time.monotonic() - stored_at > self._ttl:
+            del self._done[digest]
+            return None
+        return receipt
+
+    def _store(self, digest: bytes, receipt: Receipt) -> None:
+        now = time.monotonic()
+        self._done[digest] = (now, receipt)
+        self._done.move_to_end(digest)
+        # entries are in storing order, so the expired and the surplus are at the front
+        while self._done:
+            oldest_at, _ = next(iter(self._done.values()))
+            if len(self._done) <= self._capacity and now - oldest_at <= self._ttl:
+                break
+            self._done.popitem(last=False)

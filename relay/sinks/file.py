@@ -28,6 +28,11 @@ Disk errors are ``InsufficientStorage`` (507) for a full disk or quota, ``Servic
 that can take the lock at once (a page-cache copy, far cheaper than a thread hand-off). With
 ``fsync = "interval"`` an fsync is due ``fsync_interval`` after the first unsynced append,
 run by the shared deadline sweep.
+
+A request with an ``Idempotency-Key`` whose key (in its flow) was accepted in the last
+``idempotency_ttl`` is not appended again: it gets the first one's receipt. The keys are
+remembered in memory only (``RecentReceipts``): the last ``IDEMPOTENCY_KEYS`` of them, per
+worker process, forgotten on restart.
 """
 
 from __future__ import annotations
@@ -46,15 +51,19 @@ from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
 from relay.reply import Reply
 from relay.request import Request
 from relay.sinks._staging import MAX_RECORD_BYTES, STAGE_BYTES, NdjsonChecker, Staging, write_all
-from relay.sinks.base import Receipt, send_receipt
+from relay.sinks.base import Receipt, RecentReceipts, idempotency_scope, send_receipt
 from relay.timers import Deadlines
 
-__all__ = ["FileSink", "INLINE_BYTES", "MAX_RECORD_BYTES", "STAGE_BYTES", "disk_error", "rotated_name"]
+__all__ = [
+    "FileSink", "IDEMPOTENCY_KEYS", "INLINE_BYTES", "MAX_RECORD_BYTES", "STAGE_BYTES", "disk_error", "rotated_name",
+]
 
 log = logging.getLogger("relay.sinks.file")
 
 #: the largest body appended from the event loop itself
 INLINE_BYTES = 64 * 1024
+#: Idempotency-Keys a file sink remembers (about 0.5 KiB of memory each)
+IDEMPOTENCY_KEYS = 10_000
 _COPY_BYTES = 1024 * 1024  # buffer copying a staged file into the target
 _FULL = frozenset((errno.ENOSPC, errno.EDQUOT))
 
@@ -304,6 +313,8 @@ class FileSink:
         self._staging_prefix = f".{self._basename}."
         self._lock = asyncio.Lock()  # appends queue here rather than each holding a thread
         self._closed = False
+        #: receipts by Idempotency-Key, so a retried request is not appended twice
+        self.recent = RecentReceipts(IDEMPOTENCY_KEYS, config.idempotency_ttl)
         #: loop time a periodic fsync is due (fsync = "interval"), 0.0 for none
         self.deadline = 0.0
         #: the periodic fsync in progress, if any
@@ -400,7 +411,10 @@ class FileDelivery:
         try:
             if self._checker is not None and self._checker.finish():
                 await self._staging.add(b"\n")
-            return await self._sink.append(self._staging)
+            scope = idempotency_scope(self._request)
+            if scope is None:
+                return await self._sink.append(self._staging)
+            return await self._sink.recent.once(scope, lambda: self._sink.append(self._staging))
         except OSError as exc:
             raise self._sink.disk_failure(exc) from None
         finally:
