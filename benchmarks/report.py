@@ -52,8 +52,8 @@ def _figure(outcome: Outcome | None, metric: str) -> float | None:
 
 def _why_missing(outcome: Outcome | None) -> str:
     if outcome is None:
-        return "not run"
-    return "pending" if outcome.pending else "failed" if outcome.failure else "no runs"
+        return "n/a: not run"
+    return f"n/a: {'pending' if outcome.pending else 'failed' if outcome.failure else 'no runs'}"
 
 
 def evaluate(comparison: Comparison, by_name: dict[str, Outcome]) -> tuple[float | None, str]:
@@ -66,7 +66,7 @@ def evaluate(comparison: Comparison, by_name: dict[str, Outcome]) -> tuple[float
         baseline = by_name.get(comparison.baseline)
         base = _figure(baseline, comparison.metric)
         if not base:
-            return None, f"baseline {_why_missing(baseline)}"
+            return None, f"{_why_missing(baseline)} (baseline)"
         value /= base
     if comparison.target is None:
         return value, ""

@@ -7,6 +7,10 @@ of the measured processes, runs wrk, reads them again, and stops everything it s
 Repetitions are interleaved (every scenario once, then again) so that a noisy spell on
 the machine spreads over all scenarios instead of sinking one. A scenario that fails is
 reported as such and skipped afterwards; the others go on.
+
+relayd's token scenarios are "pending", not failed, while relay cannot verify tokens:
+before tools/devtoken and relay.identity exist, and while relayd answers 401 to a valid
+token (its jwt flows fail closed until verification is wired into the request path).
 """
 
 from __future__ import annotations
@@ -83,14 +87,18 @@ def progress(message: str) -> None:
 
 # --- probes -----------------------------------------------------------------------------
 
-def _status(url: str, method: str, headers: dict[str, str], body: bytes | None) -> int:
+class Pending(Exception):
+    """relayd refuses every token: its JWT verification is not wired in yet."""
+
+
+def _ask(url: str, method: str, headers: dict[str, str], body: bytes | None) -> tuple[int, str]:
+    """The status of one request, and the start of the answer's body."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
     try:
         connection.request(method, parts.path, body=body, headers=headers)
         response = connection.getresponse()
-        response.read()
-        return response.status
+        return response.status, response.read()[:200].decode("utf-8", "replace")
     finally:
         connection.close()
 
@@ -106,17 +114,20 @@ def _forged(token: str) -> str:
 def probe(url: str, scenario: Scenario, keys: KeyFiles) -> None:
     method, body = ("POST", b"probe " * 200) if scenario.upload else ("GET", None)
     if scenario.auth == "none":
-        status = _status(url, method, {}, body)
+        status, answer = _ask(url, method, {}, body)
         if not 200 <= status < 300:
-            raise RuntimeError(f"probe: a plain {method} got {status}")
+            raise RuntimeError(f"probe: a plain {method} got {status} {answer}")
         return
     token = keys.first_token(scenario.auth)
-    status = _status(url, method, {"Authorization": f"Bearer {token}"}, body)
+    status, answer = _ask(url, method, {"Authorization": f"Bearer {token}"}, body)
+    if status == 401 and scenario.relay:
+        # until verification is wired into the request path, jwt flows fail closed
+        raise Pending(f"relayd answers 401 to a valid {scenario.auth} token")
     if not 200 <= status < 300:
-        raise RuntimeError(f"probe: a valid {scenario.auth} token got {status}")
+        raise RuntimeError(f"probe: a valid {scenario.auth} token got {status} {answer}")
     for what, headers in (("no token", {}),
                           ("a forged signature", {"Authorization": f"Bearer {_forged(token)}"})):
-        status = _status(url, method, headers, body)
+        status, answer = _ask(url, method, headers, body)
         if status not in (401, 403):
             raise RuntimeError(f"probe: a request with {what} got {status}, not 401: "
                                f"tokens are not checked, so there is nothing to measure")
@@ -162,7 +173,7 @@ def run_all(ctx: Context, scenarios: list[Scenario], repeat: int, seconds: float
     if not relay_identity_ready():
         for outcome in outcomes:
             if outcome.scenario.relay and outcome.scenario.auth != "none":
-                outcome.pending = "relay's JWT verification is not in yet"
+                outcome.pending = "relay's JWT verification is not in yet (no tools/devtoken)"
     progress(f"CPU layout: {ctx.cores.describe()}")
     upstreams = start_upstreams(ctx)
     try:
@@ -179,6 +190,10 @@ def run_all(ctx: Context, scenarios: list[Scenario], repeat: int, seconds: float
                 progress(f"[{rep}/{repeat}] {name} ...")
                 try:
                     run = measure(ctx, outcome.scenario, seconds)
+                except Pending as exc:
+                    outcome.pending = str(exc)
+                    progress(f"[{rep}/{repeat}] {name} pending: {exc}")
+                    continue
                 except Exception as exc:  # one scenario's failure must not stop the others
                     outcome.failure = f"{type(exc).__name__}: {exc}"
                     progress(f"[{rep}/{repeat}] {name} FAILED: {outcome.failure}")
