@@ -88,6 +88,7 @@ def _server(root: Table) -> ServerConfig:
     t = _section(root, "server", (
         "listen", "workers", "admin_socket", "socket_mode", "max_header_bytes", "header_timeout",
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
+        "identity_key",
     ))
     return ServerConfig(
         listen=_listen(t),
@@ -101,6 +102,7 @@ def _server(root: Table) -> ServerConfig:
         max_connections=t.integer("max_connections", _SERVER.max_connections, 1, 1_000_000),
         trusted_proxies=_trusted_proxies(t),
         strip_headers=_strip_headers(t, "strip_headers", _SERVER.strip_headers),
+        identity_key=t.file_path("identity_key", os.path.abspath(_SERVER.identity_key)),
     )
 
 

@@ -82,7 +82,7 @@ class AuditLog:
             fields["target"] = exchange.raw_target[:256].decode("latin-1")
         else:
             fields.update(
-                decision="allow" if exchange.outcome == "relayed" else "error",
+                decision=_decision(exchange.outcome, reply.status),
                 flow=request.flow.name,
                 method=request.method,
                 path=request.route_path,
@@ -93,6 +93,10 @@ class AuditLog:
                 bytes_out=reply.bytes_out,
                 duration_ms=round((self._loop.time() - request.received_at) * 1000, 3),
             )
+            identity = request.identity
+            if identity is not None:
+                # who, never the token itself
+                fields.update(issuer=identity.issuer, subject=identity.subject, jti=identity.jti)
         self.record(fields)
 
     def flush(self) -> None:
@@ -117,3 +121,11 @@ class AuditLog:
         if self._config.path != "-" and self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _decision(outcome: str, status: int) -> str:
+    """allow: relayed; deny: the caller may not (401/403); error: anything else went wrong."""
+    if outcome == "relayed":
+        return "allow"
+    return "deny" if status in (401, 403) else "error"
+

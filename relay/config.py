@@ -70,6 +70,8 @@ class ServerConfig:
     idle_timeout: float = 60.0
     shutdown_grace: float = 30.0  # SIGTERM: time left to in-flight requests
     max_connections: int = 10000
+    #: relay's own Ed25519 key for signed identities (created on first use); absolute
+    identity_key: str = "var/lib/relay/identity-ed25519.pem"
     #: peers whose rightmost X-Forwarded-For entry is believed: "unix" = any Unix-socket
     #: peer, else normalized IP literals
     trusted_proxies: tuple[str, ...] = ("unix",)

@@ -1,8 +1,7 @@
 """What the admin socket's commands do in a running relayd.
 
 ``build_commands`` fills a ``CommandTable`` with one handler per command, each reading
-or acting on the ``Server``. Commands for parts a build or configuration lacks (keys and
-the token cache when no issuer is configured) answer a clear error rather than nothing.
+or acting on the ``Server``; a refusal is a ``CommandError`` with a readable reason.
 """
 
 from __future__ import annotations
@@ -17,21 +16,27 @@ from relay import __version__
 from relay.admin import (
     AdminReply,
     AdminRequest,
+    CacheStatsReply,
     CommandError,
     CommandTable,
     FlowsReply,
+    KeysReply,
     LogLevelReply,
     MetricsReply,
     ReloadReply,
+    RevokeReply,
     StatsReply,
     StatusReply,
 )
+from relay.identity.revocation import KINDS
 from relay.metrics import flow_stats
+from relay.units import parse_duration
 
 if TYPE_CHECKING:
     from relay.server import Server
 
 _LEVELS = ("debug", "info", "warning", "error")
+_DEFAULT_REVOCATION = "1h"
 
 
 def build_commands(server: Server) -> CommandTable:
@@ -81,9 +86,40 @@ def build_commands(server: Server) -> CommandTable:
     async def metrics(request: AdminRequest) -> AdminReply:
         return MetricsReply(ok=True, text=server.metrics.render().decode())
 
+    async def keys(request: AdminRequest) -> AdminReply:
+        return KeysReply(ok=True, keys=server.context.authenticator.key_status())
+
+    async def keys_refresh(request: AdminRequest) -> AdminReply:
+        results = await server.context.authenticator.refresh_keys()
+        failed = sorted(name for name, ok in results.items() if not ok)
+        if failed:
+            raise CommandError(f"fetching keys failed for {', '.join(failed)} (the last good keys stay)")
+        return KeysReply(ok=True, keys=server.context.authenticator.key_status())
+
+    async def revoke(request: AdminRequest) -> AdminReply:
+        kind = request.get("kind", "")
+        value = request.get("value", "")
+        if kind not in KINDS or not value:
+            raise CommandError(f"revoke needs a kind ({', '.join(KINDS)}) and a value")
+        try:
+            ttl = parse_duration(request.get("ttl", _DEFAULT_REVOCATION))
+            server.context.authenticator.revoke(kind, value, ttl)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        return RevokeReply(ok=True, kind=kind, value=value, until=round(time.time() + ttl, 3))
+
+    async def cache_stats(request: AdminRequest) -> AdminReply:
+        return CacheStatsReply(ok=True, cache=server.context.authenticator.cache_stats())
+
+    async def cache_purge(request: AdminRequest) -> AdminReply:
+        server.context.authenticator.purge_cache()
+        return AdminReply(ok=True)
+
     for name, handler in (
         ("status", status), ("stats", stats), ("flows", flows), ("reload", reload),
-        ("drain", drain), ("log-level", log_level), ("metrics", metrics),
+        ("drain", drain), ("log-level", log_level), ("metrics", metrics), ("keys", keys),
+        ("keys refresh", keys_refresh), ("revoke", revoke), ("cache stats", cache_stats),
+        ("cache purge", cache_purge),
     ):
         table.register(name, handler)
     return table

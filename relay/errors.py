@@ -15,6 +15,8 @@ class RelayError(Exception):
     code: str = "internal_error"
     #: the connection cannot be trusted to be in sync any more (framing errors)
     close_connection: bool = False
+    #: why, for the audit record, when more precise than ``code`` (expired, bad_signature, ...)
+    reason: str = ""
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.code)

@@ -20,7 +20,7 @@ from relay.request import Request
 from relay.sinks.base import Delivery, Receipt
 
 if TYPE_CHECKING:
-    from relay.server import ServerContext
+    from relay.context import ServerContext
 
 log = logging.getLogger("relay.exchange")
 
@@ -84,7 +84,7 @@ class Exchange:
             assert request is not None
             await self._deliver(request)
         except RelayError as err:
-            self.outcome = err.code
+            self.outcome = err.reason or err.code
             if isinstance(err, SinkError):
                 self.failed_sink = err.sink
             self.reply.fail(err)

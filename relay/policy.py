@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from relay.config import Config, FlowConfig, ServerConfig
+from relay.config import Config, FlowConfig, FlowHeaders, ServerConfig
+from relay.identity import FlowAuthorizer, IdentitySigner
 from relay.routing import FlowTable
 from relay.sinks import Sink
+from relay.sinks.static import StaticSink
+
+#: where relay publishes the public key downstream services verify X-Relay-Identity with
+JWKS_PATH = "/.well-known/relay-jwks.json"
 
 
 class Flow:
@@ -20,9 +25,12 @@ class Flow:
 
     __slots__ = (
         "config", "name", "sink", "tees", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
+        "issuers", "authorizer", "signer", "sends_identity",
     )
 
-    def __init__(self, config: FlowConfig, sinks: Mapping[str, Sink], server: ServerConfig) -> None:
+    def __init__(
+        self, config: FlowConfig, sinks: Mapping[str, Sink], server: ServerConfig, signer: IdentitySigner | None
+    ) -> None:
         self.config = config
         self.name = config.name
         self.sink = sinks[config.sink]
@@ -31,6 +39,10 @@ class Flow:
         self.sink_names = (config.sink, *config.tee)
         self.max_body = config.max_body
         self.requires_token = config.auth == "jwt"
+        self.issuers = config.issuers
+        self.authorizer = FlowAuthorizer(config) if self.requires_token else None
+        self.sends_identity = self.requires_token and config.headers.identity != "none"
+        self.signer = signer if config.headers.identity == "signed" else None
         drop = {name.encode("latin-1") for name in server.strip_exact}
         drop.update(name.encode("latin-1") for name in config.headers.strip)
         # headers the flow sets replace whatever the client sent under the same name
@@ -47,12 +59,31 @@ class Flow:
 class Policy:
     """An immutable routing snapshot: flows, their table, the sinks they use."""
 
-    def __init__(self, config: Config, sinks: Mapping[str, Sink], version: int) -> None:
+    def __init__(
+        self, config: Config, sinks: Mapping[str, Sink], version: int, signer: IdentitySigner | None
+    ) -> None:
         self.config = config
         self.version = version
         self.sinks = sinks
-        self.flows = tuple(Flow(flow, sinks, config.server) for flow in config.flows)
-        self.table: FlowTable[Flow] = FlowTable(self.flows)
+        self.flows = tuple(Flow(flow, sinks, config.server, signer) for flow in config.flows)
+        routed = self.flows
+        if signer is not None and all(flow.path != JWKS_PATH for flow in config.flows):
+            routed += (_jwks_flow(signer, config.server),)
+        self.table: FlowTable[Flow] = FlowTable(routed)
         self.default_drop = frozenset(
             {name.encode("latin-1") for name in config.server.strip_exact} | {b"authorization"}
         )
+
+
+def needs_signer(config: Config) -> bool:
+    return any(flow.headers.identity == "signed" and flow.auth == "jwt" for flow in config.flows)
+
+
+def _jwks_flow(signer: IdentitySigner, server: ServerConfig) -> Flow:
+    """The built-in public flow serving relay's JWKS."""
+    sink = StaticSink("relay-jwks", signer.jwks(), b"application/jwk-set+json")
+    config = FlowConfig(
+        name="relay-jwks", path=JWKS_PATH, sink=sink.name, methods=("GET", "HEAD"), auth="none",
+        max_body=0, headers=FlowHeaders(identity="none"),
+    )
+    return Flow(config, {sink.name: sink}, server, None)

@@ -23,6 +23,7 @@ import httptools
 from relay.errors import (
     BadRequest,
     ExpectationFailed,
+    Forbidden,
     HeadersTooLarge,
     MethodNotAllowed,
     NotFound,
@@ -36,13 +37,14 @@ from relay.errors import (
 from relay.exchange import Exchange
 from relay.fastpath import HeaderScan, scan_headers
 from relay.flowcontrol import ClientGone, ReadGate, RequestBody
+from relay.identity import Identity
 from relay.paths import normalize_path
 from relay.reply import Reply
 from relay.request import Request
 from relay.responses import error_response
 
 if TYPE_CHECKING:
-    from relay.server import ServerContext
+    from relay.context import ServerContext
 
 log = logging.getLogger("relay.protocol")
 
@@ -50,6 +52,8 @@ log = logging.getLogger("relay.protocol")
 #: runs when the head completes
 _READ_SLACK = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: RFC 6750's query-string token: refused, it ends up in logs and caches
+_QUERY_TOKEN = b"access_token="
 
 
 class ParseState(IntEnum):
@@ -202,9 +206,10 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self.deadline = 0.0
         outcome = self._build_request()
-        if isinstance(outcome, Request):
-            self._parsing = outcome
-            self._start(Exchange(self._ctx, outcome, self._make_reply(outcome)))
+        if isinstance(outcome, tuple):
+            request, refusal = outcome
+            self._parsing = request
+            self._start(Exchange(self._ctx, request, self._make_reply(request), refusal))
         else:
             # a well-formed, bodiless request for no flow: answered, and the connection stays usable
             parser = self._parser
@@ -228,8 +233,10 @@ class ClientConnection(asyncio.Protocol):
 
     # --- the head: relay's own strictness ------------------------------------------------
 
-    def _build_request(self) -> Request | RelayError:
-        """The request for the head just parsed, or the routing error to answer it with.
+    def _build_request(self) -> tuple[Request, RelayError | None] | RelayError:
+        """The request for the head just parsed, with the refusal to answer it with if its
+        caller may not use the flow (401/403); or the routing error for a request that
+        matched no flow.
 
         Raises a RelayError for heads that end the connection (malformed, too large, ...).
         """
@@ -258,11 +265,20 @@ class ClientConnection(asyncio.Protocol):
             return exc
         scan = scan_headers(headers, flow.drop)
         self._check_framing(scan, version)
-        if flow.requires_token:
-            # fail closed until token verification is wired into this path
-            raise Unauthorized("token verification is not available", reason="unverifiable")
         if scan.content_length > flow.max_body:
             raise PayloadTooLarge(f"body of {scan.content_length} bytes exceeds the flow's limit")
+        identity: Identity | None = None
+        refusal: RelayError | None = None
+        if flow.requires_token:
+            try:
+                if _QUERY_TOKEN in query:
+                    raise Unauthorized("send the token in the Authorization header", reason="token_in_query")
+                identity = ctx.authenticator.authenticate(scan.authorization, flow.issuers)
+                assert flow.authorizer is not None
+                flow.authorizer.check(identity)
+            except (Unauthorized, Forbidden) as exc:
+                # answered by its exchange; the connection carries on if there is no body to skip
+                refusal = exc
         if self._trusted_peer:
             client = scan.forwarded_for.decode("latin-1") if scan.forwarded_for else self._peer
         else:
@@ -276,10 +292,11 @@ class ClientConnection(asyncio.Protocol):
             on_first_read=self._send_continue if expects_continue else None,
         )
         target = forward_path + b"?" + query if query else forward_path
-        return Request(
+        request = Request(
             ctx.next_request_id(), method, version, route_path, target, scan, flow, client,
-            body, parser.should_keep_alive() and not ctx.draining, ctx.loop.time(),
+            body, parser.should_keep_alive() and not ctx.draining, ctx.loop.time(), identity,
         )
+        return request, refusal
 
     @staticmethod
     def _check_framing(scan: HeaderScan, version: str) -> None:

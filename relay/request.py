@@ -8,6 +8,7 @@ from relay.flowcontrol import RequestBody
 
 if TYPE_CHECKING:
     from relay.fastpath import HeaderScan
+    from relay.identity import Identity
     from relay.policy import Flow
 
 
@@ -22,7 +23,7 @@ class Request:
 
     __slots__ = (
         "request_id", "method", "version", "forward_target", "route_path", "headers",
-        "flow", "client", "body", "keep_alive", "head_only", "received_at",
+        "flow", "client", "body", "keep_alive", "head_only", "received_at", "identity",
     )
 
     def __init__(
@@ -38,6 +39,7 @@ class Request:
         body: RequestBody,
         keep_alive: bool,
         received_at: float,
+        identity: Identity | None = None,
     ) -> None:
         self.request_id = request_id
         self.method = method
@@ -51,6 +53,8 @@ class Request:
         self.keep_alive = keep_alive
         self.head_only = method == "HEAD"
         self.received_at = received_at
+        #: the verified caller, for flows that require a token
+        self.identity = identity
 
     @property
     def has_body(self) -> bool:

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import os
-import secrets
 import signal
 
 from relay.admin import AdminServer
 from relay.audit import AuditLog
 from relay.config import Config, ListenAddress, ServerConfig, load_config
+from relay.context import ServerContext
 from relay.control import build_commands
 from relay.errors import ConfigError, StartupError
-from relay.exchange import Exchange
+from relay.identity import Authenticator, IdentitySigner
 from relay.metrics import EventLoopLag, Metrics
-from relay.policy import Policy
+from relay.policy import Policy, needs_signer
 from relay.protocol import ClientConnection
 from relay.sinks import Sink, build_sink
 from relay.timers import Deadlines
@@ -35,77 +34,13 @@ log = logging.getLogger("relay.server")
 _BACKLOG = 1024
 
 
-class ServerContext:
-    """What every client connection shares: limits, the current policy, ids, the sweep."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        server: ServerConfig,
-        policy: Policy,
-        audit: AuditLog,
-        metrics: Metrics,
-        deadlines: Deadlines,
-    ) -> None:
-        self.loop = loop
-        self.policy = policy
-        self.audit = audit
-        self.metrics = metrics
-        self.deadlines = deadlines
-        self.connections: set[ClientConnection] = set()
-        self.draining = False
-        self._request_prefix = secrets.token_hex(4)
-        self._request_counter = 0
-        self.apply(server)
-
-    def apply(self, server: ServerConfig) -> None:
-        self.max_header_bytes = server.max_header_bytes
-        self.header_timeout = server.header_timeout
-        self.idle_timeout = server.idle_timeout
-        self.max_connections = server.max_connections
-        self.trusted_proxies = frozenset(
-            str(ipaddress.ip_address(p)) for p in server.trusted_proxies if p != "unix"
-        )
-        self.trust_unix_peers = "unix" in server.trusted_proxies
-
-    def next_request_id(self) -> str:
-        self._request_counter += 1
-        return f"{self._request_prefix}-{self._request_counter:08x}"
-
-    def exchange_done(self, exchange: Exchange) -> None:
-        """Account for a finished exchange: its audit record and its metrics."""
-        self.audit.record_exchange(exchange)
-        request = exchange.request
-        reply = exchange.reply
-        if request is None:
-            self.metrics.request_done("-", reply.status, exchange.outcome, 0, 0, 0.0)
-        else:
-            self.metrics.request_done(
-                request.flow.name, reply.status, exchange.outcome, request.body.consumed, reply.bytes_out,
-                self.loop.time() - request.received_at,
-            )
-
-    def in_flight(self) -> int:
-        return sum(1 for conn in self.connections if conn.busy)
-
-    def admit(self, conn: ClientConnection) -> bool:
-        if len(self.connections) >= self.max_connections or self.draining:
-            return False
-        self.connections.add(conn)
-        self.deadlines.watch(conn)
-        return True
-
-    def release(self, conn: ClientConnection) -> None:
-        self.connections.discard(conn)
-        self.deadlines.unwatch(conn)
-
-
 class Server:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._listeners: dict[ListenAddress, asyncio.AbstractServer] = {}
         self._stop: asyncio.Event | None = None
         self._ctx: ServerContext | None = None
+        self._signer: IdentitySigner | None = None
         self.metrics = Metrics()
 
     @property
@@ -125,7 +60,10 @@ class Server:
         deadlines = Deadlines(loop)
         audit = AuditLog(config.audit, loop)
         sinks = {name: build_sink(sink, deadlines) for name, sink in config.sinks.items()}
-        self._ctx = ctx = ServerContext(loop, config.server, Policy(config, sinks, 1), audit, self.metrics, deadlines)
+        policy = Policy(config, sinks, 1, self._signer_for(config))
+        authenticator = Authenticator(config.issuers)
+        await authenticator.start()
+        self._ctx = ctx = ServerContext(loop, config.server, policy, audit, self.metrics, deadlines, authenticator)
         admin = None
         if config.server.admin_socket is not None:
             admin = AdminServer(config.server.admin_socket, frozenset(), build_commands(self))
@@ -135,6 +73,7 @@ class Server:
                 await admin.start()
         except BaseException:
             await self._close_listeners()
+            await authenticator.close()
             audit.close()
             raise
         lag = EventLoopLag(loop)
@@ -154,8 +93,18 @@ class Server:
         deadlines.stop()
         for sink in ctx.policy.sinks.values():
             await sink.close()
+        await authenticator.close()
         audit.close()
         log.info("relayd stopped")
+
+    def _signer_for(self, config: Config) -> IdentitySigner | None:
+        """relay's identity signer when a flow of ``config`` sends signed identities."""
+        if self._signer is None and needs_signer(config):
+            try:
+                self._signer = IdentitySigner(config.server.identity_key)
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"identity key {config.server.identity_key}: {exc}") from None
+        return self._signer
 
     def _watch_gauges(self, lag: EventLoopLag) -> None:
         ctx = self.context
@@ -232,6 +181,7 @@ class Server:
             same = old is not None and old_policy.config.sinks[name] == sink_config
             sinks[name] = old if same and old is not None else build_sink(sink_config, ctx.deadlines)
         try:
+            signer = self._signer_for(config)
             await self._bind(config.server)
         except StartupError as exc:
             log.error("reload rejected: %s", exc)
@@ -239,7 +189,8 @@ class Server:
             return [str(exc)]
         await self._close_listeners(keep=frozenset(config.server.listen))
         ctx.apply(config.server)
-        ctx.policy = Policy(config, sinks, old_policy.version + 1)
+        ctx.authenticator.update(config.issuers)
+        ctx.policy = Policy(config, sinks, old_policy.version + 1, signer)
         self._config = config
         retired = [s for name, s in old_policy.sinks.items() if sinks.get(name) is not s]
         if retired:

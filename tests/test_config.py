@@ -183,6 +183,7 @@ max_body = 0
         max_connections=500,
         trusted_proxies=("unix", "127.0.0.1", "::1"),
         strip_headers=("x-forwarded-user", "x-auth-request-*"),
+        identity_key=str(here / "var/lib/relay/identity-ed25519.pem"),
     )
     assert config.server.strip_exact == frozenset({"x-forwarded-user"})
     assert config.server.strip_prefixes == ("x-auth-request-",)
@@ -245,7 +246,10 @@ max_body = 0
 
 def test_defaults_fill_what_is_not_written(here: Path) -> None:
     config = load(here, doc())
-    assert config.server == ServerConfig(listen=(ListenAddress("127.0.0.1:0", "127.0.0.1", 0, None),))
+    assert config.server == ServerConfig(
+        listen=(ListenAddress("127.0.0.1:0", "127.0.0.1", 0, None),),
+        identity_key=os.path.abspath("var/lib/relay/identity-ed25519.pem"),  # relative paths resolve at load
+    )
     assert config.server.strip_headers == DEFAULT_STRIP
     assert config.server.strip_exact == frozenset(DEFAULT_STRIP)
     assert config.server.strip_prefixes == ()

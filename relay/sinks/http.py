@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from relay.config import HttpSinkConfig
 from relay.errors import BadGateway
+from relay.identity import identity_headers
 from relay.reply import Reply
 from relay.request import Request
 from relay.sinks.base import Receipt
@@ -51,9 +52,17 @@ class HttpSink:
             b"X-Forwarded-For: " + client.encode("latin-1") + b"\r\n" if client else b"",
             b"X-Relay-Request-Id: ", request.request_id.encode("ascii"), b"\r\n",
             request.flow.extra_headers,
+            self._identity(request),
             framing,
             b"\r\n",
         ))
+
+    @staticmethod
+    def _identity(request: Request) -> bytes:
+        flow = request.flow
+        if not flow.sends_identity or request.identity is None:
+            return b""
+        return identity_headers(request.identity, flow.name, flow.signer)
 
     async def close(self) -> None:
         await self.pool.close()

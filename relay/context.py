@@ -1,0 +1,86 @@
+"""What every client connection shares: limits, the current policy, identity, accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+from typing import TYPE_CHECKING
+
+from relay.audit import AuditLog
+from relay.config import ServerConfig
+from relay.identity import Authenticator
+from relay.metrics import Metrics
+from relay.policy import Policy
+from relay.timers import Deadlines
+
+if TYPE_CHECKING:
+    from relay.exchange import Exchange
+    from relay.protocol import ClientConnection
+
+
+class ServerContext:
+    """What every client connection shares: limits, the current policy, ids, the sweep."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        server: ServerConfig,
+        policy: Policy,
+        audit: AuditLog,
+        metrics: Metrics,
+        deadlines: Deadlines,
+        authenticator: Authenticator,
+    ) -> None:
+        self.loop = loop
+        self.policy = policy
+        self.authenticator = authenticator
+        self.audit = audit
+        self.metrics = metrics
+        self.deadlines = deadlines
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self._request_prefix = secrets.token_hex(4)
+        self._request_counter = 0
+        self.apply(server)
+
+    def apply(self, server: ServerConfig) -> None:
+        self.max_header_bytes = server.max_header_bytes
+        self.header_timeout = server.header_timeout
+        self.idle_timeout = server.idle_timeout
+        self.max_connections = server.max_connections
+        self.trusted_proxies = frozenset(
+            str(ipaddress.ip_address(p)) for p in server.trusted_proxies if p != "unix"
+        )
+        self.trust_unix_peers = "unix" in server.trusted_proxies
+
+    def next_request_id(self) -> str:
+        self._request_counter += 1
+        return f"{self._request_prefix}-{self._request_counter:08x}"
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """Account for a finished exchange: its audit record and its metrics."""
+        self.audit.record_exchange(exchange)
+        request = exchange.request
+        reply = exchange.reply
+        if request is None:
+            self.metrics.request_done("-", reply.status, exchange.outcome, 0, 0, 0.0)
+        else:
+            self.metrics.request_done(
+                request.flow.name, reply.status, exchange.outcome, request.body.consumed, reply.bytes_out,
+                self.loop.time() - request.received_at,
+            )
+
+    def in_flight(self) -> int:
+        return sum(1 for conn in self.connections if conn.busy)
+
+    def admit(self, conn: ClientConnection) -> bool:
+        if len(self.connections) >= self.max_connections or self.draining:
+            return False
+        self.connections.add(conn)
+        self.deadlines.watch(conn)
+        return True
+
+    def release(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        self.deadlines.unwatch(conn)
