@@ -68,7 +68,7 @@ def _results_md(text: str, command: str, started: str, host: dict[str, str],
     machine_lines = "\n".join(f"- {key}: {value}" for key, value in host.items())
     return f"""# relay benchmark results
 
-Latest full run: {started}, {settings['repeat']} runs × {settings['seconds']} s per
+Latest full run: {started}; {settings['repeat']} runs of {settings['seconds']:g} s per
 scenario ({files}).
 
     {command}

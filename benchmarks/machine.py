@@ -10,7 +10,7 @@ from importlib import metadata
 
 from benchmarks.systems import ROOT
 
-LIBRARIES = ("uvloop", "httptools", "orjson", "PyJWT", "cryptography", "aiohttp")
+LIBRARIES = ("uvloop", "httptools", "orjson", "PyJWT", "cryptography", "aiohttp", "matplotlib")
 
 
 def _output(argv: list[str]) -> str:

@@ -1,7 +1,7 @@
 """Child processes of a benchmark run: started pinned, read from /proc, stopped by PID.
 
 Pinning (``taskset -c``): on a machine with at least two usable CPUs the systems under
-test share the last one and the load side (wrk and the upstream) gets the others, so
+test share the last one and the load side (wrk and the upstreams) gets the others, so
 the proxy's CPU is never taken by the load generator. With a single CPU nothing is
 pinned and the report says so.
 """
@@ -40,7 +40,7 @@ class Cores:
         if self.sut is None or self.load is None:
             return "not pinned (a single usable CPU)"
         return (f"systems under test on CPU {_cpu_list(self.sut)}, "
-                f"wrk and the upstream on CPU {_cpu_list(self.load)} (taskset -c)")
+                f"wrk and the upstreams on CPU {_cpu_list(self.load)} (taskset -c)")
 
 
 def _cpu_list(cpus: Sequence[int]) -> str:
