@@ -90,6 +90,8 @@ def _server(root: Table) -> ServerConfig:
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
         "identity_key",
     ))
+    if t.data.get("workers", 1) != 1 and not t.has("admin_socket"):
+        t.problem("workers", "several workers need an admin_socket (the supervisor reaches them through it)")
     return ServerConfig(
         listen=_listen(t),
         workers=t.integer("workers", _SERVER.workers, 1, 64),

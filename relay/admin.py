@@ -31,12 +31,13 @@ from typing import Any, Required, TypedDict, cast, get_origin, get_type_hints
 
 import orjson
 
+from relay.metrics import Snapshot
 from relay.unixsock import bind_unix_socket
 
 __all__ = [
     "COMMANDS", "MAX_LINE", "AdminReply", "AdminRequest", "AdminServer", "CacheStatsReply", "CommandError",
     "CommandTable", "FlowsReply", "Handler", "KeysReply", "LogLevelReply", "MetricsReply", "ReloadReply",
-    "RevokeReply", "StatsReply", "StatusReply",
+    "RevokeReply", "SnapshotReply", "StatsReply", "StatusReply",
 ]
 
 log = logging.getLogger("relay.admin")
@@ -48,6 +49,7 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 COMMANDS: tuple[str, ...] = (
     "status", "stats", "flows", "reload", "keys", "keys refresh", "revoke",
     "cache stats", "cache purge", "drain", "log-level", "metrics",
+    "snapshot",  # a worker's metrics as JSON, for its supervisor to merge
 )
 
 
@@ -78,6 +80,7 @@ class StatusReply(AdminReply, total=False):
     connections: int
     in_flight: int
     draining: bool
+    workers: Sequence[Mapping[str, object]]  # with workers > 1: id, pid, restarts of each
 
 
 class FlowsReply(AdminReply, total=False):
@@ -113,6 +116,10 @@ class LogLevelReply(AdminReply, total=False):
 
 class MetricsReply(AdminReply, total=False):
     text: str  # the Prometheus text exposition
+
+
+class SnapshotReply(AdminReply, total=False):
+    snapshot: Snapshot  # relay.metrics' counters, JSON-able, for merging across workers
 
 
 #: answers one request; the AdminServer's ``dispatch`` and every CommandTable entry

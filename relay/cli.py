@@ -20,8 +20,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Identity-aware data relay daemon.",
         epilog="'relayd check -c FILE' validates a configuration without serving (like nginx -t).",
     )
-    parser.add_argument("command", nargs="?", choices=("serve", "check"), default="serve",
-                        help="serve (default) or check the configuration and exit")
+    parser.add_argument("command", nargs="?", choices=("serve", "check", "worker"), default="serve",
+                        help="serve (default), or check the configuration and exit; "
+                             "'worker' is how the supervisor starts its workers")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                         help="configuration file (default: %(default)s)")
     parser.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "info"),
@@ -53,9 +54,17 @@ def relayd_main(argv: list[str] | None = None) -> None:
     import uvloop
 
     from relay.server import Server
+    from relay.supervisor import Supervisor
+    from relay.workers import WorkerRole
 
+    if args.command == "worker":
+        main = Server(config, WorkerRole.from_environment()).run()
+    elif config.server.workers > 1:
+        main = Supervisor(config).run()
+    else:
+        main = Server(config).run()
     try:
-        uvloop.run(Server(config).run())
+        uvloop.run(main)
     except StartupError as exc:
         print(f"relayd: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -25,6 +25,7 @@ from relay.admin import (
     MetricsReply,
     ReloadReply,
     RevokeReply,
+    SnapshotReply,
     StatsReply,
     StatusReply,
 )
@@ -115,11 +116,14 @@ def build_commands(server: Server) -> CommandTable:
         server.context.authenticator.purge_cache()
         return AdminReply(ok=True)
 
+    async def snapshot(request: AdminRequest) -> AdminReply:
+        return SnapshotReply(ok=True, snapshot=server.metrics.snapshot())
+
     for name, handler in (
         ("status", status), ("stats", stats), ("flows", flows), ("reload", reload),
         ("drain", drain), ("log-level", log_level), ("metrics", metrics), ("keys", keys),
         ("keys refresh", keys_refresh), ("revoke", revoke), ("cache stats", cache_stats),
-        ("cache purge", cache_purge),
+        ("cache purge", cache_purge), ("snapshot", snapshot),
     ):
         table.register(name, handler)
     return table

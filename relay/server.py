@@ -23,11 +23,13 @@ from relay.control import build_commands
 from relay.errors import ConfigError, StartupError
 from relay.identity import Authenticator, IdentitySigner
 from relay.metrics import EventLoopLag, Metrics
+from relay.notify import notify
 from relay.policy import Policy, needs_signer
 from relay.protocol import ClientConnection
 from relay.sinks import Sink, build_sink
 from relay.timers import Deadlines
 from relay.unixsock import bind_unix_socket
+from relay.workers import WorkerRole
 
 log = logging.getLogger("relay.server")
 
@@ -35,8 +37,11 @@ _BACKLOG = 1024
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
-        self._config = config
+    """One serving process: the only one, or a worker of a supervisor (``role``)."""
+
+    def __init__(self, config: Config, role: WorkerRole | None = None) -> None:
+        self._role = role
+        self._config = role.adapt(config) if role is not None else config
         self._listeners: dict[ListenAddress, asyncio.AbstractServer] = {}
         self._stop: asyncio.Event | None = None
         self._ctx: ServerContext | None = None
@@ -85,7 +90,11 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, audit.reopen)
         log.info("relayd serving on %s", ", ".join(a.spec for a in config.server.listen))
+        if self._role is None:
+            notify("READY=1")
         await self._stop.wait()
+        if self._role is None:
+            notify("STOPPING=1")
         if admin is not None:
             await admin.close()
         await self._drain(self._config.server.shutdown_grace)
@@ -128,7 +137,15 @@ class Server:
         ctx = self._ctx
         assert ctx is not None
         loop = ctx.loop
+        inherited = self._role.socket_for(address) if self._role is not None else None
         try:
+            if inherited is not None:
+                if address.path is not None:
+                    return await loop.create_unix_server(
+                        lambda: ClientConnection(ctx, ctx.trust_unix_peers), sock=inherited, backlog=_BACKLOG
+                    )
+                return await loop.create_server(lambda: ClientConnection(ctx, False), sock=inherited,
+                                                backlog=_BACKLOG)
             if address.path is not None:
                 sock = bind_unix_socket(address.path, server.socket_mode)
                 return await loop.create_unix_server(
@@ -148,7 +165,7 @@ class Server:
             listener = self._listeners.pop(address)
             listener.close()
             await listener.wait_closed()
-            if address.path is not None:
+            if address.path is not None and self._role is None:  # a supervisor's socket is its own
                 try:
                     os.unlink(address.path)
                 except FileNotFoundError:
@@ -165,6 +182,15 @@ class Server:
         Returns the problems found (empty on success). Listeners that did not change
         stay bound; sinks whose configuration did not change are kept with their pools.
         """
+        if self._role is not None:
+            return await self._reload()
+        notify("RELOADING=1")
+        try:
+            return await self._reload()
+        finally:
+            notify("READY=1")
+
+    async def _reload(self) -> list[str]:
         ctx = self._ctx
         assert ctx is not None
         try:
@@ -174,6 +200,11 @@ class Server:
             for problem in problems:
                 log.error("reload rejected: %s", problem)
             return problems
+        if self._role is not None:
+            if config.server.listen != self._config.server.listen:
+                log.error("reload rejected: server.listen changed (restart relayd to apply it)")
+                return ["server.listen: changing the listen addresses of several workers needs a restart"]
+            config = self._role.adapt(config)
         old_policy = ctx.policy
         sinks: dict[str, Sink] = {}
         for name, sink_config in config.sinks.items():

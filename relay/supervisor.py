@@ -1,0 +1,314 @@
+"""The supervisor of ``server.workers = N`` worker processes.
+
+It binds the listen sockets (see ``relay.workers``), starts the workers and restarts
+one that dies (after 1 s, doubling to 30 s while it keeps dying young), and serves the
+admin socket by asking every worker over its private one: counters are merged, actions
+(reload, revoke, cache purge, log level) go to all. SIGTERM stops the workers (each
+drains its requests) and waits for them; SIGHUP reloads them all after checking the new
+file itself; SIGUSR1 reaches every worker (audit files reopened).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from typing import cast
+
+import orjson
+
+from relay import __version__
+from relay.admin import (
+    AdminReply,
+    AdminRequest,
+    AdminServer,
+    CacheStatsReply,
+    CommandError,
+    CommandTable,
+    MetricsReply,
+    ReloadReply,
+    StatsReply,
+    StatusReply,
+)
+from relay.config import Config, ListenAddress, load_config
+from relay.errors import ConfigError, StartupError
+from relay.metrics import Snapshot, flow_stats, merge, render
+from relay.notify import notify
+from relay.unixsock import bind_unix_socket
+from relay.workers import WorkerRole, worker_path
+
+log = logging.getLogger("relay.supervisor")
+
+_FIRST_BACKOFF = 1.0
+_MAX_BACKOFF = 30.0
+_HEALTHY_AFTER = 60.0  # a worker that lived this long starts over at the first backoff
+_ASK_TIMEOUT = 10.0
+_READY_TIMEOUT = 30.0
+#: commands every worker must carry out, answered ok only when all did
+_BROADCAST = ("keys refresh", "revoke", "cache purge", "log-level")
+#: commands any one worker can answer for all
+_ANY_ONE = ("flows", "keys")
+
+
+def _count(reply: Mapping[str, object], key: str) -> int:
+    value = reply.get(key, 0)
+    return value if isinstance(value, int) else 0
+
+
+class Worker:
+    def __init__(self, role: WorkerRole, admin_path: str) -> None:
+        self.role = role
+        self.admin_path = admin_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+
+
+async def ask(path: str, request: Mapping[str, object], timeout: float = _ASK_TIMEOUT) -> dict[str, object]:
+    """One request to an admin socket and its reply."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.write(orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE))
+            line = await reader.readline()
+        finally:
+            writer.close()
+    reply = orjson.loads(line)
+    if not isinstance(reply, dict):
+        raise ValueError(f"{path}: not a reply: {line[:80]!r}")
+    return reply
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        if config.server.admin_socket is None:
+            raise StartupError("server.workers > 1 needs server.admin_socket")
+        self._config = config
+        self._sockets: list[socket.socket] = []
+        self._workers: list[Worker] = []
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._started = time.monotonic()
+
+    # --- sockets and processes ------------------------------------------------------------
+
+    def _bind(self) -> None:
+        server = self._config.server
+        fds: list[dict[str, int]] = [{} for _ in range(server.workers)]
+        for address in server.listen:
+            if address.path is not None:
+                shared = bind_unix_socket(address.path, server.socket_mode)
+                shared.listen(1024)
+                self._sockets.append(shared)
+                for worker_fds in fds:
+                    worker_fds[address.spec] = shared.fileno()
+            else:
+                for worker_fds in fds:
+                    sock = self._reuseport_socket(address)
+                    self._sockets.append(sock)
+                    worker_fds[address.spec] = sock.fileno()
+        admin = server.admin_socket
+        assert admin is not None
+        self._workers = [
+            Worker(WorkerRole(n, worker_fds), worker_path(admin, n)) for n, worker_fds in enumerate(fds, 1)
+        ]
+
+    @staticmethod
+    def _reuseport_socket(address: ListenAddress) -> socket.socket:
+        assert address.host is not None and address.port is not None
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((address.host, address.port))
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"cannot listen on {address.spec}: {exc.strerror or exc}") from None
+        sock.listen(1024)
+        return sock
+
+    async def _keep_running(self, worker: Worker) -> None:
+        backoff = _FIRST_BACKOFF
+        while not self._stopping:
+            started = time.monotonic()
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "relay", "worker", "-c", self._config.path,
+                env=os.environ | worker.role.environment(), pass_fds=[s.fileno() for s in self._sockets],
+            )
+            code = await worker.process.wait()
+            if self._stopping:
+                return
+            lived = time.monotonic() - started
+            if lived >= _HEALTHY_AFTER:
+                backoff = _FIRST_BACKOFF
+            log.error("worker %d (pid %d) exited with %s after %.1fs; restarting in %.0fs",
+                      worker.role.id, worker.process.pid, code, lived, backoff)
+            worker.restarts += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + _READY_TIMEOUT
+        for worker in self._workers:
+            while True:
+                try:
+                    if (await ask(worker.admin_path, {"cmd": "status"}, 1.0)).get("ok"):
+                        break
+                except (OSError, TimeoutError, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise StartupError(f"worker {worker.role.id} did not come up within {_READY_TIMEOUT:g}s")
+                await asyncio.sleep(0.1)
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._bind()
+        keepers = [loop.create_task(self._keep_running(worker)) for worker in self._workers]
+        admin_path = self._config.server.admin_socket
+        assert admin_path is not None
+        admin = AdminServer(admin_path, frozenset(), self._commands())
+        try:
+            await self._wait_ready()
+            await admin.start()
+        except BaseException:
+            await self._stop_workers(keepers)
+            raise
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGUSR1, self._signal_workers, signal.SIGUSR1)
+        log.info("relayd supervising %d workers on %s", len(self._workers),
+                 ", ".join(a.spec for a in self._config.server.listen))
+        notify("READY=1")
+        await self._stop.wait()
+        notify("STOPPING=1")
+        await admin.close()
+        await self._stop_workers(keepers)
+        log.info("relayd stopped")
+
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        for worker in self._workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.send_signal(sig)
+
+    async def _stop_workers(self, keepers: list[asyncio.Task[None]]) -> None:
+        self._stopping = True
+        self._signal_workers(signal.SIGTERM)
+        grace = self._config.server.shutdown_grace + 10
+        processes = [w.process for w in self._workers if w.process is not None]
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*(p.wait() for p in processes))
+        except TimeoutError:
+            log.error("workers still running %gs after SIGTERM: killing them", grace)
+            self._signal_workers(signal.SIGKILL)
+        for keeper in keepers:
+            keeper.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
+        for sock in self._sockets:
+            sock.close()
+        for address in self._config.server.listen:
+            if address.path is not None and os.path.exists(address.path):
+                os.unlink(address.path)
+
+    async def reload(self) -> list[str]:
+        """Check the file, then have every worker load it. Returns the problems found."""
+        try:
+            config = load_config(self._config.path)
+        except ConfigError as exc:
+            problems = [str(p) for p in exc.problems]
+        else:
+            problems = []
+            if config.server.listen != self._config.server.listen or config.server.workers != len(self._workers):
+                problems.append("server.listen and server.workers take effect at the next restart")
+        if problems:
+            for problem in problems:
+                log.error("reload rejected: %s", problem)
+            return problems
+        notify("RELOADING=1")
+        try:
+            for reply in await self._ask_all({"cmd": "reload"}):
+                if not reply.get("ok"):
+                    found = reply.get("problems")
+                    problems.extend(map(str, found) if isinstance(found, list) else [str(reply.get("error"))])
+        finally:
+            notify("READY=1")
+        return problems
+
+    # --- the admin socket ------------------------------------------------------------------
+
+    async def _ask_all(self, request: Mapping[str, object]) -> list[dict[str, object]]:
+        try:
+            return list(await asyncio.gather(*(ask(w.admin_path, request) for w in self._workers)))
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise CommandError(f"a worker did not answer: {exc}") from None
+
+    async def _snapshots(self) -> Snapshot:
+        replies = await self._ask_all({"cmd": "snapshot"})
+        return merge(cast(Snapshot, reply["snapshot"]) for reply in replies)
+
+    def _commands(self) -> CommandTable:
+        table = CommandTable()
+
+        async def status(request: AdminRequest) -> AdminReply:
+            replies = await self._ask_all({"cmd": "status"})
+            return StatusReply(
+                ok=True, version=__version__, pid=os.getpid(),
+                uptime_s=round(time.monotonic() - self._started, 3), config=self._config.path,
+                policy_version=min(_count(r, "policy_version") for r in replies),
+                connections=sum(_count(r, "connections") for r in replies),
+                in_flight=sum(_count(r, "in_flight") for r in replies),
+                draining=self._stopping,
+                workers=[{"id": w.role.id, "pid": w.process.pid if w.process else None, "restarts": w.restarts}
+                         for w in self._workers],
+            )
+
+        async def stats(request: AdminRequest) -> AdminReply:
+            return StatsReply(ok=True, flows=flow_stats(await self._snapshots()))
+
+        async def metrics(request: AdminRequest) -> AdminReply:
+            return MetricsReply(ok=True, text=render(await self._snapshots()).decode())
+
+        async def reload(request: AdminRequest) -> AdminReply:
+            problems = await self.reload()
+            if problems:
+                return ReloadReply(ok=False, error="configuration rejected", problems=problems)
+            return ReloadReply(ok=True, problems=[])
+
+        async def drain(request: AdminRequest) -> AdminReply:
+            asyncio.get_running_loop().call_soon(self._stop.set)
+            return AdminReply(ok=True)
+
+        async def broadcast(request: AdminRequest) -> AdminReply:
+            replies = await self._ask_all(request)
+            failed = [str(r.get("error")) for r in replies if not r.get("ok")]
+            if failed:
+                raise CommandError("; ".join(sorted(set(failed))))
+            return cast(AdminReply, replies[0])
+
+        async def any_one(request: AdminRequest) -> AdminReply:
+            return cast(AdminReply, await ask(self._workers[0].admin_path, request))
+
+        async def cache_stats(request: AdminRequest) -> AdminReply:
+            total: dict[str, int] = {}
+            for reply in await self._ask_all(request):
+                cache = reply.get("cache")
+                for key, value in (cache.items() if isinstance(cache, dict) else ()):
+                    total[key] = total.get(key, 0) + int(value)  # each worker has its own cache
+            return CacheStatsReply(ok=True, cache=total)
+
+        for name, handler in (("status", status), ("stats", stats), ("metrics", metrics), ("reload", reload),
+                              ("drain", drain), ("cache stats", cache_stats)):
+            table.register(name, handler)
+        for name in _BROADCAST:
+            table.register(name, broadcast)
+        for name in _ANY_ONE:
+            table.register(name, any_one)
+        return table

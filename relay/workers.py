@@ -1,0 +1,64 @@
+"""What makes a relayd process one worker among several.
+
+With ``server.workers = N`` a supervisor binds the listen sockets and starts N worker
+processes (``relayd worker``), handing each its sockets by file descriptor: a Unix
+socket is shared by all, a TCP address gets one ``SO_REUSEPORT`` socket per worker so
+the kernel spreads connections evenly. Each worker keeps its own admin socket and audit
+file, named after the configured ones with ``.wN`` before the extension
+(``var/log/audit.jsonl`` → ``var/log/audit.w1.jsonl``), so every audit file is one hash
+chain; operators talk to the supervisor's admin socket, which asks the workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+
+import orjson
+
+from relay.config import Config, ListenAddress
+
+ENV_ID = "RELAY_WORKER_ID"
+ENV_FDS = "RELAY_LISTEN_FDS"
+
+
+def worker_path(path: str, worker: int) -> str:
+    """``path`` for worker ``worker``: ``DIR/NAME.EXT`` → ``DIR/NAME.wN.EXT``."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.w{worker}{ext}"
+
+
+class WorkerRole:
+    """This process is worker ``id``, serving on sockets the supervisor bound."""
+
+    def __init__(self, worker_id: int, fds: dict[str, int]) -> None:
+        self.id = worker_id
+        self._fds = fds
+
+    @classmethod
+    def from_environment(cls) -> WorkerRole:
+        return cls(int(os.environ[ENV_ID]), {str(k): int(v) for k, v in orjson.loads(os.environ[ENV_FDS]).items()})
+
+    def environment(self) -> dict[str, str]:
+        """The variables that make a child process this worker."""
+        return {ENV_ID: str(self.id), ENV_FDS: orjson.dumps(self._fds).decode()}
+
+    def adapt(self, config: Config) -> Config:
+        """``config`` as this worker uses it: its own admin socket and audit file."""
+        server = config.server
+        if server.admin_socket is not None:
+            server = dataclasses.replace(server, admin_socket=worker_path(server.admin_socket, self.id))
+        audit = config.audit
+        if audit.path != "-":
+            audit = dataclasses.replace(audit, path=worker_path(audit.path, self.id))
+        return dataclasses.replace(config, server=server, audit=audit)
+
+    def socket_for(self, address: ListenAddress) -> socket.socket | None:
+        """The inherited listening socket for ``address``, if the supervisor bound one."""
+        fd = self._fds.get(address.spec)
+        if fd is None:
+            return None
+        family = socket.AF_UNIX if address.path is not None else socket.AF_INET6 if ":" in (address.host or "") \
+            else socket.AF_INET
+        return socket.socket(family, socket.SOCK_STREAM, fileno=fd)
