@@ -23,6 +23,7 @@ from relay.config import FileSinkConfig, FlowConfig, RedisStreamSinkConfig, Serv
 from relay.errors import BadGateway, BadRequest, ServiceUnavailable
 from relay.fastpath import scan_headers
 from relay.flowcontrol import RequestBody
+from relay.identity import Identity
 from relay.policy import Flow
 from relay.request import Request
 from relay.sinks import build_sink
@@ -67,21 +68,24 @@ def sink_config(url: str, stream: str, **options: Any) -> RedisStreamSinkConfig:
     return RedisStreamSinkConfig(name="events", url=url, stream=stream, **options)
 
 
-def request_for(sink: Sink, flow: str = "ingest", key: bytes | None = None) -> Request:
+def request_for(sink: Sink, flow: str = "ingest", key: bytes | None = None, subject: str | None = None) -> Request:
     """A complete request of ``flow`` (whose sink is ``sink``); the test writes its body."""
     headers = [(b"host", b"relay.test"), (b"transfer-encoding", b"chunked")]
     if key is not None:
         headers.append((b"idempotency-key", key))
-    flow_object = Flow(FlowConfig(name=flow, path="/ingest/", sink=sink.name, auth="none"), {sink.name: sink},
-                       ServerConfig(listen=()))
+    auth = "none" if subject is None else "jwt"
+    flow_object = Flow(FlowConfig(name=flow, path="/ingest/", sink=sink.name, auth=auth), {sink.name: sink},
+                       ServerConfig(listen=()), None)
+    identity = None if subject is None else Identity(subject, "dev", (), (), {"sub": subject}, None, "k1", 1 << 40)
     loop = asyncio.get_running_loop()
     return Request(f"req-{next(_ids)}", "POST", "1.1", "/ingest/x", b"/ingest/x", scan_headers(headers, frozenset()),
-                   flow_object, "127.0.0.1", RequestBody(None, 1 << 40, complete=True), False, loop.time())
+                   flow_object, "127.0.0.1", RequestBody(None, 1 << 40, complete=True), False, loop.time(), identity)
 
 
-async def deliver(sink: Sink, pieces: Iterable[bytes], flow: str = "ingest", key: bytes | None = None) -> Receipt:
+async def deliver(sink: Sink, pieces: Iterable[bytes], flow: str = "ingest", key: bytes | None = None,
+                  subject: str | None = None) -> Receipt:
     """What the exchange does for a flow's sink: open, write every piece, finish (abort on failure)."""
-    delivery = await sink.open(request_for(sink, flow, key), False, None)
+    delivery = await sink.open(request_for(sink, flow, key, subject), False, None)
     try:
         for piece in pieces:
             await delivery.write(piece)
@@ -127,17 +131,20 @@ def test_entry_fields(server: RedisServer) -> None:
     async def main() -> Receipt:
         sink = RedisStreamSink(sink_config(server.url, stream))
         try:
-            return await deliver(sink, [b'{"a": 1}\n'], flow="orders", key=b"k-1")
+            await deliver(sink, [b'{"a": 1}\n'], flow="orders", key=b"k-1", subject="alice@example.test")
+            return await deliver(sink, [b'{"b": 2}\n'])
         finally:
             await sink.close()
 
     run(main)
-    ((_, fields),) = entries(server, stream)
-    assert fields.keys() == {b"data", b"request_id", b"flow", b"idempotency_key"}
+    ((_, fields), (_, plain)) = entries(server, stream)
+    assert fields.keys() == {b"data", b"request_id", b"flow", b"subject", b"idempotency_key"}
     assert fields[b"data"] == b'{"a": 1}'
     assert fields[b"request_id"].startswith(b"req-")
     assert fields[b"flow"] == b"orders"
+    assert fields[b"subject"] == b"alice@example.test"
     assert fields[b"idempotency_key"] == b"k-1"
+    assert plain.keys() == {b"data", b"request_id", b"flow"}  # no caller, no key: no such fields
 
 
 def test_body_mode_adds_the_whole_body_as_one_entry(server: RedisServer) -> None:

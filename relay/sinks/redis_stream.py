@@ -8,6 +8,7 @@ entry. Every entry has these fields:
     data             the record (its line, without the "\\n") or the whole body, byte-exact
     request_id       relay's id of the request (its X-Relay-Request-Id)
     flow             the flow's name
+    subject          the verified caller's subject, for flows that require a token
     idempotency_key  the client's Idempotency-Key, when it sent one
 
 Nothing reaches Redis before the whole body has arrived and passed its checks, so the body
@@ -44,7 +45,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -61,6 +63,7 @@ from relay.sinks.base import Receipt, idempotency_scope, send_receipt
 __all__ = ["POOL_SIZE", "RedisStreamSink"]
 
 log = logging.getLogger("relay.sinks.redis_stream")
+T = TypeVar("T")
 
 #: connections one sink keeps to Redis at most (Redis runs scripts one at a time anyway)
 POOL_SIZE = 16
@@ -112,6 +115,32 @@ if dedupe then
 end
 return {'added', first, last}
 """
+
+
+async def _within(timeout: float, call: Coroutine[Any, Any, T]) -> T:
+    """``call``'s result, or TimeoutError once ``timeout`` has passed, whatever ``call`` does.
+
+    ``asyncio.timeout`` alone is not enough: redis-py sometimes loses the cancellation (a
+    request waiting for a pooled connection goes on to connect and read with a timeout of
+    its own), so the call runs as a task of its own, which is cancelled and left to end by
+    itself. Should it still reach Redis, its script's deadline has passed and it adds nothing.
+    """
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_forget)
+    if not done:
+        raise TimeoutError
+    return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _Failures:
@@ -171,6 +200,8 @@ class RedisStreamSink:
             return {"stream": self._stream_name, "ids": [], "records": 0}
         keys = [self._stream]
         shared = [b"request_id", request.request_id.encode("ascii"), b"flow", request.flow.name.encode("ascii")]
+        if request.identity is not None:
+            shared += (b"subject", request.identity.subject.encode("utf-8"))
         scope = idempotency_scope(request)
         if scope is not None:
             flow, key = scope
@@ -180,8 +211,7 @@ class RedisStreamSink:
         deadline_ms = int((time.time() + timeout * _SCRIPT_SHARE) * 1000)
         head = [deadline_ms, int(self.config.idempotency_ttl), self.config.maxlen or 0, len(shared) // 2]
         try:
-            async with asyncio.timeout(timeout):
-                answer = await self._add(keys=keys, args=[*head, *shared, *entries])
+            answer = await _within(timeout, self._add(keys=keys, args=[*head, *shared, *entries]))
         except TimeoutError:
             raise self._unavailable(f"Redis did not answer within {timeout:g}s") from None
         except _TRANSIENT as exc:
