@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pytest
 import uvloop
@@ -73,7 +73,7 @@ def request_for(sink: Sink, flow: str = "ingest", key: bytes | None = None, subj
     headers = [(b"host", b"relay.test"), (b"transfer-encoding", b"chunked")]
     if key is not None:
         headers.append((b"idempotency-key", key))
-    auth = "none" if subject is None else "jwt"
+    auth: Literal["jwt", "none"] = "none" if subject is None else "jwt"
     flow_object = Flow(FlowConfig(name=flow, path="/ingest/", sink=sink.name, auth=auth), {sink.name: sink},
                        ServerConfig(listen=()), None)
     identity = None if subject is None else Identity(subject, "dev", (), (), {"sub": subject}, None, "k1", 1 << 40)
@@ -468,7 +468,7 @@ def test_recent_receipts_replay_wait_and_forget() -> None:
         done, _ = await asyncio.wait([retry], timeout=0.1)
         assert not done, "the retry did not wait for the request holding its key"
         release.set()
-        assert await asyncio.gather(first, retry) == [{"n": 1}, {"n": 1}]
+        assert list(await asyncio.gather(first, retry)) == [{"n": 1}, {"n": 1}]
         assert recent.replays == 1
         # keys are per flow; past the capacity the oldest key is forgotten
         assert await recent.once((b"g", b"k"), lambda: quick(3)) == {"n": 3}
@@ -496,7 +496,9 @@ def test_recent_receipts_expire_after_ttl() -> None:
 
         first = await recent.once((b"f", b"k"), accept)
         assert await recent.once((b"f", b"k"), accept) == first
-        await asyncio.to_thread(poll_until, lambda: time.monotonic() - float(first["at"]) > 0.05, 5, "the ttl")
+        stored_at = first["at"]
+        assert isinstance(stored_at, float)
+        await asyncio.to_thread(poll_until, lambda: time.monotonic() - stored_at > 0.05, 5, "the ttl")
         assert await recent.once((b"f", b"k"), accept) != first
 
     run(main)
