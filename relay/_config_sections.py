@@ -88,7 +88,7 @@ def _server(root: Table) -> ServerConfig:
     t = _section(root, "server", (
         "listen", "workers", "admin_socket", "socket_mode", "max_header_bytes", "header_timeout",
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
-        "identity_key",
+        "identity_key", "max_in_flight", "max_loop_lag",
     ))
     if t.data.get("workers", 1) != 1 and not t.has("admin_socket"):
         t.problem("workers", "several workers need an admin_socket (the supervisor reaches them through it)")
@@ -102,6 +102,8 @@ def _server(root: Table) -> ServerConfig:
         idle_timeout=t.duration("idle_timeout", _SERVER.idle_timeout, 0.001, _DAY),
         shutdown_grace=t.duration("shutdown_grace", _SERVER.shutdown_grace, 0.0, _DAY),
         max_connections=t.integer("max_connections", _SERVER.max_connections, 1, 1_000_000),
+        max_in_flight=t.integer("max_in_flight", _SERVER.max_in_flight, 1, 1_000_000),
+        max_loop_lag=t.duration("max_loop_lag", _SERVER.max_loop_lag, 0.0, 60.0),
         trusted_proxies=_trusted_proxies(t),
         strip_headers=_strip_headers(t, "strip_headers", _SERVER.strip_headers),
         identity_key=t.file_path("identity_key", os.path.abspath(_SERVER.identity_key)),

@@ -70,6 +70,10 @@ class ServerConfig:
     idle_timeout: float = 60.0
     shutdown_grace: float = 30.0  # SIGTERM: time left to in-flight requests
     max_connections: int = 10000
+    #: requests one process handles at once; past it new ones get 503 before their body is read
+    max_in_flight: int = 4096
+    #: event-loop lag past which new requests get 503 (0 = never shed on lag)
+    max_loop_lag: float = 0.5
     #: relay's own Ed25519 key for signed identities (created on first use); absolute
     identity_key: str = "var/lib/relay/identity-ed25519.pem"
     #: peers whose rightmost X-Forwarded-For entry is believed: "unix" = any Unix-socket

@@ -39,6 +39,8 @@ class ServerContext:
         self.metrics = metrics
         self.deadlines = deadlines
         self.connections: set[ClientConnection] = set()
+        #: exchanges started and not yet done (pipelined ones waiting their turn included)
+        self.exchanges = 0
         self.draining = False
         self._request_prefix = secrets.token_hex(4)
         self._request_counter = 0
@@ -49,6 +51,8 @@ class ServerContext:
         self.header_timeout = server.header_timeout
         self.idle_timeout = server.idle_timeout
         self.max_connections = server.max_connections
+        self.max_in_flight = server.max_in_flight
+        self.max_loop_lag = server.max_loop_lag
         self.trusted_proxies = frozenset(
             str(ipaddress.ip_address(p)) for p in server.trusted_proxies if p != "unix"
         )
@@ -60,6 +64,7 @@ class ServerContext:
 
     def exchange_done(self, exchange: Exchange) -> None:
         """Account for a finished exchange: its audit record and its metrics."""
+        self.exchanges -= 1
         self.audit.record_exchange(exchange)
         request = exchange.request
         reply = exchange.reply
@@ -72,7 +77,16 @@ class ServerContext:
             )
 
     def in_flight(self) -> int:
-        return sum(1 for conn in self.connections if conn.busy)
+        return self.exchanges
+
+    def overloaded(self) -> str | None:
+        """Why a new request should be shed now, or None: relay answers 503 early rather
+        than queue work it cannot finish in time."""
+        if self.exchanges >= self.max_in_flight:
+            return f"{self.exchanges} requests in flight"
+        if self.max_loop_lag and self.deadlines.lag > self.max_loop_lag:
+            return f"event loop {self.deadlines.lag * 1000:.0f} ms behind"
+        return None
 
     def admit(self, conn: ClientConnection) -> bool:
         if len(self.connections) >= self.max_connections or self.draining:

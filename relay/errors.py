@@ -116,6 +116,12 @@ class ServiceUnavailable(SinkError):
         self.retry_after = retry_after
 
 
+class Overloaded(ServiceUnavailable):
+    """relay itself is at capacity (connections, requests in flight, event-loop lag)."""
+
+    code = "overloaded"
+
+
 class GatewayTimeout(SinkError):
     status = 504
     code = "sink_timeout"

@@ -70,7 +70,10 @@ class Exchange:
 
     def start(self, on_done: Callable[[Exchange], None]) -> None:
         self._on_done = on_done
+        self._ctx.exchanges += 1
         self._task = self._ctx.loop.create_task(self._run())
+        # a done callback, not a finally: it also runs for a task cancelled before it began
+        self._task.add_done_callback(self._finished)
 
     def client_gone(self) -> None:
         if self._task is not None and not self._task.done():
@@ -95,10 +98,14 @@ class Exchange:
             log.exception("request %s failed unexpectedly", self.reply.request_id)
             self.outcome = "internal_error"
             self.reply.fail(RelayError("internal error"))
-        finally:
-            self._ctx.exchange_done(self)
-            if self._on_done is not None:
-                self._on_done(self)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            self.outcome = "client_gone"
+            self.reply.keep_alive = False
+        self._ctx.exchange_done(self)
+        if self._on_done is not None:
+            self._on_done(self)
 
     async def _deliver(self, request: Request) -> None:
         """Read the body once into every sink of the flow; answer once all accepted."""

@@ -44,6 +44,12 @@ class ReadGate:
             if not self._pausers and not self._transport.is_closing():
                 self._transport.resume_reading()  # type: ignore[attr-defined]
 
+    def release_all(self) -> None:
+        """Resume reading whoever paused it (the connection is only drained from now on)."""
+        self._pausers.clear()
+        if not self._transport.is_closing():
+            self._transport.resume_reading()  # type: ignore[attr-defined]
+
     @property
     def paused(self) -> bool:
         return bool(self._pausers)

@@ -28,10 +28,10 @@ from relay.errors import (
     MethodNotAllowed,
     NotFound,
     NotImplementedMethod,
+    Overloaded,
     PayloadTooLarge,
     RelayError,
     RequestTimeout,
-    ServiceUnavailable,
     Unauthorized,
 )
 from relay.exchange import Exchange
@@ -54,6 +54,8 @@ _READ_SLACK = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: RFC 6750's query-string token: refused, it ends up in logs and caches
 _QUERY_TOKEN = b"access_token="
+#: how long relay keeps draining a half-closed connection (see _close_lingering)
+_LINGER = 2.0
 
 
 class ParseState(IntEnum):
@@ -61,6 +63,7 @@ class ParseState(IntEnum):
     HEAD = 1   # inside a request head
     BODY = 2   # head done; everything until message end is body (trailers included)
     DEAD = 3   # a framing error: nothing more is parsed on this connection
+    LINGER = 4  # answered and half-closed: what still arrives is read and dropped until close
 
 
 class ClientConnection(asyncio.Protocol):
@@ -95,9 +98,9 @@ class ClientConnection(asyncio.Protocol):
         self._gate = ReadGate(transport)
         ctx = self._ctx
         if not ctx.admit(self):
-            transport.write(error_response(ServiceUnavailable("too many connections"), "-", False))  # type: ignore[attr-defined]
-            transport.close()
-            self._closed = True
+            transport.write(error_response(Overloaded("too many connections"), "-", False))  # type: ignore[attr-defined]
+            ctx.deadlines.watch(self)  # for the lingering close only; not an admitted connection
+            self._close_lingering()
             return
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple):
@@ -130,7 +133,9 @@ class ClientConnection(asyncio.Protocol):
         """The sweep found this connection past its deadline."""
         if self._closed:
             return
-        if self._state == ParseState.HEAD:
+        if self._state == ParseState.LINGER:
+            self._transport.close()
+        elif self._state == ParseState.HEAD:
             self._fail(RequestTimeout("request head not received in time"))
         elif self._state == ParseState.BODY:
             if self._gate.paused:
@@ -156,7 +161,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self._state
-        if state == ParseState.DEAD:
+        if state >= ParseState.DEAD:
             return
         if state != ParseState.BODY:
             self._head_bytes += len(data)
@@ -269,7 +274,11 @@ class ClientConnection(asyncio.Protocol):
             raise PayloadTooLarge(f"body of {scan.content_length} bytes exceeds the flow's limit")
         identity: Identity | None = None
         refusal: RelayError | None = None
-        if flow.requires_token:
+        overload = ctx.overloaded()
+        if overload is not None:
+            # shed before any token is verified or body read: the cheapest answer there is
+            refusal = Overloaded(overload, retry_after=1)
+        elif flow.requires_token:
             try:
                 if _QUERY_TOKEN in query:
                     raise Unauthorized("send the token in the Authorization header", reason="token_in_query")
@@ -348,8 +357,11 @@ class ClientConnection(asyncio.Protocol):
         self._active = None
         if self._closed:
             return
-        if not exchange.reply.keep_alive or not exchange.request_drained:
-            # the connection is out of step with the client (unread body, error, close)
+        if not exchange.request_drained:
+            # the connection is out of step with the client (unread body, a refused request)
+            self._close_lingering()
+            return
+        if not exchange.reply.keep_alive:
             self._state = ParseState.DEAD
             self._transport.close()
             return
@@ -364,6 +376,25 @@ class ClientConnection(asyncio.Protocol):
             nxt.start(self._exchange_done)
         elif self._state == ParseState.IDLE:
             self.deadline = self._ctx.loop.time() + self._ctx.idle_timeout
+
+    def _close_lingering(self) -> None:
+        """Close after the last answer while the client may still be sending.
+
+        Closing a socket with unread bytes makes the kernel send a reset, which can destroy
+        the answer before the client reads it (a 413 to an upload in progress, say). So:
+        half-close, read and drop whatever still arrives for up to ``_LINGER`` seconds,
+        then close (earlier, when the client closes first).
+        """
+        self._state = ParseState.LINGER
+        transport = self._transport
+        if self._closed or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._gate.release_all()
+        self.deadline = self._ctx.loop.time() + _LINGER
 
     def abort(self) -> None:
         """Drop the connection at once (the end of a shutdown grace period)."""

@@ -27,6 +27,9 @@ class Deadlines:
         self._tick = tick
         self._watched: set[Expiring] = set()
         self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        #: how late the latest sweep ran: the event loop's current lag, for load shedding
+        self.lag = 0.0
 
     def watch(self, obj: Expiring) -> None:
         self._watched.add(obj)
@@ -36,17 +39,22 @@ class Deadlines:
 
     def start(self) -> None:
         if self._handle is None:
-            self._handle = self._loop.call_later(self._tick, self._sweep)
+            self._schedule(self._loop.time())
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
+    def _schedule(self, now: float) -> None:
+        self._due = now + self._tick
+        self._handle = self._loop.call_at(self._due, self._sweep)
+
     def _sweep(self) -> None:
         now = self._loop.time()
+        self.lag = max(0.0, now - self._due)
         expired = [obj for obj in self._watched if 0.0 < obj.deadline <= now]
         for obj in expired:
             obj.deadline = 0.0
             obj.on_deadline()
-        self._handle = self._loop.call_later(self._tick, self._sweep)
+        self._schedule(now)
