@@ -138,6 +138,7 @@ def main() -> None:
         (HERE / "RESULTS.md").write_text(_results_md(text, command, started, host, settings, files))
         progress("updated benchmarks/RESULTS.md")
 
+
 if __name__ == "__main__":
     try:
         main()

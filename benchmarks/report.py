@@ -35,11 +35,14 @@ METHOD = """\
 - HAProxy: nbthread 1; with tokens `http-request` rules check alg, `jwt_verify`, exp,
   iss, aud and the first `groups` entry (2.6 cannot search a JSON array).
 - aiohttp proxy: benchmarks/aiohttp_proxy.py (uvloop, pooled client session, `jwt.decode`).
+- Comparisons, "measured": the ratio of median req/s (MB/s), which a busy machine
+  disturbs; "per core (CPU)": the ratio of what one core could serve, 1 / (CPU
+  µs/request summed over the measured processes, which share the CPU under test).
 - spread: (max − min) / median of the runs' rates. errors: responses ≥ 400 plus socket
   errors, as wrk counts them; anything but 0 is flagged."""
 
 
-def _figure(outcome: Outcome | None, metric: str) -> float | None:
+def _figure(outcome: Outcome | None, metric: str, by_cpu: bool) -> float | None:
     if outcome is None or not outcome.runs:
         return None
     if metric == "relayd_cpu_us":
@@ -47,6 +50,10 @@ def _figure(outcome: Outcome | None, metric: str) -> float | None:
     if metric == "relayd_rss_mib":
         rss = outcome.peak_rss("relayd")
         return None if rss is None else rss / MIB
+    if by_cpu:
+        # what one core could serve: the measured processes share the CPU under test
+        cpu = sum(outcome.cpu_us().values())
+        return 1e6 / cpu if cpu else None
     return outcome.median(metric)
 
 
@@ -56,15 +63,23 @@ def _why_missing(outcome: Outcome | None) -> str:
     return f"n/a: {'pending' if outcome.pending else 'failed' if outcome.failure else 'no runs'}"
 
 
-def evaluate(comparison: Comparison, by_name: dict[str, Outcome]) -> tuple[float | None, str]:
-    """The comparison's value, and "met", "missed", "" (no target) or why it has none."""
+def evaluate(comparison: Comparison, by_name: dict[str, Outcome],
+             by_cpu: bool = False) -> tuple[float | None, str]:
+    """The comparison's value, and "met", "missed", "" (no target) or why it has none.
+
+    ``by_cpu`` compares what one core could serve (from CPU µs per request) instead of
+    what was measured: the same question, asked of the figure a busy machine disturbs
+    least. It only applies to ratios of rates; for the others it is None, "".
+    """
+    if by_cpu and (comparison.baseline is None or comparison.metric not in ("rate", "mb_s")):
+        return None, ""
     subject = by_name.get(comparison.subject)
-    value = _figure(subject, comparison.metric)
+    value = _figure(subject, comparison.metric, by_cpu)
     if value is None:
         return None, _why_missing(subject)
     if comparison.baseline is not None:
         baseline = by_name.get(comparison.baseline)
-        base = _figure(baseline, comparison.metric)
+        base = _figure(baseline, comparison.metric, by_cpu)
         if not base:
             return None, f"{_why_missing(baseline)} (baseline)"
         value /= base
@@ -162,10 +177,13 @@ def comparisons_table(comparisons: list[Comparison], outcomes: list[Outcome]) ->
     rows = []
     for c in comparisons:
         value, verdict = evaluate(c, by_name)
-        shown = "–" if value is None else f"{value:.2f}{_unit(c)}"
+        cpu_value, cpu_verdict = evaluate(c, by_name, by_cpu=True)
         target = "" if c.target is None else f"{c.op} {c.target:g}{_unit(c)}"
-        rows.append([c.label, shown, target, verdict])
-    return _table(["comparison", "value", "target", "verdict"], rows, right={1})
+        rows.append([c.label, "–" if value is None else f"{value:.2f}{_unit(c)}", target, verdict,
+                     "" if cpu_value is None else f"{cpu_value:.2f}×",
+                     cpu_verdict if cpu_value is not None else ""])
+    return _table(["comparison", "measured", "target", "verdict", "per core (CPU)", "verdict"],
+                  rows, right={1, 4})
 
 
 def warnings(outcomes: list[Outcome]) -> list[str]:
@@ -214,5 +232,7 @@ def to_json(outcomes: list[Outcome], comparisons: list[Comparison], *,
     results = []
     for c in comparisons:
         value, verdict = evaluate(c, by_name)
-        results.append(asdict(c) | {"value": value, "verdict": verdict})
+        cpu_value, cpu_verdict = evaluate(c, by_name, by_cpu=True)
+        results.append(asdict(c) | {"value": value, "verdict": verdict,
+                                    "per_core_value": cpu_value, "per_core_verdict": cpu_verdict})
     return meta | {"scenarios": scenarios, "comparisons": results}
