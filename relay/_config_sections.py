@@ -90,11 +90,12 @@ def _server(root: Table) -> ServerConfig:
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
         "identity_key", "max_in_flight", "max_loop_lag",
     ))
-    if t.data.get("workers", 1) != 1 and not t.has("admin_socket"):
+    workers = t.integer("workers", _SERVER.workers, 1, 64)
+    if workers > 1 and not t.has("admin_socket"):
         t.problem("workers", "several workers need an admin_socket (the supervisor reaches them through it)")
     return ServerConfig(
         listen=_listen(t),
-        workers=t.integer("workers", _SERVER.workers, 1, 64),
+        workers=workers,
         admin_socket=_admin_socket(t),
         socket_mode=_socket_mode(t),
         max_header_bytes=t.size("max_header_bytes", _SERVER.max_header_bytes, _KiB, 1024 * _KiB),

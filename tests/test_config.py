@@ -392,7 +392,7 @@ BAD = [
     # [server]
     pytest.param(doc(server=SERVER + '\nidle_timout = "1m"  # HERE'), "server.idle_timout",
                  "unknown key 'idle_timout' (did you mean 'idle_timeout'?)", id="server-unknown-key"),
-    pytest.param(doc(server="[server]  # HERE\nworkers = 2"), "server.listen", "required key 'listen' is missing",
+    pytest.param(doc(server="[server]  # HERE\nworkers = 1"), "server.listen", "required key 'listen' is missing",
                  id="listen-missing"),
     pytest.param(doc(server='[server]\nlisten = ["localhost:8081"]  # HERE'), "server.listen[0]",
                  "'localhost' in 'localhost:8081' is not an IP address literal", id="listen-hostname"),
