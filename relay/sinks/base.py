@@ -122,8 +122,8 @@ class _LimitedDelivery:
 
     __slots__ = ("_owner", "_delivery", "_answers")
 
-    def __init__(self, owner: LimitedSink | None, delivery: Delivery, answers: bool) -> None:
-        self._owner = owner  # None once the slot is given back
+    def __init__(self, owner: LimitedSink, delivery: Delivery, answers: bool) -> None:
+        self._owner: LimitedSink | None = owner  # None once the slot is given back
         self._delivery = delivery
         self._answers = answers
 
