@@ -10,6 +10,12 @@ Sections (one per fast-path job):
    pulls out what relay needs and builds the header block forwarded upstream.
 2. verified-token cache: ``TokenCache`` maps tokens already verified to their identity,
    bounded, so a repeated token costs one lookup instead of a signature check.
+3. chunked transfer coding: ``ChunkedDecoder`` takes a chunked body apart as it arrives,
+   handing back payload runs without copying them; ``encode_chunk``, ``encode_chunks`` and
+   ``LAST_CHUNK`` frame outgoing payloads as pieces for ``transport.writelines``.
+
+One file, unlike the compiled side's one include per job: it is the spec, read top to
+bottom, and each section is short because Python states the rules without the speed tricks.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from enum import IntEnum
+from typing import TYPE_CHECKING, TypeVar
 
 from relay.errors import BadRequest
 
 if TYPE_CHECKING:
     from relay.identity.claims import Identity
 
-__all__ = ["HeaderScan", "TokenCache", "scan_headers"]
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderScan", "TokenCache", "encode_chunk",
+           "encode_chunks", "scan_headers"]
 
 #: What httptools may hand over; results are always plain bytes.
 BytesLike = bytes | bytearray | memoryview

@@ -17,7 +17,7 @@ from relay.errors import RelayError, SinkError
 from relay.flowcontrol import ClientGone
 from relay.reply import Reply
 from relay.request import Request
-from relay.sinks.base import Delivery, Receipt
+from relay.sinks.base import Delivery, Receipt, Sink
 
 if TYPE_CHECKING:
     from relay.context import ServerContext
@@ -110,13 +110,23 @@ class Exchange:
     async def _deliver(self, request: Request) -> None:
         """Read the body once into every sink of the flow; answer once all accepted."""
         flow = request.flow
+        taken: list[Sink] = []
+        try:
+            for sink in flow.sinks:
+                sink.slots.take()
+                taken.append(sink)
+            await self._pump(request, flow.sinks)
+        finally:
+            for sink in taken:
+                sink.slots.give_back()
+
+    async def _pump(self, request: Request, sinks: tuple[Sink, ...]) -> None:
         reply = self.reply
-        sole = not flow.tees
-        answering = await flow.sink.open(request, True, reply if sole else None)
+        sole = len(sinks) == 1
+        answering = sinks[0].open(request, True, reply if sole else None)
         deliveries = [answering]
         try:
-            for tee in flow.tees:
-                deliveries.append(await tee.open(request, False, None))
+            deliveries += (tee.open(request, False, None) for tee in sinks[1:])
             body = request.body
             while not answering.stopped:
                 data = await body.read()
@@ -125,14 +135,14 @@ class Exchange:
                 for delivery in deliveries:
                     await delivery.write(data)
             if sole:
-                receipts = {flow.sink.name: await answering.finish()}
+                receipts = {sinks[0].name: await answering.finish()}
             else:
                 if answering.stopped and not body.drained:
                     # the answering sink took only part of the body: the tees must not keep it
                     for tee_delivery in deliveries[1:]:
                         tee_delivery.abort()
                     deliveries = [answering]
-                receipts = await self._finish_all(flow.sink_names, deliveries)
+                receipts = await self._finish_all(request.flow.sink_names, deliveries)
         except BaseException:
             for delivery in deliveries:
                 delivery.abort()

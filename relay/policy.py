@@ -24,7 +24,7 @@ class Flow:
     """A flow as the request path uses it."""
 
     __slots__ = (
-        "config", "name", "sink", "tees", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
+        "config", "name", "sink", "sinks", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
         "issuers", "authorizer", "signer", "sends_identity",
     )
 
@@ -34,7 +34,8 @@ class Flow:
         self.config = config
         self.name = config.name
         self.sink = sinks[config.sink]
-        self.tees = tuple(sinks[name] for name in config.tee)
+        #: the answering sink, then the tees
+        self.sinks = (self.sink, *(sinks[name] for name in config.tee))
         #: the answering sink first, then the tees: the order receipts and failures are reported in
         self.sink_names = (config.sink, *config.tee)
         self.max_body = config.max_body

@@ -113,7 +113,7 @@ async def _serve(sink: FileSink, request: Request, transport: asyncio.BaseTransp
     """What ``Exchange`` does for a flow's only sink, turning a RelayError into the answer."""
     reply = Reply(cast(asyncio.WriteTransport, transport), request.request_id, False, False, False, False)
     try:
-        delivery = await sink.open(request, True, reply)
+        delivery = sink.open(request, True, reply)
         try:
             while data := await request.body.read():
                 await delivery.write(data)

@@ -57,8 +57,9 @@ class Sink(Protocol):
     """A destination for flows' data."""
 
     name: str
+    slots: SinkSlots
 
-    async def open(self, request: Request, answers: bool, reply: Reply | None) -> Delivery:
+    def open(self, request: Request, answers: bool, reply: Reply | None) -> Delivery:
         """A delivery for ``request``.
 
         ``answers``: this sink's answer goes to the client. ``reply`` is given when it is
@@ -80,86 +81,32 @@ def send_receipt(reply: Reply, request: Request, receipts: Mapping[str, Receipt]
     reply.send_whole(200, _RECEIPT_HEADERS, (answer,), len(answer))
 
 
-# --- the in-flight limit every sink gets (see relay.sinks.build_sink) -------------------
+# --- the in-flight limit every sink has --------------------------------------------------
 
 
-class LimitedSink:
-    """``sink`` refusing new deliveries while ``limit`` of them are open.
+class SinkSlots:
+    """How many requests a sink may hold at once (its ``max_in_flight``).
 
-    Past the limit ``open`` raises ``ServiceUnavailable`` (503, ``Retry-After: 1``) at once
-    rather than queueing, so a slow sink holds at most ``limit`` requests and never stalls
-    flows that do not use it. A delivery holds its slot from ``open`` until it is done: a
-    tee's at ``finish``, the answering sink's once its ``answer`` is passed on, any at
-    ``abort``. The count is per process (each worker has its own).
+    The exchange ``take``s a slot of every sink of its flow before delivering and gives
+    them back when it is done. Past the limit ``take`` raises ``ServiceUnavailable`` (503,
+    ``Retry-After: 1``) at once rather than queueing, so a slow sink holds at most ``limit``
+    requests and never stalls flows that do not use it. Per process (each worker its own).
     """
 
-    __slots__ = ("name", "sink", "limit", "open_count")
+    __slots__ = ("name", "limit", "taken")
 
-    def __init__(self, sink: Sink, limit: int) -> None:
-        self.name = sink.name
-        #: the sink itself (for its own counters)
-        self.sink = sink
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
         self.limit = limit
-        self.open_count = 0
+        self.taken = 0
 
-    async def open(self, request: Request, answers: bool, reply: Reply | None) -> Delivery:
-        if self.open_count >= self.limit:
-            raise ServiceUnavailable(f"sink has {self.limit} deliveries in flight", self.name, retry_after=1)
-        self.open_count += 1
-        try:
-            delivery = await self.sink.open(request, answers, reply)
-        except BaseException:
-            self.open_count -= 1
-            raise
-        return _LimitedDelivery(self, delivery, answers)
+    def take(self) -> None:
+        if self.taken >= self.limit:
+            raise ServiceUnavailable(f"sink has {self.limit} requests in flight", self.name, retry_after=1)
+        self.taken += 1
 
-    async def close(self) -> None:
-        await self.sink.close()
-
-
-class _LimitedDelivery:
-    """A delivery that gives its sink's slot back exactly once, when it is done."""
-
-    __slots__ = ("_owner", "_delivery", "_answers")
-
-    def __init__(self, owner: LimitedSink, delivery: Delivery, answers: bool) -> None:
-        self._owner: LimitedSink | None = owner  # None once the slot is given back
-        self._delivery = delivery
-        self._answers = answers
-
-    @property
-    def stopped(self) -> bool:
-        return self._delivery.stopped
-
-    async def write(self, data: bytes) -> None:
-        await self._delivery.write(data)
-
-    async def finish(self) -> Receipt:
-        try:
-            receipt = await self._delivery.finish()
-        except BaseException:
-            self._release()
-            raise
-        if not self._answers:
-            self._release()
-        return receipt
-
-    async def answer(self, reply: Reply, receipts: Mapping[str, Receipt]) -> None:
-        try:
-            await self._delivery.answer(reply, receipts)
-        finally:
-            self._release()
-
-    def abort(self) -> None:
-        try:
-            self._delivery.abort()
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            owner.open_count -= 1
+    def give_back(self) -> None:
+        self.taken -= 1
 
 
 # --- idempotency ------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
 from relay.reply import Reply
 from relay.request import Request
 from relay.sinks._staging import MAX_RECORD_BYTES, STAGE_BYTES, NdjsonChecker, Staging, write_all
-from relay.sinks.base import Receipt, RecentReceipts, idempotency_scope, send_receipt
+from relay.sinks.base import Receipt, RecentReceipts, SinkSlots, idempotency_scope, send_receipt
 from relay.timers import Deadlines
 
 __all__ = [
@@ -305,6 +305,7 @@ class FileSink:
 
     def __init__(self, config: FileSinkConfig, deadlines: Deadlines) -> None:
         self.name = config.name
+        self.slots = SinkSlots(config.name, config.max_in_flight)
         self.config = config
         self._loop = asyncio.get_running_loop()
         self._deadlines = deadlines
@@ -322,7 +323,7 @@ class FileSink:
         if config.fsync == "interval":
             deadlines.watch(self)
 
-    async def open(self, request: Request, answers: bool, reply: Reply | None) -> FileDelivery:
+    def open(self, request: Request, answers: bool, reply: Reply | None) -> FileDelivery:
         if self._closed:
             raise ServiceUnavailable("file sink is closed", self.name)
         return FileDelivery(self, request)

@@ -18,7 +18,7 @@ from relay.errors import BadGateway
 from relay.identity import identity_headers
 from relay.reply import Reply
 from relay.request import Request
-from relay.sinks.base import Receipt
+from relay.sinks.base import Receipt, SinkSlots
 from relay.sinks.upstream import Stale, UpstreamConnection, UpstreamPool
 from relay.timers import Deadlines
 
@@ -29,11 +29,12 @@ class HttpSink:
     def __init__(self, config: HttpSinkConfig, deadlines: Deadlines) -> None:
         self.name = config.name
         self.config = config
+        self.slots = SinkSlots(config.name, config.max_in_flight)
         self.pool = UpstreamPool(config, deadlines)
         self._host = f"{config.host}:{config.port}".encode("ascii")
         self._base = config.base_path.encode("ascii")
 
-    async def open(self, request: Request, answers: bool, reply: Reply | None) -> HttpDelivery:
+    def open(self, request: Request, answers: bool, reply: Reply | None) -> HttpDelivery:
         return HttpDelivery(self, request, answers, reply)
 
     def request_head(self, request: Request) -> bytes:

@@ -58,7 +58,7 @@ from relay.errors import BadGateway, RelayError, ServiceUnavailable
 from relay.reply import Reply
 from relay.request import Request
 from relay.sinks._staging import NdjsonChecker
-from relay.sinks.base import Receipt, idempotency_scope, send_receipt
+from relay.sinks.base import Receipt, SinkSlots, idempotency_scope, send_receipt
 
 __all__ = ["POOL_SIZE", "RedisStreamSink"]
 
@@ -174,6 +174,7 @@ class RedisStreamSink:
 
     def __init__(self, config: RedisStreamSinkConfig) -> None:
         self.name = config.name
+        self.slots = SinkSlots(config.name, config.max_in_flight)
         self.config = config
         self._stream = config.stream.encode("utf-8")
         self._stream_name = config.stream
@@ -191,7 +192,7 @@ class RedisStreamSink:
         self._added = 0
         self._replays = 0
 
-    async def open(self, request: Request, answers: bool, reply: Reply | None) -> RedisStreamDelivery:
+    def open(self, request: Request, answers: bool, reply: Reply | None) -> RedisStreamDelivery:
         return RedisStreamDelivery(self, request)
 
     async def add(self, request: Request, entries: list[bytes]) -> Receipt:

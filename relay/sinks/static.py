@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from relay.reply import Reply
 from relay.request import Request
-from relay.sinks.base import Receipt
+from relay.sinks.base import Receipt, SinkSlots
 
 
 class StaticSink:
@@ -14,10 +14,11 @@ class StaticSink:
 
     def __init__(self, name: str, body: bytes, content_type: bytes) -> None:
         self.name = name
+        self.slots = SinkSlots(name, 1 << 30)  # a constant answer: no limit of its own
         self._headers = b"Content-Type: " + content_type + b"\r\nCache-Control: max-age=300\r\n"
         self._body = body
 
-    async def open(self, request: Request, answers: bool, reply: Reply | None) -> StaticSink:
+    def open(self, request: Request, answers: bool, reply: Reply | None) -> StaticSink:
         return self
 
     # one instance serves as every request's delivery: there is no per-request state
