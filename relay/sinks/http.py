@@ -72,7 +72,7 @@ class HttpSink:
 class HttpDelivery:
     """One request on its way to the upstream (see the module docstring)."""
 
-    __slots__ = ("_sink", "_request", "_answers", "_reply", "_chunked", "_conn", "_reused", "_first",
+    __slots__ = ("_sink", "_request", "_answers", "_reply", "_chunked", "_conn", "_first",
                  "_writes", "_body_sent", "_passed_on")
 
     def __init__(self, sink: HttpSink, request: Request, answers: bool, reply: Reply | None) -> None:
@@ -85,7 +85,6 @@ class HttpDelivery:
         self._passed_on: asyncio.Future[None] | None = None
         self._chunked = request.headers.chunked
         self._conn: UpstreamConnection | None = None
-        self._reused = False
         self._first = b""
         self._writes = 0
         self._body_sent = False
@@ -98,7 +97,7 @@ class HttpDelivery:
         self._writes += 1
         if self._conn is None:
             self._first = data
-            await self._start(last=False)
+            self._begin(self._sink.pool.take_idle() or await self._sink.pool.connect(), last=False)
         else:
             self._conn.send(data, self._chunked)
         try:
@@ -108,21 +107,21 @@ class HttpDelivery:
 
     async def finish(self) -> Receipt:
         if self._conn is None:
-            await self._start(last=True)
+            self._begin(self._sink.pool.take_idle() or await self._sink.pool.connect(), last=True)
         elif not self._body_sent:
             self._conn.finish_body(self._chunked)
             self._body_sent = True
         try:
-            status = await self._conn_or_fail().answer_head()
+            status = await self._conn_or_fail().answer_head
         except Stale:
             # a pooled connection the upstream had meanwhile closed: one fresh try, as long
             # as relay still holds everything it sent
-            if not (self._reused and self._writes <= 1):
+            if not (self._conn_or_fail().reused and self._writes <= 1):
                 raise BadGateway("upstream closed the connection without answering", self._sink.name) from None
             self._conn_or_fail().close()
-            await self._start(last=True, fresh=True)
+            self._begin(await self._sink.pool.connect(), last=True)
             try:
-                status = await self._conn_or_fail().answer_head()
+                status = await self._conn_or_fail().answer_head
             except Stale:
                 raise BadGateway("upstream closed the connection without answering", self._sink.name) from None
         if not self._answers:
@@ -143,13 +142,11 @@ class HttpDelivery:
         if conn is not None:
             conn.close()
 
-    async def _start(self, last: bool, fresh: bool = False) -> None:
+    def _begin(self, conn: UpstreamConnection, last: bool) -> None:
+        """Send the request head (and the first piece of the body) on ``conn``."""
+        self._conn = conn
         sink = self._sink
         request = self._request
-        if fresh:
-            self._conn, self._reused = await sink.pool.connect(), False
-        else:
-            self._conn, self._reused = await sink.pool.acquire()
         first = self._first
         self._body_sent = last or not request.has_body
         parts = [sink.request_head(request)]
@@ -160,9 +157,9 @@ class HttpDelivery:
                 parts.append(b"0\r\n\r\n")
         elif first:
             parts.append(first)
-        self._conn.begin(parts, request.head_only, self._body_sent)
+        conn.begin(parts, request.head_only, self._body_sent)
         if self._reply is not None:
-            self._passed_on = self._conn.attach(self._reply)
+            self._passed_on = conn.attach(self._reply)
 
     def _conn_or_fail(self) -> UpstreamConnection:
         if self._conn is None:

@@ -61,6 +61,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self._got_bytes = False
         self._reusable = True
+        #: served an earlier request: the upstream may have closed it meanwhile
+        self.reused = False
         self._reset_answer()
 
     def _reset_answer(self) -> None:
@@ -116,10 +118,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self.state == ConnState.CLOSED and self._done is not None and self._done.done():
             self._done.result()  # raises the reason the connection failed
 
-    async def answer_head(self) -> int:
-        """The status of the upstream's (final) answer, once its head has arrived."""
+    @property
+    def answer_head(self) -> asyncio.Future[int]:
+        """Resolves to the status of the upstream's (final) answer once its head arrived."""
         assert self._head_waiter is not None
-        return await self._head_waiter
+        return self._head_waiter
 
     @property
     def answered(self) -> bool:
@@ -350,13 +353,14 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self._all: set[UpstreamConnection] = set()
 
-    async def acquire(self) -> tuple[UpstreamConnection, bool]:
-        """A connection ready for a request, and whether it was reused from the pool."""
+    def take_idle(self) -> UpstreamConnection | None:
+        """A pooled keep-alive connection (the most recently used), or None."""
         while self._idle:
             conn = self._idle.pop()
             if conn.state == ConnState.IDLE:
-                return conn, True
-        return await self.connect(), False
+                conn.reused = True
+                return conn
+        return None
 
     async def connect(self) -> UpstreamConnection:
         config = self.config
