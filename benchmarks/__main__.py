@@ -77,6 +77,7 @@ scenario ({files}).
 
 {machine_lines}
 - pinning: {settings['pinning']}
+- load average: {settings['load_average']}
 
 ## How
 
@@ -102,6 +103,7 @@ def main() -> None:
     stem = time.strftime("%Y%m%d-%H%M%S")
     command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
     cores = Cores.detect()
+    load_before = os.getloadavg()[0]
     # lighttpd spools streamed request bodies through files in its upload directory:
     # on tmpfs the uploads measure the proxies rather than the disk
     shm = Path("/dev/shm")
@@ -121,8 +123,11 @@ def main() -> None:
     text = report.tables(outcomes, COMPARISONS)
     print(text)
     host = machine.describe()
+    # the machine may be shared: say how busy it was, since req/s depends on it
     settings: dict[str, object] = {"repeat": repeat, "seconds": seconds, "quick": args.quick,
-                                   "pinning": cores.describe()}
+                                   "pinning": cores.describe(),
+                                   "load_average": f"{load_before:.2f} before the run, "
+                                                   f"{os.getloadavg()[0]:.2f} after (1 min)"}
     meta = {"started": started, "command": command, "machine": host, "settings": settings}
     RESULTS.mkdir(exist_ok=True)
     record = RESULTS / f"{stem}.json"
