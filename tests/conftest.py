@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 
-from support import LIVE, Control, Stack
+from support import LIVE, Control, Relayd, Stack, Upstream, relay_config
 
 
 @pytest.hookimpl(wrapper=True)
@@ -34,3 +35,26 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
     running = Control(tmp_path_factory.mktemp("control"))
     yield running
     running.close()
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """A recording upstream shared by one module's tests (each with a relayd of its own)."""
+    running = Upstream(tmp_path_factory.mktemp("up"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # short: a Unix socket path must fit in 108 bytes
+    return tmp_path_factory.mktemp("wd")
+
+
+@pytest.fixture
+def relayd(workdir: Path, upstream: Upstream) -> Iterator[Relayd]:
+    """relayd with the test policy, in front of the module's upstream."""
+    running = Relayd(workdir, relay_config(workdir, upstream.url))
+    yield running
+    running.stop()
+

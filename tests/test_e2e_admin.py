@@ -9,10 +9,8 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from support import Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
 from support.procs import ROOT, child_env
@@ -25,25 +23,6 @@ methods = ["GET"]
 auth = "none"
 sink = "up"
 """
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    running = Upstream(tmp_path_factory.mktemp("adup"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ad")
-
-
-@pytest.fixture
-def relayd(workdir: Path, upstream: Upstream) -> Iterator[Relayd]:
-    running = Relayd(workdir, relay_config(workdir, upstream.url))
-    yield running
-    running.stop()
 
 
 def relayctl(*args: str) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,26 +23,6 @@ auth = "none"
 sink = "up"
 """
 UNKNOWN_KEY = 'colour = "red"'
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    running = Upstream(tmp_path_factory.mktemp("lcup"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # short: a Unix socket path must fit in 108 bytes
-    return tmp_path_factory.mktemp("lc")
-
-
-@pytest.fixture
-def relayd(workdir: Path, upstream: Upstream) -> Iterator[Relayd]:
-    running = Relayd(workdir, relay_config(workdir, upstream.url))
-    yield running
-    running.stop()
 
 
 def line_of(text: str, needle: str) -> int:

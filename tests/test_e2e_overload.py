@@ -8,20 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from support import RawConnection, Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
 from support.procs import ROOT, child_env
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    running = Upstream(tmp_path_factory.mktemp("olup"))
-    yield running
-    running.stop()
 
 
 def limited(workdir: Path, upstream: Upstream, limits: str) -> Relayd:

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,18 +24,6 @@ from support.procs import ROOT, child_env, listen_addresses
 
 def two_workers(workdir: Path, upstream: Upstream) -> str:
     return relay_config(workdir, upstream.url).replace("[server]\n", "[server]\nworkers = 2\n", 1)
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    running = Upstream(tmp_path_factory.mktemp("wkup"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("wk")
 
 
 def admin(workdir: Path, *args: str) -> dict[str, object]:
