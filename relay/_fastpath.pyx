@@ -8,6 +8,8 @@ One included file per fast-path job, each cimporting what it uses:
 
 1. header scanning, ``scan_headers``: _fastpath_headers.pxi
 2. verified-token cache, ``TokenCache``: _fastpath_tokencache.pxi
+3. chunked transfer coding, ``ChunkedDecoder``, ``encode_chunk``, ``encode_chunks`` and
+   ``LAST_CHUNK``: _fastpath_chunked.pxi
 
 This file holds what they share: the RFC 9110 character classes and bytes helpers.
 """
@@ -17,7 +19,8 @@ from libc.string cimport memcpy
 
 from relay.errors import BadRequest
 
-__all__ = ["HeaderScan", "TokenCache", "scan_headers"]
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderScan", "TokenCache", "encode_chunk",
+           "encode_chunks", "scan_headers"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,3 +124,4 @@ cdef bytes _as_bytes(object data):
 
 include "_fastpath_headers.pxi"
 include "_fastpath_tokencache.pxi"
+include "_fastpath_chunked.pxi"

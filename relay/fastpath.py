@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from relay import _fastpath_py
 
-__all__ = ["COMPILED", "HeaderScan", "TokenCache", "scan_headers"]
+__all__ = ["COMPILED", "LAST_CHUNK", "ChunkedDecoder", "HeaderScan", "TokenCache", "encode_chunk",
+           "encode_chunks", "scan_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,16 @@ COMPILED: bool = _impl is not _fastpath_py
 
 if TYPE_CHECKING:
     # Both implementations share one API; type-check callers against the compiled stub.
-    from relay._fastpath import HeaderScan, TokenCache, scan_headers
+    from relay._fastpath import (LAST_CHUNK, ChunkedDecoder, HeaderScan, TokenCache, encode_chunk,
+                                 encode_chunks, scan_headers)
 else:
     # 1. header scanning
     HeaderScan = _impl.HeaderScan
     scan_headers = _impl.scan_headers
     # 2. verified-token cache
     TokenCache = _impl.TokenCache
+    # 3. chunked transfer coding
+    ChunkedDecoder = _impl.ChunkedDecoder
+    encode_chunk = _impl.encode_chunk
+    encode_chunks = _impl.encode_chunks
+    LAST_CHUNK = _impl.LAST_CHUNK
