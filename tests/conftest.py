@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from support import LIVE, Control, Relayd, Stack, Upstream, relay_config
+from support.impls import COMPILED, NOT_BUILT, TWIN
 
 
 @pytest.hookimpl(wrapper=True)
@@ -57,4 +60,15 @@ def relayd(workdir: Path, upstream: Upstream) -> Iterator[Relayd]:
     running = Relayd(workdir, relay_config(workdir, upstream.url))
     yield running
     running.stop()
+
+
+@pytest.fixture(params=["twin", "compiled"])
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    """Each fast-path implementation in turn: the pure-Python twin and the compiled module."""
+    if request.param == "twin":
+        return TWIN
+    if COMPILED is None:
+        warnings.warn(NOT_BUILT, stacklevel=1)
+        pytest.skip(NOT_BUILT)
+    return COMPILED
 

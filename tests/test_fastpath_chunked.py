@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import array
 import re
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any
@@ -17,30 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay import _fastpath_py
+from support.impls import COMPILED, IMPLS, NOT_BUILT
 from relay.errors import BadRequest
 
 
-def _compiled() -> ModuleType | None:
-    try:
-        from relay import _fastpath
-    except ImportError:
-        return None
-    return _fastpath
-
-
-COMPILED = _compiled()
-NOT_BUILT = "COMPILED FAST PATH NOT BUILT (python setup.py build_ext --inplace): only the twin ran"
-IMPLS = [_fastpath_py] if COMPILED is None else [_fastpath_py, COMPILED]
-
-
-@pytest.fixture(params=["twin", "compiled"])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "twin":
-        return _fastpath_py
-    if COMPILED is None:
-        warnings.warn(NOT_BUILT, stacklevel=1)
-        pytest.skip(NOT_BUILT)
-    return COMPILED
 
 
 Kind = Callable[[bytes], Any]

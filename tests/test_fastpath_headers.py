@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay import _fastpath_py
+from support.impls import COMPILED, NOT_BUILT
 from relay.errors import BadRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,26 +35,6 @@ NO_DROP: frozenset[bytes] = frozenset()
 Headers = Iterable[Any]  # pairs of bytes-like, or anything scan_headers should refuse
 
 
-def _compiled() -> ModuleType | None:
-    try:
-        from relay import _fastpath
-    except ImportError:
-        return None
-    return _fastpath
-
-
-COMPILED = _compiled()
-NOT_BUILT = "COMPILED FAST PATH NOT BUILT (python setup.py build_ext --inplace): only the twin ran"
-
-
-@pytest.fixture(params=["twin", "compiled"])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "twin":
-        return _fastpath_py
-    if COMPILED is None:
-        warnings.warn(NOT_BUILT, stacklevel=1)
-        pytest.skip(NOT_BUILT)
-    return COMPILED
 
 
 def fields(scan: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@ eviction step by step, and a differential property test holding the two to each 
 
 from __future__ import annotations
 
-import warnings
 from types import ModuleType
 from typing import Any
 
@@ -12,28 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay import _fastpath_py
+from support.impls import COMPILED, NOT_BUILT
 
 
-def _compiled() -> ModuleType | None:
-    try:
-        from relay import _fastpath
-    except ImportError:
-        return None
-    return _fastpath
-
-
-COMPILED = _compiled()
-NOT_BUILT = "COMPILED FAST PATH NOT BUILT (python setup.py build_ext --inplace): only the twin ran"
-
-
-@pytest.fixture(params=["twin", "compiled"])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "twin":
-        return _fastpath_py
-    if COMPILED is None:
-        warnings.warn(NOT_BUILT, stacklevel=1)
-        pytest.skip(NOT_BUILT)
-    return COMPILED
 
 
 class Who:
