@@ -16,6 +16,7 @@ from enum import IntEnum
 from typing import Protocol
 
 from relay.errors import RelayError
+from relay.fastpath import LAST_CHUNK, encode_chunk
 from relay.responses import error_response, status_line
 
 
@@ -121,12 +122,12 @@ class Reply:
         if self._http10:
             self._transport.write(data)
         else:
-            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._transport.writelines(encode_chunk(data))
 
     def end(self) -> None:
         if self.state == ReplyState.STREAMING:
             if not self._http10:
-                self._transport.write(b"0\r\n\r\n")
+                self._transport.write(LAST_CHUNK)
             self.state = ReplyState.DONE
 
     def fail(self, err: RelayError) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from relay.config import HttpSinkConfig
 from relay.errors import BadGateway
+from relay.fastpath import LAST_CHUNK, encode_chunk
 from relay.identity import identity_headers
 from relay.reply import Reply
 from relay.request import Request
@@ -152,9 +153,9 @@ class HttpDelivery:
         parts = [sink.request_head(request)]
         if self._chunked:
             if first:
-                parts += (b"%x\r\n" % len(first), first, b"\r\n")
+                parts += encode_chunk(first)
             if self._body_sent:
-                parts.append(b"0\r\n\r\n")
+                parts.append(LAST_CHUNK)
         elif first:
             parts.append(first)
         conn.begin(parts, request.head_only, self._body_sent)

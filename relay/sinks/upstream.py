@@ -18,7 +18,7 @@ import httptools
 
 from relay.config import HttpSinkConfig
 from relay.errors import BadGateway, BadRequest, GatewayTimeout, RelayError
-from relay.fastpath import scan_headers
+from relay.fastpath import LAST_CHUNK, encode_chunk, scan_headers
 from relay.reply import Reply
 from relay.timers import Deadlines
 
@@ -96,16 +96,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = self._loop.time() + self._timeout if body_sent else 0.0
 
     def send(self, data: bytes, chunked: bool) -> None:
+        """Send a (non-empty) piece of the body, framed as a chunk when ``chunked``."""
         assert self._transport is not None
         if chunked:
-            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._transport.writelines(encode_chunk(data))
         else:
             self._transport.write(data)
 
     def finish_body(self, chunked: bool) -> None:
         assert self._transport is not None
         if chunked:
-            self._transport.write(b"0\r\n\r\n")
+            self._transport.write(LAST_CHUNK)
         if self.state == ConnState.EXCHANGE and not self._reading_paused:
             self.deadline = self._loop.time() + self._timeout
 
