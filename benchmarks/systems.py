@@ -46,7 +46,7 @@ class System:
 @dataclass
 class Context:
     """What every start function needs: a scratch directory, the CPU layout, the keys,
-    the upstream's addresses, and the list of processes to stop after each run."""
+    the upstreams' addresses, and the list of processes to stop after each run."""
 
     workdir: Path
     cores: Cores
@@ -73,10 +73,10 @@ class Context:
     def path(self, name: str) -> Path:
         return self.workdir / name
 
-    def start(self, name: str, argv: list[str], ready: list[Address], *, sut: bool,
+    def start(self, name: str, argv: list[str], ready: list[Address],
               env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(name, argv, self.path(f"{name}.log"),
-                    cpus=self.cores.sut if sut else self.cores.load, env=env, cwd=ROOT)
+        """Start a process under test, on the CPU set aside for it."""
+        proc = Proc(name, argv, self.path(f"{name}.log"), cpus=self.cores.sut, env=env, cwd=ROOT)
         self.running.append(proc)
         proc.wait_ready(ready)
         return proc
@@ -140,7 +140,7 @@ def _front_lighttpd(ctx: Context, backend_socket: str) -> tuple[Proc, str]:
     env = dict(os.environ) | {"RELAY_HTTP_ADDR": "127.0.0.1", "RELAY_HTTP_PORT": str(port),
                               "RELAY_SOCKET": backend_socket, "RELAY_LIGHTTPD_DIR": str(state)}
     proc = ctx.start("lighttpd", ["lighttpd", "-D", "-f", str(LIGHTTPD_CONF)],
-                     [("127.0.0.1", port)], sut=True, env=env)
+                     [("127.0.0.1", port)], env=env)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -211,7 +211,7 @@ def _relayd(ctx: Context, auth: Auth) -> tuple[Proc, int, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = ctx.start("relayd", [sys.executable, "-m", "relay", "-c", str(config)],
-                     [("127.0.0.1", port), sock], sut=True, env=env)
+                     [("127.0.0.1", port), sock], env=env)
     return proc, port, sock
 
 
@@ -275,8 +275,7 @@ backend upstream
     http-reuse always
     server lighttpd 127.0.0.1:{ctx.upstream_port}
 """)
-    proc = ctx.start("haproxy", ["haproxy", "-db", "-f", str(config)], [("127.0.0.1", port)],
-                     sut=True)
+    proc = ctx.start("haproxy", ["haproxy", "-db", "-f", str(config)], [("127.0.0.1", port)])
     return System(f"http://127.0.0.1:{port}", {"haproxy": proc})
 
 
@@ -290,5 +289,5 @@ def aiohttp_proxy(ctx: Context, auth: Auth = "none") -> System:
     if auth != "none":
         argv += ["--alg", auth, "--key", str(ctx.keys.pem[auth]), "--issuer", ISSUER,
                  "--audience", AUDIENCE, "--group", GROUP]
-    proc = ctx.start("aiohttp", argv, [("127.0.0.1", port)], sut=True)
+    proc = ctx.start("aiohttp", argv, [("127.0.0.1", port)])
     return System(f"http://127.0.0.1:{port}", {"aiohttp": proc})
