@@ -323,7 +323,7 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def _send_continue(self) -> None:
-        if self._active is not None and not self._active.reply.started:
+        if self._active is not None and not self._active.reply.started and not self._transport.is_closing():
             self._transport.write(_CONTINUE)
 
     # --- errors detected while parsing ---------------------------------------------------

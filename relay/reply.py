@@ -93,12 +93,12 @@ class Reply:
             framing = b"Content-Length: %d\r\n" % length
             if self._head_only:
                 body = ()
-        self._transport.writelines((
+        self.state = ReplyState.DONE
+        self._send((
             status_line(status), headers, self._rid_header, framing,
             self._connection_header(), b"\r\n", *body,
         ))
         self.bytes_out = length if body else 0
-        self.state = ReplyState.DONE
 
     def begin(self, status: int, headers: bytes) -> None:
         """Start a streamed response; ``write`` the body, then ``end``."""
@@ -109,26 +109,23 @@ class Reply:
             framing = b""
         else:
             framing = b"Transfer-Encoding: chunked\r\n"
-        self._transport.writelines((
+        self.state = ReplyState.STREAMING
+        self._send((
             status_line(status), headers, self._rid_header, framing,
             self._connection_header(), b"\r\n",
         ))
-        self.state = ReplyState.STREAMING
 
     def write(self, data: bytes) -> None:
         if not data or self.state != ReplyState.STREAMING:
             return
         self.bytes_out += len(data)
-        if self._http10:
-            self._transport.write(data)
-        else:
-            self._transport.writelines(encode_chunk(data))
+        self._send((data,) if self._http10 else encode_chunk(data))
 
     def end(self) -> None:
         if self.state == ReplyState.STREAMING:
-            if not self._http10:
-                self._transport.write(LAST_CHUNK)
             self.state = ReplyState.DONE
+            if not self._http10:
+                self._send((LAST_CHUNK,))
 
     def fail(self, err: RelayError) -> None:
         """Answer with ``err`` if nothing was sent yet; otherwise cut the response off."""
@@ -136,12 +133,17 @@ class Reply:
             if err.close_connection:
                 self.keep_alive = False
             self.status = err.status
-            self._transport.write(
-                error_response(err, self.request_id, self.keep_alive, head_only=self._head_only)
-            )
             self.state = ReplyState.DONE
+            self._send((error_response(err, self.request_id, self.keep_alive, head_only=self._head_only),))
         elif self.state == ReplyState.STREAMING:
             self.abort()
+
+    def _send(self, parts: Sequence[bytes]) -> None:
+        """Write ``parts`` in one call, unless the client has gone (then there is no one to tell)."""
+        if self._transport.is_closing():
+            self.keep_alive = False
+            return
+        self._transport.writelines(parts)
 
     def abort(self) -> None:
         """Close the client connection mid-response so the truncation is visible."""

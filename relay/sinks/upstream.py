@@ -98,6 +98,8 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, data: bytes, chunked: bool) -> None:
         """Send a (non-empty) piece of the body, framed as a chunk when ``chunked``."""
         assert self._transport is not None
+        if self._transport.is_closing():
+            return  # the connection failed: drain() and the answer's future say why
         if chunked:
             self._transport.writelines(encode_chunk(data))
         else:
@@ -105,7 +107,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def finish_body(self, chunked: bool) -> None:
         assert self._transport is not None
-        if chunked:
+        if chunked and not self._transport.is_closing():
             self._transport.write(LAST_CHUNK)
         if self.state == ConnState.EXCHANGE and not self._reading_paused:
             self.deadline = self._loop.time() + self._timeout
