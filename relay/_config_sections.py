@@ -88,7 +88,7 @@ def _server(root: Table) -> ServerConfig:
     t = _section(root, "server", (
         "listen", "workers", "admin_socket", "socket_mode", "max_header_bytes", "header_timeout",
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
-        "identity_key", "max_in_flight", "max_loop_lag",
+        "identity_key", "max_in_flight", "max_loop_lag", "metrics_listen",
     ))
     workers = t.integer("workers", _SERVER.workers, 1, 64)
     if workers > 1 and not t.has("admin_socket"):
@@ -108,6 +108,7 @@ def _server(root: Table) -> ServerConfig:
         trusted_proxies=_trusted_proxies(t),
         strip_headers=_strip_headers(t, "strip_headers", _SERVER.strip_headers),
         identity_key=t.file_path("identity_key", os.path.abspath(_SERVER.identity_key)),
+        metrics_listen=_metrics_listen(t),
     )
 
 
@@ -130,6 +131,22 @@ def _listen(t: Table) -> tuple[ListenAddress, ...]:
         found.setdefault(where, i)
         out.append(addr)
     return tuple(out)
+
+
+def _metrics_listen(t: Table) -> ListenAddress | None:
+    spec = t.string("metrics_listen", None)
+    if spec is None:
+        return None
+    try:
+        address = parse_listen(spec)
+    except ValueError as e:
+        t.problem("metrics_listen", str(e))
+        return None
+    if address.host is None or not ipaddress.ip_address(address.host).is_loopback:
+        # the metrics carry flow names and traffic figures: not for the open network
+        t.problem("metrics_listen", f"'{spec}' must be a loopback TCP address, e.g. \"127.0.0.1:9464\"")
+        return None
+    return address
 
 
 def _admin_socket(t: Table) -> str | None:

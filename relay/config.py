@@ -74,6 +74,8 @@ class ServerConfig:
     max_in_flight: int = 4096
     #: event-loop lag past which new requests get 503 (0 = never shed on lag)
     max_loop_lag: float = 0.5
+    #: where Prometheus scrapes /metrics over plain HTTP (a loopback TCP address); None: admin socket only
+    metrics_listen: ListenAddress | None = None
     #: relay's own Ed25519 key for signed identities (created on first use); absolute
     identity_key: str = "var/lib/relay/identity-ed25519.pem"
     #: peers whose rightmost X-Forwarded-For entry is believed: "unix" = any Unix-socket

@@ -23,6 +23,7 @@ from relay.control import build_commands
 from relay.errors import ConfigError, StartupError
 from relay.identity import Authenticator, IdentitySigner
 from relay.metrics import EventLoopLag, Metrics
+from relay.metrics_http import serve_metrics
 from relay.notify import notify
 from relay.policy import Policy, needs_signer
 from relay.protocol import ClientConnection
@@ -72,10 +73,13 @@ class Server:
         admin = None
         if config.server.admin_socket is not None:
             admin = AdminServer(config.server.admin_socket, frozenset(), build_commands(self))
+        metrics_server: asyncio.AbstractServer | None = None
         try:
             await self._bind(config.server)
             if admin is not None:
                 await admin.start()
+            if config.server.metrics_listen is not None and self._role is None:
+                metrics_server = await serve_metrics(config.server.metrics_listen, self._render_metrics)
         except BaseException:
             await self._close_listeners()
             await authenticator.close()
@@ -97,6 +101,8 @@ class Server:
             notify("STOPPING=1")
         if admin is not None:
             await admin.close()
+        if metrics_server is not None:
+            metrics_server.close()
         await self._drain(self._config.server.shutdown_grace)
         lag.stop()
         deadlines.stop()
@@ -105,6 +111,9 @@ class Server:
         await authenticator.close()
         audit.close()
         log.info("relayd stopped")
+
+    async def _render_metrics(self) -> bytes:
+        return self.metrics.render()
 
     def _signer_for(self, config: Config) -> IdentitySigner | None:
         """relay's identity signer when a flow of ``config`` sends signed identities."""

@@ -38,6 +38,7 @@ from relay.admin import (
 from relay.config import Config, ListenAddress, load_config
 from relay.errors import ConfigError, StartupError
 from relay.metrics import Snapshot, flow_stats, merge, render
+from relay.metrics_http import serve_metrics
 from relay.notify import notify
 from relay.unixsock import bind_unix_socket
 from relay.workers import WorkerRole, worker_path
@@ -174,9 +175,12 @@ class Supervisor:
         admin_path = self._config.server.admin_socket
         assert admin_path is not None
         admin = AdminServer(admin_path, frozenset(), self._commands())
+        metrics_server: asyncio.AbstractServer | None = None
         try:
             await self._wait_ready()
             await admin.start()
+            if self._config.server.metrics_listen is not None:
+                metrics_server = await serve_metrics(self._config.server.metrics_listen, self._render_metrics)
         except BaseException:
             await self._stop_workers(keepers)
             raise
@@ -190,6 +194,8 @@ class Supervisor:
         await self._stop.wait()
         notify("STOPPING=1")
         await admin.close()
+        if metrics_server is not None:
+            metrics_server.close()
         await self._stop_workers(keepers)
         log.info("relayd stopped")
 
@@ -249,6 +255,12 @@ class Supervisor:
             return list(await asyncio.gather(*(ask(w.admin_path, request) for w in self._workers)))
         except (OSError, TimeoutError, ValueError) as exc:
             raise CommandError(f"a worker did not answer: {exc}") from None
+
+    async def _render_metrics(self) -> bytes:
+        try:
+            return render(await self._snapshots())
+        except CommandError as exc:
+            return f"# {exc}\n".encode()
 
     async def _snapshots(self) -> Snapshot:
         replies = await self._ask_all({"cmd": "snapshot"})

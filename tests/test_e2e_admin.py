@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 
-from support import Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
+from support import Relayd, Upstream, exchange, free_port, poll_until, relay_check, relay_config, request_bytes
 from support.procs import ROOT, child_env
 
 EXTRA_FLOW = """
@@ -139,3 +139,27 @@ def test_the_audit_log_verifies_and_tampering_is_found(relayd: Relayd, workdir: 
     tampered = relayctl("audit", "verify", str(log))
     assert tampered.returncode == 1
     assert f"{log}:2" in tampered.stderr, tampered.stderr
+
+
+def test_metrics_over_http_on_loopback(workdir: Path, upstream: Upstream) -> None:
+    port = free_port()
+    text = relay_config(workdir, upstream.url).replace(
+        "[server]\n", f'[server]\nmetrics_listen = "127.0.0.1:{port}"\n', 1)
+    relayd = Relayd(workdir, text)
+    try:
+        assert status_of(relayd, "/data/scraped") == 200
+        scrape = exchange(("127.0.0.1", port), request_bytes("GET", "/metrics"))
+        assert scrape.status == 200
+        assert (scrape.get("Content-Type") or "").startswith("text/plain; version=0.0.4")
+        assert b'relay_requests_total{flow="data",reason="relayed",status="200"}' in scrape.body
+        assert exchange(("127.0.0.1", port), request_bytes("GET", "/data/x")).status == 404
+    finally:
+        relayd.stop()
+
+
+def test_metrics_listen_must_be_loopback(workdir: Path, upstream: Upstream) -> None:
+    path = workdir / "exposed.toml"
+    path.write_text(relay_config(workdir, upstream.url).replace(
+        "[server]\n", '[server]\nmetrics_listen = "0.0.0.0:9464"\n', 1))
+    result = relay_check(path)
+    assert result.returncode != 0 and "metrics_listen" in result.stderr and "loopback" in result.stderr
