@@ -1,6 +1,7 @@
 """One request's journey through its flow: deliver to the sink, answer, audit.
 
-An ``Exchange`` runs as one task per request. The sink streams the body out and the
+An ``Exchange`` runs as one task per request (a request refused before any sink is
+involved is answered at once, without one). The sink streams the body out and the
 answer back through the ``Reply``; whatever goes wrong is a ``RelayError`` and is
 answered by ``Reply.fail`` (the one place errors become responses). Exactly one audit
 record is written per exchange, whatever its outcome.
@@ -71,6 +72,12 @@ class Exchange:
     def start(self, on_done: Callable[[Exchange], None]) -> None:
         self._on_done = on_done
         self._ctx.exchanges += 1
+        if self._error is not None:
+            # refused before any sink is involved (404, 401, 403, shed 503, ...): answered
+            # without a task, so refusing stays the cheapest thing relay does (on the next
+            # turn of the loop, not from inside the parser that is still reading the request)
+            self._ctx.loop.call_soon(self._answer_refusal, self._error)
+            return
         self._task = self._ctx.loop.create_task(self._run())
         # a done callback, not a finally: it also runs for a task cancelled before it began
         self._task.add_done_callback(self._finished)
@@ -79,18 +86,23 @@ class Exchange:
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
+    def _answer_refusal(self, err: RelayError) -> None:
+        self._refuse(err)
+        self._done()
+
+    def _refuse(self, err: RelayError) -> None:
+        self.outcome = err.reason or err.code
+        if isinstance(err, SinkError):
+            self.failed_sink = err.sink
+        self.reply.fail(err)
+
     async def _run(self) -> None:
         request = self.request
+        assert request is not None
         try:
-            if self._error is not None:
-                raise self._error
-            assert request is not None
             await self._deliver(request)
         except RelayError as err:
-            self.outcome = err.reason or err.code
-            if isinstance(err, SinkError):
-                self.failed_sink = err.sink
-            self.reply.fail(err)
+            self._refuse(err)
         except (ClientGone, asyncio.CancelledError):
             self.outcome = "client_gone"
             self.reply.keep_alive = False
@@ -103,6 +115,9 @@ class Exchange:
         if task.cancelled():
             self.outcome = "client_gone"
             self.reply.keep_alive = False
+        self._done()
+
+    def _done(self) -> None:
         self._ctx.exchange_done(self)
         if self._on_done is not None:
             self._on_done(self)
