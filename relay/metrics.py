@@ -38,8 +38,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, TypedDict
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from relay.timers import Ticker
 
 __all__ = [
     "DURATION_BUCKETS", "GAUGES", "EventLoopLag", "FlowStats", "Metrics", "Snapshot",
@@ -330,7 +337,7 @@ def render(snapshot: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
-class EventLoopLag:
+class EventLoopLag(Ticker):
     """Measures how late one periodic timer fires: the event loop's responsiveness.
 
     One timer every ``interval`` seconds, nothing per request. :attr:`seconds` is the
@@ -339,36 +346,18 @@ class EventLoopLag:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.5, window: float = 30.0) -> None:
-        self._loop = loop
-        self._interval = interval
+        super().__init__(loop, interval)
         self._ticks_per_window = max(1, round(window / interval))
         self._ticks = 0
         self._current = 0.0
         self._previous = 0.0
-        self._due = 0.0
-        self._handle: asyncio.TimerHandle | None = None
 
     @property
     def seconds(self) -> float:
         return max(self._current, self._previous)
 
-    def start(self) -> None:
-        if self._handle is None:
-            self._schedule(self._loop.time())
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _schedule(self, now: float) -> None:
-        self._due = now + self._interval
-        self._handle = self._loop.call_at(self._due, self._tick)
-
-    def _tick(self) -> None:
-        now = self._loop.time()
-        self._current = max(self._current, now - self._due)
+    def _tick(self, now: float, late: float) -> None:
+        self._current = max(self._current, late)
         self._ticks += 1
         if self._ticks >= self._ticks_per_window:
             self._previous, self._current, self._ticks = self._current, 0.0, 0
-        self._schedule(now)

@@ -19,23 +19,17 @@ class Expiring(Protocol):
     def on_deadline(self) -> None: ...
 
 
-class Deadlines:
-    """A set of expiring objects swept every ``tick`` seconds."""
+class Ticker:
+    """One timer that fires every ``interval`` seconds and knows how late each firing was.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.1) -> None:
+    Moving to the next firing is one ``call_at``; subclasses implement ``_tick``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self._loop = loop
-        self._tick = tick
-        self._watched: set[Expiring] = set()
-        self._handle: asyncio.TimerHandle | None = None
+        self._interval = interval
         self._due = 0.0
-        #: how late the latest sweep ran: the event loop's current lag, for load shedding
-        self.lag = 0.0
-
-    def watch(self, obj: Expiring) -> None:
-        self._watched.add(obj)
-
-    def unwatch(self, obj: Expiring) -> None:
-        self._watched.discard(obj)
+        self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         if self._handle is None:
@@ -47,14 +41,36 @@ class Deadlines:
             self._handle = None
 
     def _schedule(self, now: float) -> None:
-        self._due = now + self._tick
-        self._handle = self._loop.call_at(self._due, self._sweep)
+        self._due = now + self._interval
+        self._handle = self._loop.call_at(self._due, self._fire)
 
-    def _sweep(self) -> None:
+    def _fire(self) -> None:
         now = self._loop.time()
-        self.lag = max(0.0, now - self._due)
+        self._tick(now, max(0.0, now - self._due))
+        self._schedule(now)
+
+    def _tick(self, now: float, late: float) -> None:
+        raise NotImplementedError
+
+
+class Deadlines(Ticker):
+    """A set of expiring objects swept every ``tick`` seconds."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.1) -> None:
+        super().__init__(loop, tick)
+        self._watched: set[Expiring] = set()
+        #: how late the latest sweep ran: the event loop's current lag, for load shedding
+        self.lag = 0.0
+
+    def watch(self, obj: Expiring) -> None:
+        self._watched.add(obj)
+
+    def unwatch(self, obj: Expiring) -> None:
+        self._watched.discard(obj)
+
+    def _tick(self, now: float, late: float) -> None:
+        self.lag = late
         expired = [obj for obj in self._watched if 0.0 < obj.deadline <= now]
         for obj in expired:
             obj.deadline = 0.0
             obj.on_deadline()
-        self._schedule(now)

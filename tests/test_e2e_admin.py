@@ -14,15 +14,7 @@ from pathlib import Path
 
 from support import Relayd, Upstream, exchange, free_port, poll_until, relay_check, relay_config, request_bytes
 from support.procs import ROOT, child_env
-
-EXTRA_FLOW = """
-[[flow]]
-name = "extra"
-path = "/extra/"
-methods = ["GET"]
-auth = "none"
-sink = "up"
-"""
+from support.stack import EXTRA_FLOW
 
 
 def relayctl(*args: str) -> subprocess.CompletedProcess[str]:

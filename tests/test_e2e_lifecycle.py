@@ -13,15 +13,7 @@ import pytest
 from support import (RawConnection, Relayd, Upstream, exchange, poll_until, relay_check, relay_config,
                      request_bytes)
 from support.rawhttp import can_connect
-
-EXTRA_FLOW = """
-[[flow]]
-name = "extra"
-path = "/extra/"
-methods = ["GET"]
-auth = "none"
-sink = "up"
-"""
+from support.stack import EXTRA_FLOW
 UNKNOWN_KEY = 'colour = "red"'
 
 

@@ -180,3 +180,15 @@ def upstream_completed(upstream: Upstream, mark: int, address: Address) -> list[
                "every request at the upstream to finish")
     return [r for r in upstream.since(mark)
             if r["complete"] and not r["target"].startswith(SENTINEL_PREFIX)]
+
+
+#: one more public flow for reload tests: appended to ``relay_config``'s text, it serves /extra/
+EXTRA_FLOW = """
+[[flow]]
+name = "extra"
+path = "/extra/"
+methods = ["GET"]
+auth = "none"
+sink = "up"
+"""
+
