@@ -14,11 +14,11 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from relay.errors import RelayError, SinkError
+from relay.errors import BadGateway, RelayError, SinkError
 from relay.flowcontrol import ClientGone
 from relay.reply import Reply
 from relay.request import Request
-from relay.sinks.base import Delivery, Receipt, Sink
+from relay.sinks.base import Delivery, QuickDelivery, Receipt, Sink
 
 if TYPE_CHECKING:
     from relay.context import ServerContext
@@ -29,7 +29,7 @@ log = logging.getLogger("relay.exchange")
 class Exchange:
     __slots__ = (
         "_ctx", "request", "reply", "_error", "_raw_target", "_in_step", "_task", "_on_done", "outcome",
-        "failed_sink",
+        "failed_sink", "_quick",
     )
 
     def __init__(
@@ -48,6 +48,8 @@ class Exchange:
         self._raw_target = raw_target
         self._in_step = in_step
         self._task: asyncio.Task[None] | None = None
+        #: the request relayed from callbacks, without a task, while it is in flight
+        self._quick: QuickDelivery | None = None
         self._on_done: Callable[[Exchange], None] | None = None
         #: the audit reason: "relayed", or the error code / failure that decided the answer
         self.outcome = "relayed"
@@ -78,6 +80,13 @@ class Exchange:
             # turn of the loop, not from inside the parser that is still reading the request)
             self._ctx.loop.call_soon(self._answer_refusal, self._error)
             return
+        request = self.request
+        assert request is not None
+        if len(request.flow.sinks) == 1 and request.body.drained and self._relay_now(request):
+            return
+        self._start_task()
+
+    def _start_task(self) -> None:
         self._task = self._ctx.loop.create_task(self._run())
         # a done callback, not a finally: it also runs for a task cancelled before it began
         self._task.add_done_callback(self._finished)
@@ -85,6 +94,53 @@ class Exchange:
     def client_gone(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        quick, self._quick = self._quick, None
+        if quick is not None:
+            quick.abort()
+            self._give_back_quick_slot()
+            self.outcome = "client_gone"
+            self.reply.keep_alive = False
+            self._done()
+
+    # --- a bodiless request to a flow's only sink, relayed from callbacks -----------------
+
+    def _relay_now(self, request: Request) -> bool:
+        sink = request.flow.sinks[0]
+        if sink.slots.taken >= sink.slots.limit:
+            return False  # the general path answers the 503
+        sink.slots.take()
+        quick = sink.relay_now(request, self.reply)
+        if quick is None:
+            sink.slots.give_back()
+            return False
+        self._quick = quick
+        quick.passed_on.add_done_callback(self._relayed_now)
+        return True
+
+    def _give_back_quick_slot(self) -> None:
+        assert self.request is not None
+        self.request.flow.sinks[0].slots.give_back()
+
+    def _relayed_now(self, passed_on: asyncio.Future[None]) -> None:
+        quick, self._quick = self._quick, None
+        if quick is None:
+            return  # the client left first; client_gone finished the exchange
+        self._give_back_quick_slot()
+        failure = passed_on.exception() if not passed_on.cancelled() else asyncio.CancelledError()
+        if failure is None:
+            quick.release()
+            self._done()
+            return
+        quick.abort()
+        if quick.retriable and not self.reply.started:
+            # a pooled connection the upstream had meanwhile closed: the general path tries afresh
+            self._start_task()
+            return
+        if not isinstance(failure, RelayError):
+            assert self.request is not None
+            failure = BadGateway("upstream closed the connection without answering", self.request.flow.sinks[0].name)
+        self._refuse(failure)
+        self._done()
 
     def _answer_refusal(self, err: RelayError) -> None:
         self._refuse(err)

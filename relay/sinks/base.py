@@ -53,11 +53,36 @@ class Delivery(Protocol):
         ...
 
 
+class QuickDelivery(Protocol):
+    """A bodiless request a sink relays from callbacks alone (see ``Sink.relay_now``)."""
+
+    @property
+    def passed_on(self) -> asyncio.Future[None]:
+        """Resolves once the answer went to the client, or with the reason it could not."""
+        ...
+
+    @property
+    def retriable(self) -> bool:
+        """It failed before anything was sent (a stale pooled connection): try the general way."""
+        ...
+
+    def release(self) -> None:
+        """After success: give the sink's resources back."""
+        ...
+
+    def abort(self) -> None: ...
+
+
 class Sink(Protocol):
     """A destination for flows' data."""
 
     name: str
     slots: SinkSlots
+
+    def relay_now(self, request: Request, reply: Reply) -> QuickDelivery | None:
+        """Relay a bodiless request, as the flow's only sink, without a task — when the sink
+        can start at once (the common case, and the cheapest); else None."""
+        ...
 
     def open(self, request: Request, answers: bool, reply: Reply | None) -> Delivery:
         """A delivery for ``request``.

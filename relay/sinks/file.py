@@ -323,6 +323,9 @@ class FileSink:
         if config.fsync == "interval":
             deadlines.watch(self)
 
+    def relay_now(self, request: Request, reply: Reply) -> None:
+        return None  # delivered the general way
+
     def open(self, request: Request, answers: bool, reply: Reply | None) -> FileDelivery:
         if self._closed:
             raise ServiceUnavailable("file sink is closed", self.name)

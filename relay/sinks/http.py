@@ -38,6 +38,16 @@ class HttpSink:
     def open(self, request: Request, answers: bool, reply: Reply | None) -> HttpDelivery:
         return HttpDelivery(self, request, answers, reply)
 
+    def relay_now(self, request: Request, reply: Reply) -> HttpDelivery | None:
+        """Start a bodiless request on an idle pooled connection at once, its answer going
+        straight to ``reply``; None when no connection is idle (then the general path)."""
+        conn = self.pool.take_idle()
+        if conn is None:
+            return None
+        delivery = HttpDelivery(self, request, True, reply)
+        delivery.begin_on(conn)
+        return delivery
+
     def request_head(self, request: Request) -> bytes:
         scan = request.headers
         if scan.chunked:
@@ -142,6 +152,25 @@ class HttpDelivery:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+    def begin_on(self, conn: UpstreamConnection) -> None:
+        """Send the whole (bodiless) request on ``conn`` now (see ``HttpSink.relay_now``)."""
+        self._begin(conn, last=True)
+
+    @property
+    def passed_on(self) -> asyncio.Future[None]:
+        """Resolves once the answer went to the client (it carries the upstream's failure)."""
+        assert self._passed_on is not None
+        return self._passed_on
+
+    @property
+    def retriable(self) -> bool:
+        """It failed on a pooled connection the upstream had closed, before sending anything."""
+        return self._conn is not None and self._conn.reused and self._writes == 0
+
+    def release(self) -> None:
+        """Done with the connection: back to the pool when clean."""
+        self._release()
 
     def _begin(self, conn: UpstreamConnection, last: bool) -> None:
         """Send the request head (and the first piece of the body) on ``conn``."""

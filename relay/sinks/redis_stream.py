@@ -192,6 +192,9 @@ class RedisStreamSink:
         self._added = 0
         self._replays = 0
 
+    def relay_now(self, request: Request, reply: Reply) -> None:
+        return None  # delivered the general way
+
     def open(self, request: Request, answers: bool, reply: Reply | None) -> RedisStreamDelivery:
         return RedisStreamDelivery(self, request)
 

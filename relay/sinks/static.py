@@ -18,6 +18,9 @@ class StaticSink:
         self._headers = b"Content-Type: " + content_type + b"\r\nCache-Control: max-age=300\r\n"
         self._body = body
 
+    def relay_now(self, request: Request, reply: Reply) -> None:
+        return None  # delivered the general way
+
     def open(self, request: Request, answers: bool, reply: Reply | None) -> StaticSink:
         return self
 
