@@ -11,9 +11,13 @@
     control plane: config.load_config → policy.Policy (immutable) → swapped on reload
 
 Modules: ``cli`` (entry points), ``config`` (validated, frozen configuration),
-``server`` (listeners, reload, shutdown), ``protocol`` (client HTTP/1.1), ``exchange``
-(one request's delivery), ``reply`` (response framing), ``sinks`` (destinations),
-``fastpath`` (the compiled hot path or its pure-Python twin), ``audit``.
+``server`` (listeners, reload, shutdown) with ``context`` (what connections share),
+``supervisor`` and ``workers`` (several processes), ``protocol`` (client HTTP/1.1),
+``paths`` and ``routing`` (normalized path → flow), ``policy`` (the prepared snapshot),
+``identity`` (tokens, keys, authorization), ``exchange`` (one request's delivery),
+``reply`` (response framing), ``sinks`` (destinations), ``fastpath`` (the compiled hot
+path or its pure-Python twin), ``audit`` and ``audit_verify``, ``admin``, ``control``
+and ``ctl`` (the admin socket and relayctl), ``metrics``, ``timers``, ``notify``.
 """
 
 __version__ = "0.1.0"
