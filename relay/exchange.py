@@ -129,6 +129,9 @@ class Exchange:
         failure = passed_on.exception() if not passed_on.cancelled() else asyncio.CancelledError()
         if failure is None:
             quick.release()
+            assert self.request is not None
+            self._ctx.metrics.sink_latency(self.request.flow.sinks[0].name,
+                                           self._ctx.loop.time() - self.request.received_at)
             self._done()
             return
         quick.abort()
@@ -207,6 +210,7 @@ class Exchange:
                     await delivery.write(data)
             if sole:
                 receipts = {sinks[0].name: await answering.finish()}
+                self._ctx.metrics.sink_latency(sinks[0].name, self._ctx.loop.time() - request.received_at)
             else:
                 if answering.stopped and not body.drained:
                     # the answering sink took only part of the body: the tees must not keep it
@@ -214,6 +218,9 @@ class Exchange:
                         tee_delivery.abort()
                     deliveries = [answering]
                 receipts = await self._finish_all(request.flow.sink_names, deliveries)
+                accepted = self._ctx.loop.time() - request.received_at
+                for name in receipts:
+                    self._ctx.metrics.sink_latency(name, accepted)
         except BaseException:
             for delivery in deliveries:
                 delivery.abort()

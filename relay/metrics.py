@@ -144,6 +144,7 @@ class Metrics:
         self._jwks: dict[tuple[str, bool], int] = {}
         self._sinks: dict[str, _Latency] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
+        self._refreshers: list[Callable[[Metrics], None]] = []
 
     # --- recording (hot path) -------------------------------------------------------------
 
@@ -175,6 +176,20 @@ class Metrics:
         latency.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
         latency.seconds += seconds
 
+    def set_token_cache(self, hits: int, misses: int) -> None:
+        """The cache's own running totals (for a cache that counts itself)."""
+        self._cache["hit"], self._cache["miss"] = hits, misses
+
+    def set_jwks_fetches(self, issuer: str, ok: int, failed: int) -> None:
+        """An issuer's running fetch totals (for key stores that count themselves)."""
+        self._jwks[(issuer, True)] = ok
+        self._jwks[(issuer, False)] = failed
+
+    def on_snapshot(self, refresh: Callable[[Metrics], None]) -> None:
+        """Call ``refresh(self)`` before every snapshot: counters another object keeps anyway
+        are copied in at scrape time instead of being counted again per request."""
+        self._refreshers.append(refresh)
+
     def watch(self, name: str, read: Callable[[], float]) -> None:
         """Report gauge ``name`` (a key of :data:`GAUGES`) as ``read()`` at every scrape."""
         if name not in GAUGES:
@@ -185,6 +200,8 @@ class Metrics:
 
     def snapshot(self) -> Snapshot:
         """A copy of every counter, and every watched gauge read now."""
+        for refresh in self._refreshers:
+            refresh(self)
         return Snapshot(
             requests=[
                 RequestRow(flow=flow, status=status, reason=reason, count=row.count,

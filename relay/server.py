@@ -130,6 +130,7 @@ class Server:
         self.metrics.watch("relay_in_flight_requests", ctx.in_flight)
         self.metrics.watch("relay_event_loop_lag_seconds", lambda: lag.seconds)
         self.metrics.watch("relay_policy_version", lambda: ctx.policy.version)
+        self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -259,3 +260,12 @@ class Server:
             await asyncio.sleep(0.05)
         for conn in list(ctx.connections):
             conn.abort()
+
+
+def _copy_identity_counters(metrics: Metrics, authenticator: Authenticator) -> None:
+    """The token cache and the key stores count for themselves; metrics shows their totals."""
+    cache = authenticator.cache_stats()
+    metrics.set_token_cache(cache["hits"], cache["misses"])
+    for keys in authenticator.key_status():
+        metrics.set_jwks_fetches(keys["issuer"], keys["fetches"] - keys["failures"], keys["failures"])
+

@@ -214,3 +214,21 @@ def test_the_audit_log_holds_no_token(stack: IdentityStack, keys: dict[str, Key]
     text = audit.read_bytes()
     for part in split(token):
         assert part not in text
+
+
+def test_metrics_count_token_cache_and_key_fetches(stack: IdentityStack, keys: dict[str, Key]) -> None:
+    token = keys["ec"].token(writer_claims(jti="metered"))
+    for _ in range(3):
+        assert get(stack, "/secure/metered", token).status == 200
+    result = subprocess.run([sys.executable, "-m", "relay.ctl", "--socket", str(stack.workdir / "admin.sock"),
+                             "metrics"], capture_output=True, text=True, timeout=30, cwd=ROOT, env=child_env())
+    assert result.returncode == 0, result.stderr
+    values = {}
+    for line in result.stdout.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values['relay_token_cache_lookups_total{result="hit"}'] >= 2
+    assert values['relay_token_cache_lookups_total{result="miss"}'] >= 1
+    assert values['relay_jwks_fetches_total{issuer="idp",result="ok"}'] >= 1
+    assert values['relay_sink_latency_seconds_count{sink="up"}'] >= 3
