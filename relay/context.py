@@ -76,9 +76,6 @@ class ServerContext:
                 self.loop.time() - request.received_at,
             )
 
-    def in_flight(self) -> int:
-        return self.exchanges
-
     def overloaded(self) -> str | None:
         """Why a new request should be shed now, or None: relay answers 503 early rather
         than queue work it cannot finish in time."""

@@ -49,7 +49,7 @@ def build_commands(server: Server) -> CommandTable:
         return StatusReply(
             ok=True, version=__version__, pid=os.getpid(), uptime_s=round(time.monotonic() - started, 3),
             config=server.config.path, policy_version=ctx.policy.version,
-            connections=len(ctx.connections), in_flight=ctx.in_flight(), draining=ctx.draining,
+            connections=len(ctx.connections), in_flight=ctx.exchanges, draining=ctx.draining,
         )
 
     async def stats(request: AdminRequest) -> AdminReply:

@@ -146,12 +146,10 @@ class ClientConnection(asyncio.Protocol):
         elif self._active is None:
             self._transport.close()  # an idle keep-alive connection: close quietly
 
-    def close_if_idle(self) -> bool:
+    def close_if_idle(self) -> None:
         """Close the connection if no request is in progress (used when draining)."""
         if self._active is None and self._state == ParseState.IDLE and not self._closed:
             self._transport.close()
-            return True
-        return False
 
     @property
     def busy(self) -> bool:
@@ -370,9 +368,11 @@ class ClientConnection(asyncio.Protocol):
             if not self._queue:
                 self._gate.resume("pipeline")
             self._active = nxt
-            nxt.reply.producer = None
+            # the client socket may have paused or resumed while this reply waited its turn
             if self._write_paused:
                 nxt.reply.client_paused()
+            else:
+                nxt.reply.client_resumed()
             nxt.start(self._exchange_done)
         elif self._state == ParseState.IDLE:
             self.deadline = self._ctx.loop.time() + self._ctx.idle_timeout

@@ -127,7 +127,7 @@ class Server:
     def _watch_gauges(self, lag: EventLoopLag) -> None:
         ctx = self.context
         self.metrics.watch("relay_connections", lambda: len(ctx.connections))
-        self.metrics.watch("relay_in_flight_requests", ctx.in_flight)
+        self.metrics.watch("relay_in_flight_requests", lambda: ctx.exchanges)
         self.metrics.watch("relay_event_loop_lag_seconds", lambda: lag.seconds)
         self.metrics.watch("relay_policy_version", lambda: ctx.policy.version)
         self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
