@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -66,6 +67,11 @@ class ParseState(IntEnum):
     LINGER = 4  # answered and half-closed: what still arrives is read and dropped until close
 
 
+# The members as module globals: an attribute lookup on an Enum class costs ≈ 0.1 µs in
+# CPython 3.11, and the request path makes dozens of them.
+IDLE, HEAD, BODY, DEAD, LINGER = ParseState
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_ctx", "_trusted_peer", "_peer", "_transport", "_parser", "_gate", "_state",
@@ -80,7 +86,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._parser = httptools.HttpRequestParser(self)
         self._gate: ReadGate = None  # type: ignore[assignment]
-        self._state = ParseState.IDLE
+        self._state = IDLE
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
@@ -133,11 +139,11 @@ class ClientConnection(asyncio.Protocol):
         """The sweep found this connection past its deadline."""
         if self._closed:
             return
-        if self._state == ParseState.LINGER:
+        if self._state == LINGER:
             self._transport.close()
-        elif self._state == ParseState.HEAD:
+        elif self._state == HEAD:
             self._fail(RequestTimeout("request head not received in time"))
-        elif self._state == ParseState.BODY:
+        elif self._state == BODY:
             if self._gate.paused:
                 # relay itself stopped reading (a slow sink): not the client's fault, look again later
                 self.deadline = self._ctx.loop.time() + self._ctx.idle_timeout
@@ -148,7 +154,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close_if_idle(self) -> None:
         """Close the connection if no request is in progress (used when draining)."""
-        if self._active is None and self._state == ParseState.IDLE and not self._closed:
+        if self._active is None and self._state == IDLE and not self._closed:
             self._transport.close()
 
     @property
@@ -159,9 +165,9 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self._state
-        if state >= ParseState.DEAD:
+        if state >= DEAD:
             return
-        if state != ParseState.BODY:
+        if state != BODY:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
@@ -178,16 +184,16 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(BadRequest(str(exc)))
             return
-        if self._state == ParseState.HEAD:
+        if self._state == HEAD:
             if self._head_bytes > self._ctx.max_header_bytes + _READ_SLACK:
                 self._fail(HeadersTooLarge("request head too large"))
-        elif self._state == ParseState.BODY:
+        elif self._state == BODY:
             self.deadline = self._ctx.loop.time() + self._ctx.idle_timeout
 
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._state = ParseState.HEAD
+        self._state = HEAD
         self._url = b""
         self._headers = []
         self.deadline = self._ctx.loop.time() + self._ctx.header_timeout
@@ -196,7 +202,7 @@ class ClientConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._state == ParseState.HEAD:
+        if self._state == HEAD:
             self._headers.append((name, value))
         # a trailer after a chunked body: counted against the head limit, never used
         elif self._head_bytes + len(name) + len(value) > self._ctx.max_header_bytes:
@@ -205,7 +211,7 @@ class ClientConnection(asyncio.Protocol):
             self._head_bytes += len(name) + len(value)
 
     def on_headers_complete(self) -> None:
-        self._state = ParseState.BODY
+        self._state = BODY
         self._head_bytes = 0
         self.deadline = 0.0
         outcome = self._build_request()
@@ -232,7 +238,7 @@ class ClientConnection(asyncio.Protocol):
         if request is not None:
             request.body.feed_eof()
             self._parsing = None
-        self._state = ParseState.IDLE
+        self._state = IDLE
 
     # --- the head: relay's own strictness ------------------------------------------------
 
@@ -301,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
         target = forward_path + b"?" + query if query else forward_path
         request = Request(
             ctx.next_request_id(), method, version, route_path, target, scan, flow, client,
-            body, parser.should_keep_alive() and not ctx.draining, ctx.loop.time(), identity,
+            body, parser.should_keep_alive() and not ctx.draining, time.monotonic(), identity,
         )
         return request, refusal
 
@@ -328,7 +334,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _fail(self, err: RelayError) -> None:
         """The parser side failed: answer ``err`` in turn and close, parsing nothing more."""
-        self._state = ParseState.DEAD
+        self._state = DEAD
         self._gate.pause("dead")
         request = self._parsing
         self._parsing = None
@@ -360,7 +366,7 @@ class ClientConnection(asyncio.Protocol):
             self._close_lingering()
             return
         if not exchange.reply.keep_alive:
-            self._state = ParseState.DEAD
+            self._state = DEAD
             self._transport.close()
             return
         if self._queue:
@@ -374,7 +380,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 nxt.reply.client_resumed()
             nxt.start(self._exchange_done)
-        elif self._state == ParseState.IDLE:
+        elif self._state == IDLE:
             self.deadline = self._ctx.loop.time() + self._ctx.idle_timeout
 
     def _close_lingering(self) -> None:
@@ -385,7 +391,7 @@ class ClientConnection(asyncio.Protocol):
         half-close, read and drop whatever still arrives for up to ``_LINGER`` seconds,
         then close (earlier, when the client closes first).
         """
-        self._state = ParseState.LINGER
+        self._state = LINGER
         transport = self._transport
         if self._closed or transport.is_closing():
             return

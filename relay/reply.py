@@ -35,6 +35,11 @@ class ReplyState(IntEnum):
     ABORTED = 3
 
 
+# The members as module globals: an attribute lookup on an Enum class costs ≈ 0.1 µs in
+# CPython 3.11, and the request path makes dozens of them.
+NOT_STARTED, STREAMING, DONE, ABORTED = ReplyState
+
+
 _NO_BODY_STATUSES = frozenset((204, 304))
 
 
@@ -61,7 +66,7 @@ class Reply:
         self._head_only = head_only
         self._http10 = http10
         self.keep_alive = keep_alive
-        self.state = ReplyState.NOT_STARTED
+        self.state = NOT_STARTED
         self.status = 0
         self.bytes_out = 0
         self.producer: Producer | None = None
@@ -73,7 +78,7 @@ class Reply:
 
     @property
     def started(self) -> bool:
-        return self.state != ReplyState.NOT_STARTED
+        return self.state != NOT_STARTED
 
     def _connection_header(self) -> bytes:
         if not self.keep_alive:
@@ -93,7 +98,7 @@ class Reply:
             framing = b"Content-Length: %d\r\n" % length
             if self._head_only:
                 body = ()
-        self.state = ReplyState.DONE
+        self.state = DONE
         self._send((
             status_line(status), headers, self._rid_header, framing,
             self._connection_header(), b"\r\n", *body,
@@ -109,33 +114,33 @@ class Reply:
             framing = b""
         else:
             framing = b"Transfer-Encoding: chunked\r\n"
-        self.state = ReplyState.STREAMING
+        self.state = STREAMING
         self._send((
             status_line(status), headers, self._rid_header, framing,
             self._connection_header(), b"\r\n",
         ))
 
     def write(self, data: bytes) -> None:
-        if not data or self.state != ReplyState.STREAMING:
+        if not data or self.state != STREAMING:
             return
         self.bytes_out += len(data)
         self._send((data,) if self._http10 else encode_chunk(data))
 
     def end(self) -> None:
-        if self.state == ReplyState.STREAMING:
-            self.state = ReplyState.DONE
+        if self.state == STREAMING:
+            self.state = DONE
             if not self._http10:
                 self._send((LAST_CHUNK,))
 
     def fail(self, err: RelayError) -> None:
         """Answer with ``err`` if nothing was sent yet; otherwise cut the response off."""
-        if self.state == ReplyState.NOT_STARTED:
+        if self.state == NOT_STARTED:
             if err.close_connection:
                 self.keep_alive = False
             self.status = err.status
-            self.state = ReplyState.DONE
+            self.state = DONE
             self._send((error_response(err, self.request_id, self.keep_alive, head_only=self._head_only),))
-        elif self.state == ReplyState.STREAMING:
+        elif self.state == STREAMING:
             self.abort()
 
     def _send(self, parts: Sequence[bytes]) -> None:
@@ -148,7 +153,7 @@ class Reply:
     def abort(self) -> None:
         """Close the client connection mid-response so the truncation is visible."""
         self.keep_alive = False
-        self.state = ReplyState.ABORTED
+        self.state = ABORTED
         self._transport.close()
 
     # --- back-pressure from the client socket -------------------------------------------

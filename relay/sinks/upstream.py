@@ -38,10 +38,19 @@ class ConnState(IntEnum):
     CLOSED = 2
 
 
+# The members as module globals: an attribute lookup on an Enum class costs ≈ 0.1 µs in
+# CPython 3.11, and the request path makes dozens of them.
+IDLE, EXCHANGE, CLOSED = ConnState
+
+
 class Claim(IntEnum):
     HELD = 0        # nobody has claimed the answer yet
     ATTACHED = 1    # passed on to a client reply
     DISCARDED = 2   # read to the end and dropped
+
+
+# module globals, as ConnState's are
+HELD, ATTACHED, DISCARDED = Claim
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -51,7 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._timeout = pool.config.timeout
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self.state = ConnState.IDLE
+        self.state = IDLE
         self.deadline = 0.0
         self._head_waiter: asyncio.Future[int] | None = None
         self._done: asyncio.Future[None] | None = None
@@ -66,7 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reset_answer()
 
     def _reset_answer(self) -> None:
-        self._claim = Claim.HELD
+        self._claim = HELD
         self._reply: Reply | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._status = 0
@@ -83,8 +92,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, parts: list[bytes], head_only: bool, body_sent: bool) -> None:
         """Send a request head and the first piece of its body (``parts``) in one write."""
-        assert self._transport is not None and self.state == ConnState.IDLE
-        self.state = ConnState.EXCHANGE
+        assert self._transport is not None and self.state == IDLE
+        self.state = EXCHANGE
         self._head_only = head_only
         self._got_bytes = False
         self._head_waiter = self._loop.create_future()
@@ -109,7 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self._transport is not None
         if chunked and not self._transport.is_closing():
             self._transport.write(LAST_CHUNK)
-        if self.state == ConnState.EXCHANGE and not self._reading_paused:
+        if self.state == EXCHANGE and not self._reading_paused:
             self.deadline = self._loop.time() + self._timeout
 
     async def drain(self) -> None:
@@ -118,7 +127,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.deadline = self._loop.time() + self._timeout
             self._drain_waiter = self._loop.create_future()
             await self._drain_waiter
-        if self.state == ConnState.CLOSED and self._done is not None and self._done.done():
+        if self.state == CLOSED and self._done is not None and self._done.done():
             self._done.result()  # raises the reason the connection failed
 
     @property
@@ -138,7 +147,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Pass the answer to ``reply``; the future resolves when all of it is passed on."""
         assert self._done is not None
         done = self._done
-        self._claim = Claim.ATTACHED
+        self._claim = ATTACHED
         self._reply = reply
         self._flush()
         self._resume_held()
@@ -148,7 +157,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Read the answer to its end and drop it."""
         assert self._done is not None
         done = self._done
-        self._claim = Claim.DISCARDED
+        self._claim = DISCARDED
         self._pieces = []
         self._flush()
         self._resume_held()
@@ -160,7 +169,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def release(self, body_sent: bool) -> None:
         """After the exchange: back to the pool when clean, else closed."""
-        if self._reusable and body_sent and self.state == ConnState.IDLE:
+        if self._reusable and body_sent and self.state == IDLE:
             self._pool.put_back(self)
         else:
             self.close()
@@ -172,9 +181,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         previous = self.state
-        self.state = ConnState.CLOSED
+        self.state = CLOSED
         self._pool.forget(self)
-        if previous == ConnState.EXCHANGE:
+        if previous == EXCHANGE:
             if self._until_close and self._head_seen:
                 self._complete = True
                 self._flush()
@@ -197,7 +206,7 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self.state != ConnState.EXCHANGE:
+        if self.state != EXCHANGE:
             # bytes nobody asked for: this connection cannot be trusted any more
             self.close()
             return
@@ -224,13 +233,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._reading_paused and self._transport is not None and self.state != ConnState.CLOSED:
+        if self._reading_paused and self._transport is not None and self.state != CLOSED:
             self._reading_paused = False
             self.deadline = self._loop.time() + self._timeout
             self._transport.resume_reading()
 
     def on_deadline(self) -> None:
-        if self.state == ConnState.EXCHANGE:
+        if self.state == EXCHANGE:
             self._fail(GatewayTimeout("upstream did not answer in time", self._pool.name))
 
     # --- httptools callbacks -----------------------------------------------------------------
@@ -268,12 +277,12 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result(status)
 
     def on_body(self, body: bytes) -> None:
-        if self._claim == Claim.ATTACHED:
+        if self._claim == ATTACHED:
             reply = self._reply
             if reply is not None and reply.started:
                 reply.write(body)
                 return
-        elif self._claim == Claim.DISCARDED:
+        elif self._claim == DISCARDED:
             return
         self._pieces.append(body)
         self._held += len(body)
@@ -289,7 +298,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _flush(self) -> None:
         if not self._head_seen:
             return
-        if self._claim == Claim.HELD:
+        if self._claim == HELD:
             if self._held > HOLD_BYTES:
                 self.pause_reading()
             return
@@ -318,8 +327,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.resume_reading()
             self.deadline = 0.0
         done, self._done = self._done, None
-        if self.state == ConnState.EXCHANGE:
-            self.state = ConnState.IDLE
+        if self.state == EXCHANGE:
+            self.state = IDLE
         if done is not None and not done.done():
             done.set_result(None)
 
@@ -338,8 +347,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._reusable = False
-        if self.state != ConnState.CLOSED:
-            self.state = ConnState.CLOSED
+        if self.state != CLOSED:
+            self.state = CLOSED
             self._pool.forget(self)
         if self._transport is not None:
             self._transport.abort()
@@ -360,7 +369,7 @@ class UpstreamPool:
         """A pooled keep-alive connection (the most recently used), or None."""
         while self._idle:
             conn = self._idle.pop()
-            if conn.state == ConnState.IDLE:
+            if conn.state == IDLE:
                 conn.reused = True
                 return conn
         return None
