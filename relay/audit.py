@@ -33,6 +33,7 @@ GENESIS = "0" * 64
 class AuditLog:
     def __init__(self, config: AuditConfig, loop: asyncio.AbstractEventLoop) -> None:
         self._config = config
+        self._chain = config.chain
         self._loop = loop
         self._buffer: list[bytes] = []
         self._buffered = 0
@@ -56,10 +57,10 @@ class AuditLog:
             self._open()
 
     def record(self, fields: dict[str, Any]) -> None:
-        if self._config.chain:
+        if self._chain:
             fields["prev"] = self._prev
         line = orjson.dumps(fields) + b"\n"
-        if self._config.chain:
+        if self._chain:
             self._prev = hashlib.sha256(line).hexdigest()
         self._buffer.append(line)
         self._buffered += len(line)
@@ -68,35 +69,45 @@ class AuditLog:
         elif self._timer is None:
             self._timer = self._loop.call_later(_FLUSH_INTERVAL, self.flush)
 
-    def record_exchange(self, exchange: Exchange) -> None:
+    def record_exchange(self, exchange: Exchange, seconds: float) -> None:
+        """The record of a finished exchange that took ``seconds`` since its head arrived."""
         request = exchange.request
         reply = exchange.reply
+        outcome = exchange.outcome
+        if request is None:
+            self.record({
+                "ts": round(time.time(), 3),
+                "request_id": reply.request_id,
+                "status": reply.status,
+                "reason": outcome,
+                "decision": "reject",
+                "target": exchange.raw_target[:256].decode("latin-1"),
+            })
+            return
+        flow = request.flow
         fields: dict[str, Any] = {
             "ts": round(time.time(), 3),
             "request_id": reply.request_id,
             "status": reply.status,
-            "reason": exchange.outcome,
+            "reason": outcome,
+            # allow: relayed; deny: the caller may not (401/403); error: anything else
+            "decision": "allow" if outcome == "relayed" else "deny" if reply.status in (401, 403) else "error",
+            "flow": flow.name,
+            "method": request.method,
+            "path": request.route_path,
+            "client": request.client,
+            "sink": flow.sink.name,
+            "failed_sink": exchange.failed_sink,
+            "bytes_in": request.body.consumed,
+            "bytes_out": reply.bytes_out,
+            "duration_ms": round(seconds * 1000, 3),
         }
-        if request is None:
-            fields["decision"] = "reject"
-            fields["target"] = exchange.raw_target[:256].decode("latin-1")
-        else:
-            fields.update(
-                decision=_decision(exchange.outcome, reply.status),
-                flow=request.flow.name,
-                method=request.method,
-                path=request.route_path,
-                client=request.client,
-                sink=request.flow.sink.name,
-                failed_sink=exchange.failed_sink,
-                bytes_in=request.body.consumed,
-                bytes_out=reply.bytes_out,
-                duration_ms=round((self._loop.time() - request.received_at) * 1000, 3),
-            )
-            identity = request.identity
-            if identity is not None:
-                # who, never the token itself
-                fields.update(issuer=identity.issuer, subject=identity.subject, jti=identity.jti)
+        identity = request.identity
+        if identity is not None:
+            # who, never the token itself
+            fields["issuer"] = identity.issuer
+            fields["subject"] = identity.subject
+            fields["jti"] = identity.jti
         self.record(fields)
 
     def flush(self) -> None:
@@ -121,11 +132,4 @@ class AuditLog:
         if self._config.path != "-" and self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def _decision(outcome: str, status: int) -> str:
-    """allow: relayed; deny: the caller may not (401/403); error: anything else went wrong."""
-    if outcome == "relayed":
-        return "allow"
-    return "deny" if status in (401, 403) else "error"
 

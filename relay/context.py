@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import secrets
+import time
 from typing import TYPE_CHECKING
 
 from relay.audit import AuditLog
@@ -65,16 +66,17 @@ class ServerContext:
     def exchange_done(self, exchange: Exchange) -> None:
         """Account for a finished exchange: its audit record and its metrics."""
         self.exchanges -= 1
-        self.audit.record_exchange(exchange)
         request = exchange.request
         reply = exchange.reply
         if request is None:
+            self.audit.record_exchange(exchange, 0.0)
             self.metrics.request_done("-", reply.status, exchange.outcome, 0, 0, 0.0)
-        else:
-            self.metrics.request_done(
-                request.flow.name, reply.status, exchange.outcome, request.body.consumed, reply.bytes_out,
-                self.loop.time() - request.received_at,
-            )
+            return
+        seconds = time.monotonic() - request.received_at
+        self.audit.record_exchange(exchange, seconds)
+        self.metrics.request_done(
+            request.flow.name, reply.status, exchange.outcome, request.body.consumed, reply.bytes_out, seconds
+        )
 
     def overloaded(self) -> str | None:
         """Why a new request should be shed now, or None: relay answers 503 early rather

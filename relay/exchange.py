@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -131,7 +132,7 @@ class Exchange:
             quick.release()
             assert self.request is not None
             self._ctx.metrics.sink_latency(self.request.flow.sinks[0].name,
-                                           self._ctx.loop.time() - self.request.received_at)
+                                           time.monotonic() - self.request.received_at)
             self._done()
             return
         quick.abort()
@@ -210,7 +211,7 @@ class Exchange:
                     await delivery.write(data)
             if sole:
                 receipts = {sinks[0].name: await answering.finish()}
-                self._ctx.metrics.sink_latency(sinks[0].name, self._ctx.loop.time() - request.received_at)
+                self._ctx.metrics.sink_latency(sinks[0].name, time.monotonic() - request.received_at)
             else:
                 if answering.stopped and not body.drained:
                     # the answering sink took only part of the body: the tees must not keep it
@@ -218,7 +219,7 @@ class Exchange:
                         tee_delivery.abort()
                     deliveries = [answering]
                 receipts = await self._finish_all(request.flow.sink_names, deliveries)
-                accepted = self._ctx.loop.time() - request.received_at
+                accepted = time.monotonic() - request.received_at
                 for name in receipts:
                     self._ctx.metrics.sink_latency(name, accepted)
         except BaseException:

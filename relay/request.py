@@ -52,6 +52,7 @@ class Request:
         self.body = body
         self.keep_alive = keep_alive
         self.head_only = method == "HEAD"
+        #: time.monotonic() when the head was parsed (uvloop's own clock ticks in whole ms)
         self.received_at = received_at
         #: the verified caller, for flows that require a token
         self.identity = identity
