@@ -110,24 +110,22 @@ class Exchange:
         if sink.slots.taken >= sink.slots.limit:
             return False  # the general path answers the 503
         sink.slots.take()
-        quick = sink.relay_now(request, self.reply)
+        quick = sink.relay_now(request, self.reply, self._relayed_now)
         if quick is None:
             sink.slots.give_back()
             return False
         self._quick = quick
-        quick.passed_on.add_done_callback(self._relayed_now)
         return True
 
     def _give_back_quick_slot(self) -> None:
         assert self.request is not None
         self.request.flow.sinks[0].slots.give_back()
 
-    def _relayed_now(self, passed_on: asyncio.Future[None]) -> None:
+    def _relayed_now(self, failure: BaseException | None) -> None:
         quick, self._quick = self._quick, None
         if quick is None:
             return  # the client left first; client_gone finished the exchange
         self._give_back_quick_slot()
-        failure = passed_on.exception() if not passed_on.cancelled() else asyncio.CancelledError()
         if failure is None:
             quick.release()
             assert self.request is not None

@@ -57,11 +57,6 @@ class QuickDelivery(Protocol):
     """A bodiless request a sink relays from callbacks alone (see ``Sink.relay_now``)."""
 
     @property
-    def passed_on(self) -> asyncio.Future[None]:
-        """Resolves once the answer went to the client, or with the reason it could not."""
-        ...
-
-    @property
     def retriable(self) -> bool:
         """It failed before anything was sent (a stale pooled connection): try the general way."""
         ...
@@ -79,9 +74,11 @@ class Sink(Protocol):
     name: str
     slots: SinkSlots
 
-    def relay_now(self, request: Request, reply: Reply) -> QuickDelivery | None:
+    def relay_now(self, request: Request, reply: Reply,
+                  on_done: Callable[[BaseException | None], None]) -> QuickDelivery | None:
         """Relay a bodiless request, as the flow's only sink, without a task — when the sink
-        can start at once (the common case, and the cheapest); else None."""
+        can start at once (the common case, and the cheapest); else None. ``on_done`` is
+        called once: with None when the answer went to the client, else with the failure."""
         ...
 
     def open(self, request: Request, answers: bool, reply: Reply | None) -> Delivery:

@@ -44,7 +44,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from relay.config import FileSinkConfig
 from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
@@ -323,7 +323,8 @@ class FileSink:
         if config.fsync == "interval":
             deadlines.watch(self)
 
-    def relay_now(self, request: Request, reply: Reply) -> None:
+    def relay_now(self, request: Request, reply: Reply,
+                  on_done: Callable[[BaseException | None], None]) -> None:
         return None  # delivered the general way
 
     def open(self, request: Request, answers: bool, reply: Reply | None) -> FileDelivery:

@@ -11,7 +11,7 @@ until every sink has accepted the request. As a tee, a 2xx answer is its accepta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from relay.config import HttpSinkConfig
 from relay.errors import BadGateway
@@ -38,14 +38,17 @@ class HttpSink:
     def open(self, request: Request, answers: bool, reply: Reply | None) -> HttpDelivery:
         return HttpDelivery(self, request, answers, reply)
 
-    def relay_now(self, request: Request, reply: Reply) -> HttpDelivery | None:
+    def relay_now(self, request: Request, reply: Reply,
+                  on_done: Callable[[BaseException | None], None]) -> HttpDelivery | None:
         """Start a bodiless request on an idle pooled connection at once, its answer going
-        straight to ``reply``; None when no connection is idle (then the general path)."""
+        straight to ``reply``, then ``on_done(failure or None)``; None when no connection
+        is idle (then the general path)."""
         conn = self.pool.take_idle()
         if conn is None:
             return None
-        delivery = HttpDelivery(self, request, True, reply)
+        delivery = HttpDelivery(self, request, True, None)
         delivery.begin_on(conn)
+        conn.pass_on(reply, on_done)
         return delivery
 
     def request_head(self, request: Request) -> bytes:
@@ -156,12 +159,6 @@ class HttpDelivery:
     def begin_on(self, conn: UpstreamConnection) -> None:
         """Send the whole (bodiless) request on ``conn`` now (see ``HttpSink.relay_now``)."""
         self._begin(conn, last=True)
-
-    @property
-    def passed_on(self) -> asyncio.Future[None]:
-        """Resolves once the answer went to the client (it carries the upstream's failure)."""
-        assert self._passed_on is not None
-        return self._passed_on
 
     @property
     def retriable(self) -> bool:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
@@ -192,7 +192,8 @@ class RedisStreamSink:
         self._added = 0
         self._replays = 0
 
-    def relay_now(self, request: Request, reply: Reply) -> None:
+    def relay_now(self, request: Request, reply: Reply,
+                  on_done: Callable[[BaseException | None], None]) -> None:
         return None  # delivered the general way
 
     def open(self, request: Request, answers: bool, reply: Reply | None) -> RedisStreamDelivery:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from relay.reply import Reply
 from relay.request import Request
@@ -18,7 +18,8 @@ class StaticSink:
         self._headers = b"Content-Type: " + content_type + b"\r\nCache-Control: max-age=300\r\n"
         self._body = body
 
-    def relay_now(self, request: Request, reply: Reply) -> None:
+    def relay_now(self, request: Request, reply: Reply,
+                  on_done: Callable[[BaseException | None], None]) -> None:
         return None  # delivered the general way
 
     def open(self, request: Request, answers: bool, reply: Reply | None) -> StaticSink:

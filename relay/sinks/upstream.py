@@ -12,6 +12,7 @@ upstream is paused. Timeouts use the shared deadline sweep, not per-request time
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from enum import IntEnum
 
 import httptools
@@ -62,8 +63,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.state = IDLE
         self.deadline = 0.0
+        #: created only for someone who waits for the answer's head (see answer_head)
         self._head_waiter: asyncio.Future[int] | None = None
-        self._done: asyncio.Future[None] | None = None
+        #: whoever claimed the answer, told once it is all passed on (None) or failed
+        self._on_done: Callable[[BaseException | None], None] | None = None
+        #: why the current exchange failed, for a claim or a drain that comes later
+        self._failure: BaseException | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._reading_paused = False
@@ -96,8 +101,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = EXCHANGE
         self._head_only = head_only
         self._got_bytes = False
-        self._head_waiter = self._loop.create_future()
-        self._done = self._loop.create_future()
+        self._head_waiter = None
+        self._on_done = None
+        self._failure = None
         self._reset_answer()
         self._transport.writelines(parts)
         # while relay itself waits for the client's body, upstream silence is not the
@@ -108,7 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Send a (non-empty) piece of the body, framed as a chunk when ``chunked``."""
         assert self._transport is not None
         if self._transport.is_closing():
-            return  # the connection failed: drain() and the answer's future say why
+            return  # the connection failed: drain() and the claim's callback say why
         if chunked:
             self._transport.writelines(encode_chunk(data))
         else:
@@ -127,14 +133,20 @@ class UpstreamConnection(asyncio.Protocol):
             self.deadline = self._loop.time() + self._timeout
             self._drain_waiter = self._loop.create_future()
             await self._drain_waiter
-        if self.state == CLOSED and self._done is not None and self._done.done():
-            self._done.result()  # raises the reason the connection failed
+        if self.state == CLOSED and self._failure is not None:
+            raise self._failure
 
     @property
     def answer_head(self) -> asyncio.Future[int]:
         """Resolves to the status of the upstream's (final) answer once its head arrived."""
-        assert self._head_waiter is not None
-        return self._head_waiter
+        waiter = self._head_waiter
+        if waiter is None:
+            waiter = self._head_waiter = self._loop.create_future()
+            if self._failure is not None:
+                waiter.set_exception(self._failure)
+            elif self._head_seen:
+                waiter.set_result(self._status)
+        return waiter
 
     @property
     def answered(self) -> bool:
@@ -145,23 +157,33 @@ class UpstreamConnection(asyncio.Protocol):
 
     def attach(self, reply: Reply) -> asyncio.Future[None]:
         """Pass the answer to ``reply``; the future resolves when all of it is passed on."""
-        assert self._done is not None
-        done = self._done
+        done = self._loop.create_future()
+        self.pass_on(reply, lambda failure: _settle(done, failure))
+        return done
+
+    def pass_on(self, reply: Reply, on_done: Callable[[BaseException | None], None]) -> None:
+        """Pass the answer to ``reply``; ``on_done(None)`` once all of it is passed on, or
+        ``on_done(failure)``. The callback runs from this connection's own callbacks (no
+        future, no extra turn of the loop) and must be its last word on the exchange."""
         self._claim = ATTACHED
         self._reply = reply
-        self._flush()
-        self._resume_held()
-        return done
+        self._claimed(on_done)
 
     def discard(self) -> asyncio.Future[None]:
         """Read the answer to its end and drop it."""
-        assert self._done is not None
-        done = self._done
+        done = self._loop.create_future()
         self._claim = DISCARDED
         self._pieces = []
-        self._flush()
-        self._resume_held()
+        self._claimed(lambda failure: _settle(done, failure))
         return done
+
+    def _claimed(self, on_done: Callable[[BaseException | None], None]) -> None:
+        if self._failure is not None:
+            self._loop.call_soon(on_done, self._failure)  # it failed before anyone claimed it
+            return
+        self._on_done = on_done
+        self._resume_held()
+        self._flush()
 
     def _resume_held(self) -> None:
         if self._reading_paused and (self._reply is None or not self._reply.client_is_paused):
@@ -326,11 +348,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self._reading_paused:
             self.resume_reading()
             self.deadline = 0.0
-        done, self._done = self._done, None
         if self.state == EXCHANGE:
             self.state = IDLE
-        if done is not None and not done.done():
-            done.set_result(None)
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(None)  # last: it may hand this connection to the next request
 
     def _fail(self, exc: BaseException) -> None:
         self.deadline = 0.0
@@ -338,12 +360,15 @@ class UpstreamConnection(asyncio.Protocol):
         reply, self._reply = self._reply, None
         if reply is not None:
             reply.set_producer(None)
-        for waiter in (self._head_waiter, self._done):
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(exc)
-                # whoever awaits it sees it; nobody may, if the request failed first
-                waiter.exception()
+        self._failure = exc
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+            waiter.exception()  # whoever awaits it sees it; nobody may, if the request failed first
         self.close()
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(exc)
 
     def close(self) -> None:
         self._reusable = False
@@ -352,6 +377,17 @@ class UpstreamConnection(asyncio.Protocol):
             self._pool.forget(self)
         if self._transport is not None:
             self._transport.abort()
+
+
+def _settle(done: asyncio.Future[None], failure: BaseException | None) -> None:
+    """Resolve a claim's future (the general path awaits one)."""
+    if done.done():
+        return
+    if failure is None:
+        done.set_result(None)
+    else:
+        done.set_exception(failure)
+        done.exception()  # whoever awaits it sees it; nobody may, if the request failed first
 
 
 class UpstreamPool:
