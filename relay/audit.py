@@ -76,7 +76,7 @@ class AuditLog:
         outcome = exchange.outcome
         if request is None:
             self.record({
-                "ts": round(time.time(), 3),
+                "ts": _millis(time.time()),
                 "request_id": reply.request_id,
                 "status": reply.status,
                 "reason": outcome,
@@ -86,7 +86,7 @@ class AuditLog:
             return
         flow = request.flow
         fields: dict[str, Any] = {
-            "ts": round(time.time(), 3),
+            "ts": _millis(time.time()),
             "request_id": reply.request_id,
             "status": reply.status,
             "reason": outcome,
@@ -100,7 +100,7 @@ class AuditLog:
             "failed_sink": exchange.failed_sink,
             "bytes_in": request.body.consumed,
             "bytes_out": reply.bytes_out,
-            "duration_ms": round(seconds * 1000, 3),
+            "duration_ms": _millis(seconds * 1000),
         }
         identity = request.identity
         if identity is not None:
@@ -133,3 +133,8 @@ class AuditLog:
             os.close(self._fd)
             self._fd = -1
 
+
+def _millis(value: float) -> float:
+    """``value`` cut to three decimals: int arithmetic, as round(x, 3) formats and
+    re-parses a decimal string (≈ 0.3 µs, twice per record)."""
+    return int(value * 1000) / 1000
