@@ -150,4 +150,8 @@ class RequestBody:
         return data
 
 
-__all__ = ["ClientGone", "HIGH_WATER", "LOW_WATER", "ReadGate", "RequestBody"]
+#: the body of every request that has none: nothing is ever fed into it, ``fail`` is a
+#: no-op on a complete body and ``read`` returns b"" at once, so one instance serves all
+NO_BODY = RequestBody(None, 0, complete=True)
+
+__all__ = ["ClientGone", "HIGH_WATER", "LOW_WATER", "NO_BODY", "ReadGate", "RequestBody"]

@@ -37,7 +37,7 @@ from relay.errors import (
 )
 from relay.exchange import Exchange
 from relay.fastpath import HeaderScan, scan_headers
-from relay.flowcontrol import ClientGone, ReadGate, RequestBody
+from relay.flowcontrol import NO_BODY, ClientGone, ReadGate, RequestBody
 from relay.identity import Identity
 from relay.paths import normalize_path
 from relay.reply import Reply
@@ -301,9 +301,9 @@ class ClientConnection(asyncio.Protocol):
         body = RequestBody(
             self._gate,
             flow.max_body,
-            complete=not has_body,
+            complete=False,
             on_first_read=self._send_continue if expects_continue else None,
-        )
+        ) if has_body else NO_BODY
         target = forward_path + b"?" + query if query else forward_path
         request = Request(
             ctx.next_request_id(), method, version, route_path, target, scan, flow, client,
