@@ -39,17 +39,16 @@ class HttpSink:
         return HttpDelivery(self, request, answers, reply)
 
     def relay_now(self, request: Request, reply: Reply,
-                  on_done: Callable[[BaseException | None], None]) -> HttpDelivery | None:
-        """Start a bodiless request on an idle pooled connection at once, its answer going
+                  on_done: Callable[[BaseException | None], None]) -> UpstreamConnection | None:
+        """Send a bodiless request on an idle pooled connection at once, its answer going
         straight to ``reply``, then ``on_done(failure or None)``; None when no connection
-        is idle (then the general path)."""
+        is idle (then the general path). The connection itself is the quick delivery."""
         conn = self.pool.take_idle()
         if conn is None:
             return None
-        delivery = HttpDelivery(self, request, True, None)
-        delivery.begin_on(conn)
+        conn.begin([self.request_head(request)], request.head_only, True)
         conn.pass_on(reply, on_done)
-        return delivery
+        return conn
 
     def request_head(self, request: Request) -> bytes:
         scan = request.headers
@@ -155,19 +154,6 @@ class HttpDelivery:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-
-    def begin_on(self, conn: UpstreamConnection) -> None:
-        """Send the whole (bodiless) request on ``conn`` now (see ``HttpSink.relay_now``)."""
-        self._begin(conn, last=True)
-
-    @property
-    def retriable(self) -> bool:
-        """It failed on a pooled connection the upstream had closed, before sending anything."""
-        return self._conn is not None and self._conn.reused and self._writes == 0
-
-    def release(self) -> None:
-        """Done with the connection: back to the pool when clean."""
-        self._release()
 
     def _begin(self, conn: UpstreamConnection, last: bool) -> None:
         """Send the request head (and the first piece of the body) on ``conn``."""

@@ -189,12 +189,22 @@ class UpstreamConnection(asyncio.Protocol):
         if self._reading_paused and (self._reply is None or not self._reply.client_is_paused):
             self.resume_reading()
 
-    def release(self, body_sent: bool) -> None:
+    def release(self, body_sent: bool = True) -> None:
         """After the exchange: back to the pool when clean, else closed."""
         if self._reusable and body_sent and self.state == IDLE:
             self._pool.put_back(self)
         else:
             self.close()
+
+    # as the QuickDelivery of a bodiless request (see HttpSink.relay_now)
+
+    @property
+    def retriable(self) -> bool:
+        """A pooled connection the upstream may have closed meanwhile: worth one fresh try."""
+        return self.reused
+
+    def abort(self) -> None:
+        self.close()
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
