@@ -74,15 +74,18 @@ IDLE, HEAD, BODY, DEAD, LINGER = ParseState
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "_ctx", "_trusted_peer", "_peer", "_transport", "_parser", "_gate", "_state",
+        "_ctx", "_unix", "_trusted_peer", "_peer", "_transport", "_parser", "_gate", "_state",
         "_url", "_headers", "_head_bytes", "_parsing", "_active", "_queue", "_closed",
         "_write_paused", "deadline",
     )
 
-    def __init__(self, ctx: ServerContext, trusted_peer: bool) -> None:
+    def __init__(self, ctx: ServerContext, unix: bool) -> None:
         self._ctx = ctx
-        self._trusted_peer = trusted_peer
-        self._peer: str | None = None  # a Unix-socket peer has no address
+        #: accepted on a Unix socket: the peer has no address (and asking uvloop for one
+        #: costs a Python socket object per connection)
+        self._unix = unix
+        self._trusted_peer = unix and ctx.trust_unix_peers  # a TCP peer by its address, once known
+        self._peer: str | None = None
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._parser = httptools.HttpRequestParser(self)
         self._gate: ReadGate = None  # type: ignore[assignment]
@@ -108,10 +111,11 @@ class ClientConnection(asyncio.Protocol):
             ctx.deadlines.watch(self)  # for the lingering close only; not an admitted connection
             self._close_lingering()
             return
-        peername = transport.get_extra_info("peername")
-        if isinstance(peername, tuple):
-            self._peer = peername[0]
-            self._trusted_peer = self._peer in ctx.trusted_proxies
+        if not self._unix:
+            peername = transport.get_extra_info("peername")
+            if isinstance(peername, tuple):
+                self._peer = peername[0]
+                self._trusted_peer = self._peer in ctx.trusted_proxies
         self.deadline = ctx.loop.time() + ctx.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:

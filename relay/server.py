@@ -152,18 +152,18 @@ class Server:
             if inherited is not None:
                 if address.path is not None:
                     return await loop.create_unix_server(
-                        lambda: ClientConnection(ctx, ctx.trust_unix_peers), sock=inherited, backlog=_BACKLOG
+                        lambda: ClientConnection(ctx, unix=True), sock=inherited, backlog=_BACKLOG
                     )
-                return await loop.create_server(lambda: ClientConnection(ctx, False), sock=inherited,
+                return await loop.create_server(lambda: ClientConnection(ctx, unix=False), sock=inherited,
                                                 backlog=_BACKLOG)
             if address.path is not None:
                 sock = bind_unix_socket(address.path, server.socket_mode)
                 return await loop.create_unix_server(
-                    lambda: ClientConnection(ctx, ctx.trust_unix_peers), sock=sock, backlog=_BACKLOG
+                    lambda: ClientConnection(ctx, unix=True), sock=sock, backlog=_BACKLOG
                 )
             assert address.port is not None
             return await loop.create_server(
-                lambda: ClientConnection(ctx, False), address.host, address.port,
+                lambda: ClientConnection(ctx, unix=False), address.host, address.port,
                 reuse_address=True, backlog=_BACKLOG,
             )
         except OSError as exc:
