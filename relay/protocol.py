@@ -75,7 +75,7 @@ IDLE, HEAD, BODY, DEAD, LINGER = ParseState
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_ctx", "_unix", "_trusted_peer", "_peer", "_transport", "_parser", "_gate", "_state",
-        "_url", "_headers", "_head_bytes", "_parsing", "_active", "_queue", "_closed",
+        "_url", "_headers", "_head_size", "_head_bytes", "_parsing", "_active", "_queue", "_closed",
         "_write_paused", "deadline",
     )
 
@@ -92,7 +92,8 @@ class ClientConnection(asyncio.Protocol):
         self._state = IDLE
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        self._head_size = 0   # the head as relay counts it: target, names and values, 4 more a header
+        self._head_bytes = 0  # raw bytes read while a head was due (the coarse guard)
         self._parsing: Request | None = None      # the request whose body is arriving
         self._active: Exchange | None = None      # the exchange writing its response
         self._queue: deque[Exchange] = deque()    # pipelined exchanges waiting their turn
@@ -200,14 +201,17 @@ class ClientConnection(asyncio.Protocol):
         self._state = HEAD
         self._url = b""
         self._headers = []
+        self._head_size = 0
         self.deadline = self._ctx.loop.time() + self._ctx.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._state == HEAD:
             self._headers.append((name, value))
+            self._head_size += len(name) + len(value) + 4
         # a trailer after a chunked body: counted against the head limit, never used
         elif self._head_bytes + len(name) + len(value) > self._ctx.max_header_bytes:
             raise HeadersTooLarge("trailers too large")
@@ -256,8 +260,7 @@ class ClientConnection(asyncio.Protocol):
         ctx = self._ctx
         parser = self._parser
         headers = self._headers
-        head_size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in headers)
-        if head_size > ctx.max_header_bytes:
+        if self._head_size > ctx.max_header_bytes:
             raise HeadersTooLarge("request head too large")
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
