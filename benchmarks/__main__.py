@@ -16,6 +16,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -88,6 +89,18 @@ scenario ({files}).
 {text}"""
 
 
+#: the sections of RESULTS.md this runner writes; any other "## " section (the operations
+#: and sinks benchmarks, the profile notes) is kept as it is when the file is rewritten
+_OWN_SECTIONS = ("## Machine", "## How", "## Results")
+
+
+def _kept_sections(previous: str) -> str:
+    """The sections of the previous RESULTS.md that other benchmarks and notes own."""
+    kept = [part for part in re.split(r"(?m)^(?=## )", previous)
+            if part.startswith("## ") and not part.startswith(_OWN_SECTIONS)]
+    return "".join(kept)
+
+
 def main() -> None:
     args = _parser().parse_args()
     if args.list:
@@ -140,7 +153,10 @@ def main() -> None:
              + (f" and {png.name}" if drew else " (no chart: matplotlib is not installed)"))
     if not args.quick and len(scenarios) == len(SCENARIOS):
         files = f"`results/{record.name}`" + (f", `results/{png.name}`" if drew else "")
-        (HERE / "RESULTS.md").write_text(_results_md(text, command, started, host, settings, files))
+        results_md = HERE / "RESULTS.md"
+        kept = _kept_sections(results_md.read_text()) if results_md.exists() else ""
+        fresh = _results_md(text, command, started, host, settings, files)
+        results_md.write_text(fresh.rstrip("\n") + "\n\n" + kept if kept else fresh)
         progress("updated benchmarks/RESULTS.md")
 
 
