@@ -1,4 +1,4 @@
-"""relayd measured beside lighttpd, HAProxy and an aiohttp proxy, in one run.
+"""relayd measured beside lighttpd, HAProxy, an aiohttp proxy and a floor proxy, in one run.
 
     python -m benchmarks                 # every scenario, 3 runs of 8 s each
     python -m benchmarks --quick         # 1 run of 3 s each, for development
@@ -7,7 +7,7 @@
 
 The table goes to stdout, progress to stderr; the JSON record and a PNG chart of the
 ratios go to benchmarks/results/. A full run (every scenario, not --quick) also
-rewrites benchmarks/RESULTS.md.
+rewrites benchmarks/RESULTS.md, keeping the sections other benchmarks own.
 """
 
 from __future__ import annotations

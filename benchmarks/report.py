@@ -22,7 +22,7 @@ METHOD = """\
 - Upstreams, on the load CPU: lighttpd serving a 100-byte file for the GETs; for the
   POSTs benchmarks/discard.py, which reads each body into one reused buffer and drops it
   (≈ 2.5 GB/s alone here; lighttpd's own CGI path managed ≈ 350 MB/s, too slow to
-  measure the chains). relayd, HAProxy and the aiohttp proxy reach them over TCP with
+  measure the chains). relayd, HAProxy and the Python proxies reach them over TCP with
   keep-alive, the front lighttpd over their Unix sockets.
 - lighttpd writes streamed request bodies through temporary files in its upload
   directory (open, pwritev, sendfile, unlink per ~12 KB chunk), so the run's working
@@ -35,6 +35,9 @@ METHOD = """\
 - HAProxy: nbthread 1; with tokens `http-request` rules check alg, `jwt_verify`, exp,
   iss, aud and the first `groups` entry (2.6 cannot search a JSON array).
 - aiohttp proxy: benchmarks/aiohttp_proxy.py (uvloop, pooled client session, `jwt.decode`).
+- floor proxy: benchmarks/floor_proxy.py, uvloop + httptools with pooled keep-alive
+  upstream connections and no checks at all: what Python, uvloop and the kernel cost per
+  request before relay does any work of its own.
 - Comparisons, "measured": the ratio of median req/s (MB/s), which a busy machine
   disturbs; "per core (CPU)": the ratio of what one core could serve, 1 / (CPU
   µs/request summed over the measured processes, which share the CPU under test).

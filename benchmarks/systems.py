@@ -291,3 +291,15 @@ def aiohttp_proxy(ctx: Context, auth: Auth = "none") -> System:
                  "--audience", AUDIENCE, "--group", GROUP]
     proc = ctx.start("aiohttp", argv, [("127.0.0.1", port)])
     return System(f"http://127.0.0.1:{port}", {"aiohttp": proc})
+
+
+# --- the floor: uvloop + httptools and nothing else -------------------------------------
+
+def floor_proxy(ctx: Context) -> System:
+    """wrk → benchmarks/floor_proxy.py (keep-alive, no checks) → upstream: what Python,
+    uvloop and the kernel cost a proxy per request before relay does any work of its own."""
+    port = ctx.port()
+    argv = [sys.executable, "-m", "benchmarks.floor_proxy", "--listen", f"127.0.0.1:{port}",
+            "--upstream", f"127.0.0.1:{ctx.upstream_port}"]
+    proc = ctx.start("floor", argv, [("127.0.0.1", port)])
+    return System(f"http://127.0.0.1:{port}", {"floor": proc})

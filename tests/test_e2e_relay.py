@@ -216,6 +216,16 @@ def test_pipelined_requests_answer_in_order(stack: Stack, via: str) -> None:
         assert conn.read_response().body == payload(2)
 
 
+@pytest.mark.parametrize("via", ["tcp", "unix"])
+def test_many_pipelined_gets_answer_in_order(stack: Stack, via: str) -> None:
+    """Bodiless requests are relayed from callbacks: each next one starts from inside the
+    previous answer's completion, often on the upstream connection just given back."""
+    sizes = range(1, 21)
+    with RawConnection(stack.address(via)) as conn:
+        conn.send(b"".join(request_bytes("GET", f"/data/many-{n}?body={n}") for n in sizes))
+        assert [conn.read_response().body for _ in sizes] == [payload(n) for n in sizes]
+
+
 @pytest.mark.parametrize(("request_", "status", "code"), [
     (request_bytes("GET", "/nowhere/x"), 404, "no_flow"),
     (request_bytes("GET", "/"), 404, "no_flow"),
