@@ -152,11 +152,11 @@ def test_authorize_is_the_one_off_form() -> None:
 
 def test_revocations_lapse_after_their_ttl() -> None:
     entries = Revocations()
-    assert not entries
+    assert not entries.active
     entries.add("sub", "alice", 10, now=1000.0)
-    assert entries and entries.match(ALICE, 1009.0) == "sub"
+    assert entries.active and entries.match(ALICE, 1009.0) == "sub"
     assert entries.match(ALICE, 1010.0) is None
-    assert entries.entries(1011.0) == [] and not entries
+    assert entries.entries(1011.0) == [] and not entries.active
 
 
 # -- identity headers --------------------------------------------------------------------------

@@ -25,15 +25,14 @@ class RevocationEntry(TypedDict):
 
 
 class Revocations:
-    """The live revocation entries. Empty (falsy) in normal operation, so a check costs one test."""
+    """The live revocation entries. None in normal operation, so a check costs one attribute test."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "active")
 
     def __init__(self) -> None:
         self._entries: dict[RevocationKind, dict[str, float]] = {kind: {} for kind in KINDS}
-
-    def __bool__(self) -> bool:
-        return any(self._entries.values())
+        #: some entry is held (it may have lapsed since): requests must be matched against them
+        self.active = False
 
     def add(self, kind: RevocationKind, value: str, ttl: float, now: float) -> None:
         """Revoke ``value`` for ``ttl`` seconds from ``now``; raises ValueError on a bad kind, value or ttl."""
@@ -46,6 +45,7 @@ class Revocations:
         self._prune(now)
         entries = self._entries[kind]
         entries[value] = max(entries.get(value, 0.0), now + ttl)
+        self.active = True
 
     def match(self, identity: Identity, now: float) -> RevocationKind | None:
         """Which entry, if any, revokes ``identity`` at ``now``."""
@@ -66,3 +66,4 @@ class Revocations:
         for values in self._entries.values():
             for value in [v for v, until in values.items() if until <= now]:
                 del values[value]
+        self.active = any(self._entries.values())
