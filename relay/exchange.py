@@ -125,12 +125,13 @@ class Exchange:
         quick, self._quick = self._quick, None
         if quick is None:
             return  # the client left first; client_gone finished the exchange
-        self._give_back_quick_slot()
+        request = self.request
+        assert request is not None
+        sink = request.flow.sinks[0]
+        sink.slots.give_back()
         if failure is None:
             quick.release()
-            assert self.request is not None
-            self._ctx.metrics.sink_latency(self.request.flow.sinks[0].name,
-                                           time.monotonic() - self.request.received_at)
+            self._ctx.metrics.sink_latency(sink.name, time.monotonic() - request.received_at)
             self._done()
             return
         quick.abort()
@@ -139,8 +140,7 @@ class Exchange:
             self._start_task()
             return
         if not isinstance(failure, RelayError):
-            assert self.request is not None
-            failure = BadGateway("upstream closed the connection without answering", self.request.flow.sinks[0].name)
+            failure = BadGateway("upstream closed the connection without answering", sink.name)
         self._refuse(failure)
         self._done()
 

@@ -48,7 +48,7 @@ class Reply:
 
     __slots__ = (
         "_transport", "request_id", "_rid_header", "_head_only", "_http10",
-        "keep_alive", "state", "status", "bytes_out", "producer", "_client_paused",
+        "keep_alive", "state", "started", "status", "bytes_out", "producer", "_client_paused",
     )
 
     def __init__(
@@ -67,6 +67,9 @@ class Reply:
         self._http10 = http10
         self.keep_alive = keep_alive
         self.state = NOT_STARTED
+        #: something was sent (state is no longer NOT_STARTED): a plain attribute, as it is
+        #: read for every piece of an answer
+        self.started = False
         self.status = 0
         self.bytes_out = 0
         self.producer: Producer | None = None
@@ -75,10 +78,6 @@ class Reply:
     @property
     def client_is_paused(self) -> bool:
         return self._client_paused
-
-    @property
-    def started(self) -> bool:
-        return self.state != NOT_STARTED
 
     def _connection_header(self) -> bytes:
         if not self.keep_alive:
@@ -99,6 +98,7 @@ class Reply:
             if self._head_only:
                 body = ()
         self.state = DONE
+        self.started = True
         self._send((
             status_line(status), headers, self._rid_header, framing,
             self._connection_header(), b"\r\n", *body,
@@ -115,6 +115,7 @@ class Reply:
         else:
             framing = b"Transfer-Encoding: chunked\r\n"
         self.state = STREAMING
+        self.started = True
         self._send((
             status_line(status), headers, self._rid_header, framing,
             self._connection_header(), b"\r\n",
@@ -139,6 +140,7 @@ class Reply:
                 self.keep_alive = False
             self.status = err.status
             self.state = DONE
+            self.started = True
             self._send((error_response(err, self.request_id, self.keep_alive, head_only=self._head_only),))
         elif self.state == STREAMING:
             self.abort()
@@ -154,6 +156,7 @@ class Reply:
         """Close the client connection mid-response so the truncation is visible."""
         self.keep_alive = False
         self.state = ABORTED
+        self.started = True
         self._transport.close()
 
     # --- back-pressure from the client socket -------------------------------------------

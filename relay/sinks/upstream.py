@@ -183,7 +183,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._on_done = on_done
         self._resume_held()
-        self._flush()
+        if self._head_seen:
+            self._flush()
 
     def _resume_held(self) -> None:
         if self._reading_paused and (self._reply is None or not self._reply.client_is_paused):
