@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from relay.errors import BadGateway, RelayError, SinkError
-from relay.flowcontrol import ClientGone
+from relay.flowcontrol import NO_BODY, ClientGone
 from relay.reply import Reply
 from relay.request import Request
 from relay.sinks.base import Delivery, QuickDelivery, Receipt, Sink
@@ -83,7 +83,7 @@ class Exchange:
             return
         request = self.request
         assert request is not None
-        if len(request.flow.sinks) == 1 and request.body.drained and self._relay_now(request):
+        if request.body is NO_BODY and len(request.flow.sinks) == 1 and self._relay_now(request):
             return
         self._start_task()
 

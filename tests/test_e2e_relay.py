@@ -226,6 +226,20 @@ def test_many_pipelined_gets_answer_in_order(stack: Stack, via: str) -> None:
         assert [conn.read_response().body for _ in sizes] == [payload(n) for n in sizes]
 
 
+@pytest.mark.parametrize("via", ["tcp", "unix"])
+def test_pipelined_empty_chunked_body_still_ends_upstream(stack: Stack, via: str) -> None:
+    """A chunked body of no bytes queued behind another request is complete before its
+    turn comes; it still reaches the upstream with its last chunk, so the answer comes at
+    once (without it, only when the upstream gives up waiting for the body)."""
+    empty_chunked = (request_bytes("POST", "/data/empty?body=echo", [("Transfer-Encoding", "chunked")])
+                     + b"".join(chunked(b"")))
+    with RawConnection(stack.address(via), timeout=2.0) as conn:
+        conn.send(request_bytes("GET", "/data/first?body=3") + empty_chunked)
+        assert conn.read_response().body == payload(3)
+        response = conn.read_response()
+        assert (response.status, response.body) == (200, b"")
+
+
 @pytest.mark.parametrize(("request_", "status", "code"), [
     (request_bytes("GET", "/nowhere/x"), 404, "no_flow"),
     (request_bytes("GET", "/"), 404, "no_flow"),
