@@ -244,7 +244,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         request = self._parsing
         if request is not None:
-            request.body.feed_eof()
+            if request.body is not NO_BODY:  # born complete, and shared
+                request.body.feed_eof()
             self._parsing = None
         self._state = IDLE
 

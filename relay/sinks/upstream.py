@@ -338,16 +338,19 @@ class UpstreamConnection(asyncio.Protocol):
         reply = self._reply
         if reply is not None and not reply.started:
             if self._complete:
+                # all of it is in hand: it goes whole, keeping its length
                 length = self._content_length if self._head_only else self._held
-                reply.send_whole(self._status, self._response_headers, self._pieces, max(length, 0))
-            else:
-                reply.set_producer(self)
-                reply.begin(self._status, self._response_headers)
-                for piece in self._pieces:
-                    reply.write(piece)
+                reply.send_whole(self._status, self._response_headers, self._pieces, length if length > 0 else 0)
+                self._pieces = []
+                self._finish()
+                return
+            reply.set_producer(self)
+            reply.begin(self._status, self._response_headers)
+            for piece in self._pieces:
+                reply.write(piece)
             self._pieces = []
         if self._complete:
-            if reply is not None and reply.started:
+            if reply is not None:
                 reply.end()
             self._finish()
 
