@@ -66,7 +66,7 @@ class HttpSink:
             b"X-Forwarded-For: " + client.encode("latin-1") + b"\r\n" if client else b"",
             b"X-Relay-Request-Id: ", request.request_id.encode("ascii"), b"\r\n",
             request.flow.extra_headers,
-            self._identity(request),
+            self._identity(request) if request.flow.sends_identity else b"",
             framing,
             b"\r\n",
         ))
@@ -74,7 +74,7 @@ class HttpSink:
     @staticmethod
     def _identity(request: Request) -> bytes:
         flow = request.flow
-        if not flow.sends_identity or request.identity is None:
+        if request.identity is None:
             return b""
         return identity_headers(request.identity, flow.name, flow.signer)
 

@@ -182,7 +182,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._loop.call_soon(on_done, self._failure)  # it failed before anyone claimed it
             return
         self._on_done = on_done
-        self._resume_held()
+        if self._reading_paused:
+            self._resume_held()
         if self._head_seen:
             self._flush()
 
@@ -357,7 +358,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _finish(self) -> None:
         self.deadline = 0.0
         reply, self._reply = self._reply, None
-        if reply is not None:
+        if reply is not None and reply.producer is not None:
             reply.set_producer(None)
         if self._reading_paused:
             self.resume_reading()
