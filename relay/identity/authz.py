@@ -78,11 +78,24 @@ class FlowAuthorizer:
         self._deny = None if flow.deny.is_empty() else _CompiledRule(flow.deny)
 
     def check(self, identity: Identity) -> None:
-        """Return if ``identity`` may use the flow; raise PolicyDenied (403) if not."""
+        """Return if ``identity`` may use the flow; raise PolicyDenied (403) if not.
+
+        The verdict is kept on the identity, which every request with its token shares:
+        rules and claims are both immutable (a reload builds new authorizers)."""
+        verdicts = identity.verdicts
+        if self in verdicts:
+            refusal = verdicts[self]
+        else:
+            refusal = verdicts[self] = self._refusal(identity)
+        if refusal is not None:
+            raise PolicyDenied(refusal)
+
+    def _refusal(self, identity: Identity) -> str | None:
         if self._deny is not None and self._deny.matches(identity):
-            raise PolicyDenied(f"flow {self.flow}: {identity.subject!r} matches its deny rule")
+            return f"flow {self.flow}: {identity.subject!r} matches its deny rule"
         if self._allow is not None and not self._allow.matches(identity):
-            raise PolicyDenied(f"flow {self.flow}: {identity.subject!r} matches no allow rule")
+            return f"flow {self.flow}: {identity.subject!r} matches no allow rule"
+        return None
 
 
 def authorize(identity: Identity, flow: FlowConfig) -> None:

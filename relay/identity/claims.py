@@ -22,13 +22,15 @@ __all__ = ["ClaimPath", "ClaimsMapper", "Identity"]
 
 class Identity:
     """A verified caller, shared by every request with its token: treat it as read-only
-    (only relay.identity.headers fills ``header_memo``, once).
+    (only relay.identity.headers fills ``header_memo``, once, and relay.identity.authz
+    ``verdicts``).
 
     ``issuer`` is the issuer's configured *name*; ``claims`` is the whole verified
     payload (read-only); ``expires_at`` is the token's ``exp`` (seconds since the epoch).
     """
 
-    __slots__ = ("subject", "issuer", "groups", "scopes", "claims", "jti", "kid", "expires_at", "header_memo")
+    __slots__ = ("subject", "issuer", "groups", "scopes", "claims", "jti", "kid", "expires_at", "header_memo",
+                 "verdicts")
 
     def __init__(self, subject: str, issuer: str, groups: tuple[str, ...], scopes: tuple[str, ...],
                  claims: Mapping[str, Any], jti: str | None, kid: str, expires_at: int) -> None:  # fmt: skip
@@ -42,6 +44,8 @@ class Identity:
         self.expires_at = expires_at
         #: the plain identity header block, built once by relay.identity.headers
         self.header_memo: bytes | None = None
+        #: each flow authorizer's verdict on this identity: None (allowed) or why not
+        self.verdicts: dict[object, str | None] = {}
 
     def __repr__(self) -> str:
         return f"Identity(subject={self.subject!r}, issuer={self.issuer!r}, groups={self.groups!r})"
