@@ -4,9 +4,10 @@ A finished exchange is noted as a tuple of its facts; the periodic flush (every
 ``_FLUSH_INTERVAL``, sooner past ``_FLUSH_RECORDS``, and at shutdown) turns the notes into
 orjson lines and writes them, so a request never waits on the disk and pays for no
 serialising either: the batch runs as one tight loop, which costs CPython about half
-what the same work costs spread over requests. With ``chain = true`` each line carries
-``prev``, the SHA-256 of the previous line, so removing, changing, inserting or
-reordering lines is detectable.
+what the same work costs spread over requests. The same notes are then handed to whoever
+counts requests (the metrics), which so cost the request nothing either. With
+``chain = true`` each line carries ``prev``, the SHA-256 of the previous line, so
+removing, changing, inserting or reordering lines is detectable.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -33,20 +35,24 @@ _FLUSH_INTERVAL = 0.2
 _FLUSH_RECORDS = 2048
 GENESIS = "0" * 64
 
-#: what record_exchange notes of a relayed (or refused) request, serialised at flush:
+#: what record_exchange notes of a finished exchange, serialised at flush:
 #: (ts, request_id, status, reason, flow, method, path, client, sink, failed_sink,
-#:  bytes_in, bytes_out, seconds, identity)
-_Note = tuple[float, str, int, str, str, str, str, "str | None", str, "str | None", int, int, float,
-              "Identity | None"]
+#:  bytes_in, bytes_out, seconds, identity). A request refused before it had a flow has
+#: flow, method, client and sink None, and its raw target (cut to 256 bytes) as ``path``.
+ExchangeNote = tuple[float, str, int, str, "str | None", "str | None", str, "str | None", "str | None",
+                     "str | None", int, int, float, "Identity | None"]
 
 
 class AuditLog:
-    def __init__(self, config: AuditConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: AuditConfig, loop: asyncio.AbstractEventLoop,
+                 on_notes: Callable[[list[ExchangeNote]], None] | None = None) -> None:
         self._config = config
         self._chain = config.chain
         self._loop = loop
+        #: given each flushed batch of exchange notes, after their lines are made
+        self._on_notes = on_notes
         #: records not yet serialised, in order: whole field dicts, or notes of exchanges
-        self._pending: list[dict[str, Any] | _Note] = []
+        self._pending: list[dict[str, Any] | ExchangeNote] = []
         self._prev = GENESIS
         self._fd = -1
         self._timer: asyncio.TimerHandle | None = None
@@ -74,14 +80,10 @@ class AuditLog:
         request = exchange.request
         reply = exchange.reply
         if request is None:
-            self._add({
-                "ts": _millis(time.time()),
-                "request_id": reply.request_id,
-                "status": reply.status,
-                "reason": exchange.outcome,
-                "decision": "reject",
-                "target": exchange.raw_target[:256].decode("latin-1"),
-            })
+            self._add((
+                time.time(), reply.request_id, reply.status, exchange.outcome, None, None,
+                exchange.raw_target[:256].decode("latin-1"), None, None, None, 0, 0, seconds, None,
+            ))
             return
         flow = request.flow
         self._add((
@@ -90,7 +92,7 @@ class AuditLog:
             request.body.consumed, reply.bytes_out, seconds, request.identity,
         ))
 
-    def _add(self, item: dict[str, Any] | _Note) -> None:
+    def _add(self, item: dict[str, Any] | ExchangeNote) -> None:
         pending = self._pending
         pending.append(item)
         if len(pending) >= _FLUSH_RECORDS:
@@ -104,7 +106,7 @@ class AuditLog:
             self._timer = None
         if not self._pending:
             return
-        data = self._serialise()
+        data, notes = self._serialise()
         try:
             view = memoryview(data)
             while view:
@@ -112,15 +114,22 @@ class AuditLog:
                 view = view[written:]
         except OSError as exc:
             log.error("audit write failed, %d bytes lost: %s", len(data), exc)
+        if self._on_notes is not None and notes:
+            self._on_notes(notes)
 
-    def _serialise(self) -> bytes:
-        """The pending records as lines, chained in order."""
+    def _serialise(self) -> tuple[bytes, list[ExchangeNote]]:
+        """The pending records as lines, chained in order; and the exchange notes among them."""
         pending, self._pending = self._pending, []
         chain = self._chain
         prev = self._prev
         lines = []
+        notes = []
         for item in pending:
-            fields = item if isinstance(item, dict) else _exchange_fields(item)
+            if isinstance(item, dict):
+                fields = item
+            else:
+                fields = _exchange_fields(item)
+                notes.append(item)
             if chain:
                 fields["prev"] = prev
             line = orjson.dumps(fields) + b"\n"
@@ -128,7 +137,7 @@ class AuditLog:
                 prev = hashlib.sha256(line).hexdigest()
             lines.append(line)
         self._prev = prev
-        return b"".join(lines)
+        return b"".join(lines), notes
 
     def close(self) -> None:
         self.flush()
@@ -143,9 +152,12 @@ def _millis(value: float) -> float:
     return int(value * 1000) / 1000
 
 
-def _exchange_fields(note: _Note) -> dict[str, Any]:
+def _exchange_fields(note: ExchangeNote) -> dict[str, Any]:
     (ts, request_id, status, reason, flow, method, path, client, sink, failed_sink,
      bytes_in, bytes_out, seconds, identity) = note
+    if flow is None:
+        return {"ts": _millis(ts), "request_id": request_id, "status": status, "reason": reason,
+                "decision": "reject", "target": path}
     fields: dict[str, Any] = {
         "ts": _millis(ts),
         "request_id": request_id,

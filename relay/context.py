@@ -64,19 +64,11 @@ class ServerContext:
         return f"{self._request_prefix}-{self._request_counter:08x}"
 
     def exchange_done(self, exchange: Exchange) -> None:
-        """Account for a finished exchange: its audit record and its metrics."""
+        """Account for a finished exchange: its audit record (the metrics count it from
+        the record's note when the audit log flushes)."""
         self.exchanges -= 1
         request = exchange.request
-        reply = exchange.reply
-        if request is None:
-            self.audit.record_exchange(exchange, 0.0)
-            self.metrics.request_done("-", reply.status, exchange.outcome, 0, 0, 0.0)
-            return
-        seconds = time.monotonic() - request.received_at
-        self.audit.record_exchange(exchange, seconds)
-        self.metrics.request_done(
-            request.flow.name, reply.status, exchange.outcome, request.body.consumed, reply.bytes_out, seconds
-        )
+        self.audit.record_exchange(exchange, 0.0 if request is None else time.monotonic() - request.received_at)
 
     def overloaded(self) -> str | None:
         """Why a new request should be shed now, or None: relay answers 503 early rather

@@ -1,7 +1,9 @@
 """Counters for the hot path, turned into Prometheus text only when someone asks.
 
-Requests update plain ints in a dict keyed by ``(flow, status, reason)``: no locks (one
-event loop per process), no label objects, no formatting. At scrape time
+Finished requests are counted in batches, from the audit log's notes as it flushes them
+(every 0.2 s, and before every snapshot), into plain ints in a dict keyed by ``(flow,
+status, reason)``: no locks (one event loop per process), no label objects, no
+formatting, nothing per request. At scrape time
 :meth:`Metrics.snapshot` copies everything into a JSON-able :class:`Snapshot`;
 :func:`merge` sums the snapshots of several worker processes, and :func:`render` turns a
 snapshot into the text exposition format with prometheus_client's own encoder (a private
@@ -35,7 +37,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal, TypedDict
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -47,6 +49,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from relay.timers import Ticker
+
+if TYPE_CHECKING:
+    from relay.audit import ExchangeNote
 
 __all__ = [
     "DURATION_BUCKETS", "GAUGES", "EventLoopLag", "FlowStats", "Metrics", "Snapshot",
@@ -161,6 +166,12 @@ class Metrics:
         row.seconds += seconds
         # bisect_left: a duration equal to a bound belongs to that bucket (Prometheus "le")
         row.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+
+    def count_exchanges(self, notes: list[ExchangeNote]) -> None:
+        """Count a batch of finished exchanges, as the audit log noted them."""
+        request_done = self.request_done
+        for _, _, status, reason, flow, _, _, _, _, _, bytes_in, bytes_out, seconds, _ in notes:
+            request_done(flow or "-", status, reason, bytes_in, bytes_out, seconds)
 
     def token_cache(self, hit: bool) -> None:
         self._cache["hit" if hit else "miss"] += 1

@@ -64,7 +64,7 @@ class Server:
         config = self._config
         self._stop = asyncio.Event()
         deadlines = Deadlines(loop)
-        audit = AuditLog(config.audit, loop)
+        audit = AuditLog(config.audit, loop, self.metrics.count_exchanges)
         sinks = {name: build_sink(sink, deadlines) for name, sink in config.sinks.items()}
         policy = Policy(config, sinks, 1, self._signer_for(config))
         authenticator = Authenticator(config.issuers)
@@ -131,6 +131,8 @@ class Server:
         self.metrics.watch("relay_event_loop_lag_seconds", lambda: lag.seconds)
         self.metrics.watch("relay_policy_version", lambda: ctx.policy.version)
         self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
+        # requests are counted from their audit notes, as those are flushed: flush them now
+        self.metrics.on_snapshot(lambda metrics: ctx.audit.flush())
 
     def stop(self) -> None:
         if self._stop is not None:
