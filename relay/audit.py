@@ -37,10 +37,11 @@ GENESIS = "0" * 64
 
 #: what record_exchange notes of a finished exchange, serialised at flush:
 #: (ts, request_id, status, reason, flow, method, path, client, sink, failed_sink,
-#:  bytes_in, bytes_out, seconds, identity). A request refused before it had a flow has
-#: flow, method, client and sink None, and its raw target (cut to 256 bytes) as ``path``.
+#:  bytes_in, bytes_out, seconds, identity, sink_seconds). A request refused before it had
+#: a flow has flow, method, client and sink None, and its raw target (cut to 256 bytes)
+#: as ``path``.
 ExchangeNote = tuple[float, str, int, str, "str | None", "str | None", str, "str | None", "str | None",
-                     "str | None", int, int, float, "Identity | None"]
+                     "str | None", int, int, float, "Identity | None", "float | None"]
 
 
 class AuditLog:
@@ -82,14 +83,14 @@ class AuditLog:
         if request is None:
             self._add((
                 time.time(), reply.request_id, reply.status, exchange.outcome, None, None,
-                exchange.raw_target[:256].decode("latin-1"), None, None, None, 0, 0, seconds, None,
+                exchange.raw_target[:256].decode("latin-1"), None, None, None, 0, 0, seconds, None, None,
             ))
             return
         flow = request.flow
         self._add((
             time.time(), reply.request_id, reply.status, exchange.outcome, flow.name, request.method,
             request.route_path, request.client, flow.sink.name, exchange.failed_sink,
-            request.body.consumed, reply.bytes_out, seconds, request.identity,
+            request.body.consumed, reply.bytes_out, seconds, request.identity, exchange.sink_seconds,
         ))
 
     def _add(self, item: dict[str, Any] | ExchangeNote) -> None:
@@ -154,7 +155,7 @@ def _millis(value: float) -> float:
 
 def _exchange_fields(note: ExchangeNote) -> dict[str, Any]:
     (ts, request_id, status, reason, flow, method, path, client, sink, failed_sink,
-     bytes_in, bytes_out, seconds, identity) = note
+     bytes_in, bytes_out, seconds, identity, _) = note
     if flow is None:
         return {"ts": _millis(ts), "request_id": request_id, "status": status, "reason": reason,
                 "decision": "reject", "target": path}

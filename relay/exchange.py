@@ -30,7 +30,7 @@ log = logging.getLogger("relay.exchange")
 class Exchange:
     __slots__ = (
         "_ctx", "request", "reply", "_error", "_raw_target", "_in_step", "_task", "_on_done", "outcome",
-        "failed_sink", "_quick",
+        "failed_sink", "_quick", "sink_seconds",
     )
 
     def __init__(
@@ -56,6 +56,9 @@ class Exchange:
         self.outcome = "relayed"
         #: the sink whose failure decided the answer, if one did
         self.failed_sink: str | None = None
+        #: how long the sink took to accept, when it answered from callbacks (the general
+        #: path counts its sinks' latencies itself)
+        self.sink_seconds: float | None = None
 
     @classmethod
     def rejected(
@@ -131,7 +134,7 @@ class Exchange:
         sink.slots.give_back()
         if failure is None:
             quick.release()
-            self._ctx.metrics.sink_latency(sink.name, time.monotonic() - request.received_at)
+            self.sink_seconds = time.monotonic() - request.received_at
             self._done()
             return
         quick.abort()
