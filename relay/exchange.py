@@ -1,10 +1,12 @@
 """One request's journey through its flow: deliver to the sink, answer, audit.
 
-An ``Exchange`` runs as one task per request (a request refused before any sink is
-involved is answered at once, without one). The sink streams the body out and the
-answer back through the ``Reply``; whatever goes wrong is a ``RelayError`` and is
-answered by ``Reply.fail`` (the one place errors become responses). Exactly one audit
-record is written per exchange, whatever its outcome.
+An ``Exchange`` runs as one task per request, except in the two commonest cases, which
+need none: a request refused before any sink is involved is answered at once, and a
+request without a body for a flow's only sink is relayed from callbacks when the sink can
+start at once (``Sink.relay_now``; the sink calls back once the answer is out). The sink
+streams the body out and the answer back through the ``Reply``; whatever goes wrong is a
+``RelayError`` and is answered by ``Reply.fail`` (the one place errors become responses).
+Exactly one audit record is written per exchange, whatever its outcome.
 """
 
 from __future__ import annotations
