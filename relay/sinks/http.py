@@ -1,6 +1,7 @@
 """The ``http`` sink: relays requests to an upstream HTTP server.
 
-Each request becomes an ``HttpDelivery`` over a pooled keep-alive connection. No upstream
+Each request becomes an ``HttpDelivery`` over a pooled keep-alive connection (a bodiless
+one, when a pooled connection is idle, goes straight onto it: ``relay_now``). No upstream
 is involved until the first piece of the body is in hand (or the body is known empty):
 a body refused at once (bad chunk framing, over the limit) reaches no upstream, and the
 head and that piece leave in one write. As the flow's answering sink with no tees, the
