@@ -6,8 +6,9 @@ parsed as it arrives. The answer is *held* until someone claims it: ``attach(rep
 passes it to the client (whole if it is complete by then, so it can keep its
 Content-Length, streamed otherwise) and returns a future; ``pass_on(reply, on_done)`` does
 the same with a callback, for requests relayed without a task; ``discard()`` reads it to
-the end and drops it (a tee's answer). While held, at most ``HOLD_BYTES`` of it are buffered before the
-upstream is paused. Timeouts use the shared deadline sweep, not per-request timers.
+the end and drops it (a tee's answer). While held, at most ``HOLD_BYTES`` of it are
+buffered before the upstream is paused. Timeouts use the shared deadline sweep, not
+per-request timers.
 """
 
 from __future__ import annotations
