@@ -147,20 +147,16 @@ class AuditLog:
             self._fd = -1
 
 
-def _millis(value: float) -> float:
-    """``value`` cut to three decimals: int arithmetic, as round(x, 3) formats and
-    re-parses a decimal string (≈ 0.3 µs, twice per record)."""
-    return int(value * 1000) / 1000
-
-
 def _exchange_fields(note: ExchangeNote) -> dict[str, Any]:
     (ts, request_id, status, reason, flow, method, path, client, sink, failed_sink,
      bytes_in, bytes_out, seconds, identity, _) = note
+    # times are cut to three decimals with int arithmetic: round(x, 3) formats and
+    # re-parses a decimal string, ≈ 0.3 µs a call
     if flow is None:
-        return {"ts": _millis(ts), "request_id": request_id, "status": status, "reason": reason,
+        return {"ts": int(ts * 1000) / 1000, "request_id": request_id, "status": status, "reason": reason,
                 "decision": "reject", "target": path}
     fields: dict[str, Any] = {
-        "ts": _millis(ts),
+        "ts": int(ts * 1000) / 1000,
         "request_id": request_id,
         "status": status,
         "reason": reason,
@@ -174,7 +170,7 @@ def _exchange_fields(note: ExchangeNote) -> dict[str, Any]:
         "failed_sink": failed_sink,
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
-        "duration_ms": _millis(seconds * 1000),
+        "duration_ms": int(seconds * 1_000_000) / 1000,
     }
     if identity is not None:
         # who, never the token itself
