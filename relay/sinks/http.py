@@ -53,6 +53,7 @@ class HttpSink:
 
     def request_head(self, request: Request) -> bytes:
         scan = request.headers
+        flow = request.flow
         if scan.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif scan.content_length >= 0 or request.method in _BODY_METHODS:
@@ -66,18 +67,12 @@ class HttpSink:
             scan.forward,
             b"X-Forwarded-For: " + client.encode("latin-1") + b"\r\n" if client else b"",
             b"X-Relay-Request-Id: ", request.request_id.encode("ascii"), b"\r\n",
-            request.flow.extra_headers,
-            self._identity(request) if request.flow.sends_identity else b"",
+            flow.extra_headers,
+            identity_headers(request.identity, flow.name, flow.signer)
+            if flow.sends_identity and request.identity is not None else b"",
             framing,
             b"\r\n",
         ))
-
-    @staticmethod
-    def _identity(request: Request) -> bytes:
-        flow = request.flow
-        if request.identity is None:
-            return b""
-        return identity_headers(request.identity, flow.name, flow.signer)
 
     async def close(self) -> None:
         await self.pool.close()
