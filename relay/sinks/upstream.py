@@ -247,8 +247,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
-        if not self._reading_paused:
-            self.deadline = self._loop.time() + self._timeout
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -259,6 +257,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(BadGateway(f"upstream answered garbage: {exc}", self._pool.name))
             return
         self._flush()
+        if self.state == EXCHANGE and not self._reading_paused:
+            # more of the answer is due: the upstream's clock restarts (an answer that
+            # came whole has already stopped it)
+            self.deadline = self._loop.time() + self._timeout
 
     # the client reply (or a full hold buffer) pauses us when the answer can't move on
 
