@@ -112,9 +112,8 @@ class Exchange:
 
     def _relay_now(self, request: Request) -> bool:
         sink = request.flow.sinks[0]
-        if sink.slots.taken >= sink.slots.limit:
+        if not sink.slots.try_take():
             return False  # the general path answers the 503
-        sink.slots.take()
         quick = sink.relay_now(request, self.reply, self._relayed_now)
         if quick is None:
             sink.slots.give_back()
@@ -122,21 +121,22 @@ class Exchange:
         self._quick = quick
         return True
 
-    def _give_back_quick_slot(self) -> None:
+    def _give_back_quick_slot(self) -> Sink:
+        """Give back the slot the quick lane took; the sink it belongs to."""
         assert self.request is not None
-        self.request.flow.sinks[0].slots.give_back()
+        sink = self.request.flow.sinks[0]
+        sink.slots.give_back()
+        return sink
 
     def _relayed_now(self, failure: BaseException | None) -> None:
         quick, self._quick = self._quick, None
         if quick is None:
             return  # the client left first; client_gone finished the exchange
-        request = self.request
-        assert request is not None
-        sink = request.flow.sinks[0]
-        sink.slots.give_back()
+        sink = self._give_back_quick_slot()
         if failure is None:
             quick.release()
-            self.sink_seconds = time.monotonic() - request.received_at
+            assert self.request is not None
+            self.sink_seconds = time.monotonic() - self.request.received_at
             self._done()
             return
         quick.abort()

@@ -123,9 +123,15 @@ class SinkSlots:
         self.taken = 0
 
     def take(self) -> None:
-        if self.taken >= self.limit:
+        if not self.try_take():
             raise ServiceUnavailable(f"sink has {self.limit} requests in flight", self.name, retry_after=1)
+
+    def try_take(self) -> bool:
+        """Take a slot if one is free; False (nothing taken) past the limit."""
+        if self.taken >= self.limit:
+            return False
         self.taken += 1
+        return True
 
     def give_back(self) -> None:
         self.taken -= 1
