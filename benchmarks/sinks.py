@@ -142,7 +142,7 @@ def main() -> None:
             dav = lighttpd_dav(bench)
             relay = relayd(bench)
             cases = [
-                ("64 MiB PUT: lighttpd mod_webdav → file", dav, Load("put.lua", BIG.args, 1, 1), True),
+                ("64 MiB PUT: lighttpd mod_webdav → file", dav, Load("upload.lua", (*BIG.args, "PUT"), 1, 1), True),
                 ("64 MiB POST: relayd → file (fsync never)", relay + "/file-never/x", BIG, True),
                 ("64 MiB POST: relayd → file (fsync always)", relay + "/file-always/x", BIG, True),
                 ("64 MiB POST: relayd → redis stream", relay + "/redis-body/x", BIG, True),
