@@ -103,18 +103,22 @@ class Pool:
 
 
 async def serve(listen: str, upstream: str) -> None:
-    host, _, port = listen.rpartition(":")
     up_host, _, up_port = upstream.rpartition(":")
     pool = Pool(up_host, int(up_port))
-    server = await asyncio.get_running_loop().create_server(lambda: Client(pool), host, int(port),
-                                                             backlog=1024)
+    loop = asyncio.get_running_loop()
+    server: asyncio.Server
+    if listen.startswith("unix:"):
+        server = await loop.create_unix_server(lambda: Client(pool), listen[len("unix:"):], backlog=1024)
+    else:
+        host, _, port = listen.rpartition(":")
+        server = await loop.create_server(lambda: Client(pool), host, int(port), backlog=1024)
     async with server:
         await server.serve_forever()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", required=True, help="HOST:PORT")
+    parser.add_argument("--listen", required=True, help="HOST:PORT or unix:PATH")
     parser.add_argument("--upstream", required=True, help="HOST:PORT of the upstream")
     args = parser.parse_args()
     uvloop.run(serve(args.listen, args.upstream))

@@ -50,6 +50,8 @@ def _figure(outcome: Outcome | None, metric: str, by_cpu: bool) -> float | None:
         return None
     if metric == "relayd_cpu_us":
         return outcome.cpu_us().get("relayd")
+    if metric == "cpu_us":
+        return sum(outcome.cpu_us().values()) or None
     if metric == "relayd_rss_mib":
         rss = outcome.peak_rss("relayd")
         return None if rss is None else rss / MIB
@@ -96,7 +98,7 @@ def evaluate(comparison: Comparison, by_name: dict[str, Outcome],
 def _unit(comparison: Comparison) -> str:
     if comparison.baseline is not None:
         return "×"
-    return " µs" if comparison.metric == "relayd_cpu_us" else " MiB"
+    return " µs" if comparison.metric in ("cpu_us", "relayd_cpu_us") else " MiB"
 
 
 # --- Markdown ---------------------------------------------------------------------------

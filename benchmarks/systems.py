@@ -28,6 +28,7 @@ from benchmarks.tokens import AUDIENCE, GROUP, ISSUER, KeyFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHTTPD_CONF = ROOT / "conf" / "lighttpd.conf"
+SOCKPROXY_CONF = ROOT / "conf" / "lighttpd-sockproxy.conf"
 HELLO = "/bench/hello.txt"
 UPLOAD = "/upload/64MiB"
 
@@ -133,13 +134,13 @@ server.max-connections = 1024
 
 # --- lighttpd in front (the shipped conf/lighttpd.conf) ----------------------------------
 
-def _front_lighttpd(ctx: Context, backend_socket: str) -> tuple[Proc, str]:
+def _front_lighttpd(ctx: Context, backend_socket: str, conf: Path = LIGHTTPD_CONF) -> tuple[Proc, str]:
     state = ctx.path("front-lighttpd")
     (state / "uploads").mkdir(parents=True, exist_ok=True)
     port = ctx.port()
     env = dict(os.environ) | {"RELAY_HTTP_ADDR": "127.0.0.1", "RELAY_HTTP_PORT": str(port),
                               "RELAY_SOCKET": backend_socket, "RELAY_LIGHTTPD_DIR": str(state)}
-    proc = ctx.start("lighttpd", ["lighttpd", "-D", "-f", str(LIGHTTPD_CONF)],
+    proc = ctx.start("lighttpd", ["lighttpd", "-D", "-f", str(conf)],
                      [("127.0.0.1", port)], env=env)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -228,6 +229,14 @@ def relay_chain(ctx: Context, auth: Auth = "none") -> System:
     return System(url, {"relayd": relayd, "lighttpd": front})
 
 
+def sockproxy_chain(ctx: Context, auth: Auth = "none") -> System:
+    """wrk → lighttpd mod_sockproxy (conf/lighttpd-sockproxy.conf) → relayd's Unix socket →
+    upstream: lighttpd hands each client connection over whole, so keep-alive reaches relayd."""
+    relayd, _, sock = _relayd(ctx, auth)
+    front, url = _front_lighttpd(ctx, sock, SOCKPROXY_CONF)
+    return System(url, {"relayd": relayd, "lighttpd": front})
+
+
 # --- HAProxy 2.6 ------------------------------------------------------------------------
 
 def _jwt_rules(ctx: Context, alg: str) -> str:
@@ -295,11 +304,24 @@ def aiohttp_proxy(ctx: Context, auth: Auth = "none") -> System:
 
 # --- the floor: uvloop + httptools and nothing else -------------------------------------
 
+def _floor(ctx: Context, listen: str, ready: Address) -> Proc:
+    argv = [sys.executable, "-m", "benchmarks.floor_proxy", "--listen", listen,
+            "--upstream", f"127.0.0.1:{ctx.upstream_port}"]
+    return ctx.start("floor", argv, [ready])
+
+
 def floor_proxy(ctx: Context) -> System:
     """wrk → benchmarks/floor_proxy.py (keep-alive, no checks) → upstream: what Python,
     uvloop and the kernel cost a proxy per request before relay does any work of its own."""
     port = ctx.port()
-    argv = [sys.executable, "-m", "benchmarks.floor_proxy", "--listen", f"127.0.0.1:{port}",
-            "--upstream", f"127.0.0.1:{ctx.upstream_port}"]
-    proc = ctx.start("floor", argv, [("127.0.0.1", port)])
+    proc = _floor(ctx, f"127.0.0.1:{port}", ("127.0.0.1", port))
     return System(f"http://127.0.0.1:{port}", {"floor": proc})
+
+
+def floor_chain(ctx: Context) -> System:
+    """wrk → lighttpd (shipped conf) → the floor proxy's Unix socket → upstream: the best
+    any uvloop + httptools backend does behind mod_proxy (a new connection per request)."""
+    sock = str(ctx.path("floor.sock"))
+    proc = _floor(ctx, f"unix:{sock}", sock)
+    front, url = _front_lighttpd(ctx, sock)
+    return System(url, {"floor": proc, "lighttpd": front})

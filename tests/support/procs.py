@@ -24,6 +24,8 @@ from .rawhttp import Address, can_connect
 
 ROOT = Path(__file__).resolve().parents[2]
 LIGHTTPD_CONF = ROOT / "conf" / "lighttpd.conf"
+#: the other pairing: whole client connections handed to relayd (mod_sockproxy)
+SOCKPROXY_CONF = ROOT / "conf" / "lighttpd-sockproxy.conf"
 UPSTREAM_SCRIPT = Path(__file__).with_name("upstream.py")
 
 T = TypeVar("T")
@@ -218,9 +220,10 @@ def relay_check(config_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 class Lighttpd:
-    """lighttpd running the shipped conf/lighttpd.conf, proxying to ``backend_socket``."""
+    """lighttpd running a shipped configuration (conf/lighttpd.conf unless ``conf`` names
+    another), in front of ``backend_socket``."""
 
-    def __init__(self, workdir: Path, backend_socket: str) -> None:
+    def __init__(self, workdir: Path, backend_socket: str, conf: Path = LIGHTTPD_CONF) -> None:
         state = workdir / "lighttpd"
         (state / "uploads").mkdir(parents=True, exist_ok=True)
         self.address = ("127.0.0.1", free_port())
@@ -230,7 +233,7 @@ class Lighttpd:
             "RELAY_SOCKET": backend_socket,
             "RELAY_LIGHTTPD_DIR": str(state),
         }
-        argv = ["lighttpd", "-D", "-f", str(LIGHTTPD_CONF)]
+        argv = ["lighttpd", "-D", "-f", str(conf)]
         self.service = Service("lighttpd", argv, workdir / "lighttpd.log", env=env)
         self.service.wait_ready([self.address])
 
