@@ -282,9 +282,10 @@ def _claims(t: Table) -> ClaimsMapping:
     data = t.table("claims")
     if data is None:
         return _ISSUER.claims
-    c = Table(t.problems, data, t.path("claims"), ("subject", "groups", "scopes"), t.label)
+    keys = ("subject", "groups", "scopes", "audience")
+    c = Table(t.problems, data, t.path("claims"), keys, t.label)
     default = _ISSUER.claims
-    mapped = {k: c.string(k, getattr(default, k)) for k in ("subject", "groups", "scopes")}
+    mapped = {k: c.string(k, getattr(default, k)) for k in keys}
     for key, claim in mapped.items():
         if not claim or claim.startswith(".") or claim.endswith("."):
             c.problem(key, f"'{claim}' is not a claim name or dotted path")

@@ -107,6 +107,9 @@ class ClaimsMapping:
     subject: str = "sub"
     groups: str = "groups"
     scopes: str = "scope"
+    #: the claim checked against the issuer's audiences: "aud" (RFC 7519), or e.g. Cognito
+    #: access tokens' "client_id" (they carry no "aud")
+    audience: str = "aud"
 
 
 @dataclass(frozen=True, slots=True)

@@ -380,3 +380,14 @@ def test_without_issuers_every_token_fails_on_issuer() -> None:
         await auth.close()
 
     asyncio.run(main())
+
+
+def test_the_audience_claim_can_be_another_claim(make: Any) -> None:
+    # Cognito access tokens carry the app client in "client_id" and no "aud" at all
+    cognito = issuer(audiences=("app-client-1",), claims=ClaimsMapping(groups="cognito:groups", audience="client_id"))
+    harness = make(configs=(cognito,))
+    token = RSA.token(good_claims(aud=None, client_id="app-client-1", token_use="access"))
+    assert harness.ok(token).subject == "alice"
+    assert harness.reason(RSA.token(good_claims(aud=None, client_id="app-client-2"))) == "audience"
+    # the mapped claim replaces "aud": a matching "aud" alone does not do
+    assert harness.reason(RSA.token(good_claims(aud="app-client-1"))) == "audience"

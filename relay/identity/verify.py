@@ -6,7 +6,8 @@ key is found by kid (``unknown_kid``, which also asks for an early key refetch) 
 itself allow that algorithm (``algorithm``); the signature is checked with the key's
 own ``cryptography`` object (``bad_signature``); only then are claims read: ``exp``
 required and an integer (``expired``), ``nbf`` and ``iat`` not in the future beyond the
-leeway (``not_yet_valid``), ``aud`` any of the issuer's audiences (``audience``).
+leeway (``not_yet_valid``), ``aud`` (or the claim the issuer's mapping names instead)
+any of the issuer's audiences (``audience``).
 PyJWT's ``jwt.decode`` is not used per request: it re-parses the header in Python and
 coerces a string ``exp`` with ``int()``.
 """
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 
 from relay.config import IssuerConfig
 from relay.errors import Unauthorized
-from relay.identity.claims import ClaimsMapper, Identity
+from relay.identity.claims import ClaimPath, ClaimsMapper, Identity
 from relay.identity.jose import Compact
 from relay.identity.keys import IssuerKeys
 
@@ -41,7 +42,7 @@ def _numeric_date(payload: dict[str, Any], name: str) -> float | None:
 class Issuer:
     """One configured issuer as the verifier uses it: pinned algorithms, audiences, keys."""
 
-    __slots__ = ("config", "name", "keys", "_algorithms", "_audiences", "_leeway", "_mapper")
+    __slots__ = ("config", "name", "keys", "_algorithms", "_audiences", "_audience_claim", "_leeway", "_mapper")
 
     def __init__(self, config: IssuerConfig, keys: IssuerKeys) -> None:
         self.config = config
@@ -49,6 +50,7 @@ class Issuer:
         self.keys = keys
         self._algorithms = frozenset(config.algorithms)
         self._audiences = frozenset(config.audiences)
+        self._audience_claim = ClaimPath(config.claims.audience)
         self._leeway = config.leeway
         self._mapper = ClaimsMapper(config.claims)
 
@@ -83,7 +85,7 @@ class Issuer:
             moment = _numeric_date(payload, name)
             if moment is not None and moment > now + leeway:
                 _fail("not_yet_valid", f"token '{name}' is in the future")
-        self._check_audience(payload.get("aud"))
+        self._check_audience(self._audience_claim.find(payload))
         return self._mapper.identity(payload, self.name, kid, exp), exp + leeway
 
     def _check_audience(self, aud: Any) -> None:
