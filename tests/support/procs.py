@@ -221,9 +221,10 @@ def relay_check(config_path: Path) -> subprocess.CompletedProcess[str]:
 
 class Lighttpd:
     """lighttpd running a shipped configuration (conf/lighttpd.conf unless ``conf`` names
-    another), in front of ``backend_socket``."""
+    another), in front of ``backend_socket``; ``extra_env`` sets more of its parameters."""
 
-    def __init__(self, workdir: Path, backend_socket: str, conf: Path = LIGHTTPD_CONF) -> None:
+    def __init__(self, workdir: Path, backend_socket: str, conf: Path = LIGHTTPD_CONF,
+                 extra_env: dict[str, str] | None = None) -> None:
         state = workdir / "lighttpd"
         (state / "uploads").mkdir(parents=True, exist_ok=True)
         self.address = ("127.0.0.1", free_port())
@@ -232,7 +233,7 @@ class Lighttpd:
             "RELAY_HTTP_PORT": str(self.address[1]),
             "RELAY_SOCKET": backend_socket,
             "RELAY_LIGHTTPD_DIR": str(state),
-        }
+        } | (extra_env or {})
         argv = ["lighttpd", "-D", "-f", str(conf)]
         self.service = Service("lighttpd", argv, workdir / "lighttpd.log", env=env)
         self.service.wait_ready([self.address])
