@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from relay import __version__
 from relay.config import load_config
@@ -20,9 +21,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Identity-aware data relay daemon.",
         epilog="'relayd check -c FILE' validates a configuration without serving (like nginx -t).",
     )
-    parser.add_argument("command", nargs="?", choices=("serve", "check", "worker"), default="serve",
-                        help="serve (default), or check the configuration and exit; "
+    parser.add_argument("command", nargs="?", choices=("serve", "check", "init", "worker"), default="serve",
+                        help="serve (default); check the configuration and exit; init DIR: write a "
+                             "starter configuration and development keys into DIR; "
                              "'worker' is how the supervisor starts its workers")
+    parser.add_argument("directory", nargs="?", help="for init: where to write (created if missing)")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                         help="configuration file (default: %(default)s)")
     parser.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "info"),
@@ -32,7 +35,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def relayd_main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.command == "init") != (args.directory is not None):
+        parser.error("a directory goes with init, and only with init")
+    if args.command == "init":
+        _init(args.directory)
+        return
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -70,3 +79,28 @@ def relayd_main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         pass
+
+
+def _init(directory: str) -> None:
+    from relay.starter import init
+
+    try:
+        written = init(Path(directory))
+    except StartupError as exc:
+        print(f"relayd: {exc}", file=sys.stderr)
+        sys.exit(1)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"""
+Next, in {directory}:
+    relayd check -c conf/relay.toml      # validate
+    relayd                               # serve conf/relay.toml (Ctrl-C stops)
+    lighttpd -D -f conf/lighttpd.conf    # lighttpd in front, on http://127.0.0.1:8080
+    relay-devtoken --sub alice --groups ingest-writers   # a development token""")
+
+
+def devtoken_main(argv: list[str] | None = None) -> None:
+    """``relay-devtoken``: mint a development token (see relay.devtoken)."""
+    from relay.devtoken import main
+
+    sys.exit(main(argv))

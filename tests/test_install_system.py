@@ -68,3 +68,17 @@ def test_the_unit_passes_systemd_analyze_verify(installed: Path, tmp_path: Path)
                               timeout=60)
     assert verified.returncode == 0, verified.stderr
     assert verified.stderr == "", verified.stderr
+
+
+def test_the_installed_package_can_start_a_site(installed: Path, tmp_path: Path) -> None:
+    # relayd init from the installed wheel: the starter files travel as package data
+    bin_dir = installed / "opt" / "relay" / "bin"
+    made = subprocess.run([str(bin_dir / "relayd"), "init", str(tmp_path / "site")], capture_output=True,
+                          text=True, timeout=60, cwd="/")
+    assert made.returncode == 0, made.stderr
+    checked = subprocess.run([str(bin_dir / "relayd"), "check"], capture_output=True, text=True, timeout=60,
+                             cwd=tmp_path / "site")
+    assert checked.returncode == 0, checked.stderr
+    minted = subprocess.run([str(bin_dir / "relay-devtoken"), "--sub", "alice"], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path / "site")
+    assert minted.returncode == 0 and minted.stdout.count(".") == 2, minted.stderr

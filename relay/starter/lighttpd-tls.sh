@@ -1,0 +1,1 @@
+../../conf/lighttpd-tls.sh
