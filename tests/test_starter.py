@@ -4,7 +4,6 @@ the shipped configuration, its lighttpd pairings and fresh development keys that
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -13,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import Config, load_config
-from relay.identity import Authenticator, Identity
+from relay.config import load_config
 from support.procs import ROOT, child_env
+from test_identity_devtoken import authenticate
 
 
 #: the console scripts the package installs beside this interpreter
@@ -50,20 +49,8 @@ def test_init_writes_a_configuration_that_accepts_its_own_development_tokens(tmp
         minted = run("relay-devtoken", "--sub", "alice", "--groups", "ingest-writers", "--alg", alg, cwd=site)
         assert minted.returncode == 0, minted.stderr
         monkeypatch.chdir(site)
-        identity = accept(load_config("conf/relay.toml"), minted.stdout.strip().encode())
+        identity = authenticate(load_config("conf/relay.toml"), minted.stdout.strip().encode())
         assert (identity.subject, identity.groups) == ("alice", ("ingest-writers",))
-
-
-def accept(config: Config, token: bytes) -> Identity:
-    async def main() -> Identity:
-        auth = Authenticator(config.issuers)
-        await auth.start()
-        try:
-            return auth.authenticate(b"Bearer " + token, ())
-        finally:
-            await auth.close()
-
-    return asyncio.run(main())
 
 
 def test_init_keeps_what_is_there(tmp_path: Path) -> None:
