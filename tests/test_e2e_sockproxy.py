@@ -19,25 +19,9 @@ import pytest
 
 from support import (Lighttpd, RawConnection, Relayd, Upstream, chunked, exchange, pattern, poll_until, relay_config,
                      request_bytes)
+from support.stack import token_flow
 from support.procs import SOCKPROXY_CONF
-from test_identity_support import AUD, ISS, Key, good_claims, jwks, rsa_key
-
-TOKEN_FLOW = """
-[[issuer]]
-name = "idp"
-issuer = "{iss}"
-audiences = ["{aud}"]
-jwks_file = "{jwks}"
-algorithms = ["RS256"]
-
-[[flow]]
-name = "secure"
-path = "/secure/"
-methods = ["GET"]
-allow = {{ groups = ["writers"] }}
-sink = "up"
-"""
-
+from test_identity_support import Key, good_claims, jwks, rsa_key
 
 class SockproxyStack:
     """upstream ← relayd (trusting no proxy, as the pairing requires) ← lighttpd mod_sockproxy."""
@@ -46,8 +30,7 @@ class SockproxyStack:
         self.workdir = workdir
         (workdir / "jwks.json").write_bytes(jwks(key))
         self.upstream = Upstream(workdir)
-        config = relay_config(workdir, self.upstream.url, extra=TOKEN_FLOW.format(
-            iss=ISS, aud=AUD, jwks=workdir / "jwks.json"))
+        config = relay_config(workdir, self.upstream.url, extra=token_flow(workdir / "jwks.json"))
         config = config.replace("[server]\n", "[server]\ntrusted_proxies = []\n", 1)
         try:
             self.relayd = Relayd(workdir, config)

@@ -19,25 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from support import ConnectionClosed, Lighttpd, Relayd, Upstream, exchange, pattern, relay_config, request_bytes
+from support.stack import token_flow
 from support.procs import LIGHTTPD_CONF, SOCKPROXY_CONF
-from test_identity_support import AUD, ISS, Key, good_claims, jwks, rsa_key
-
-TOKEN_FLOW = """
-[[issuer]]
-name = "idp"
-issuer = "{iss}"
-audiences = ["{aud}"]
-jwks_file = "{jwks}"
-algorithms = ["RS256"]
-
-[[flow]]
-name = "secure"
-path = "/secure/"
-methods = ["GET"]
-allow = {{ groups = ["writers"] }}
-sink = "up"
-"""
-
+from test_identity_support import Key, good_claims, jwks, rsa_key
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, as PEM files."""
@@ -62,8 +46,7 @@ class TlsStack:
         self.cert, tls_key = self_signed(workdir)
         (workdir / "jwks.json").write_bytes(jwks(key))
         self.upstream = Upstream(workdir)
-        config = relay_config(workdir, self.upstream.url, extra=TOKEN_FLOW.format(
-            iss=ISS, aud=AUD, jwks=workdir / "jwks.json"))
+        config = relay_config(workdir, self.upstream.url, extra=token_flow(workdir / "jwks.json"))
         if conf == SOCKPROXY_CONF:
             config = config.replace("[server]\n", "[server]\ntrusted_proxies = []\n", 1)
         try:

@@ -192,3 +192,23 @@ auth = "none"
 sink = "up"
 """
 
+
+
+def token_flow(jwks_file: Path, issuer: str = "https://idp.example.test/", audience: str = "relay") -> str:
+    """One more flow for ``relay_config``'s ``extra``: /secure/ (GET) for tokens of the
+    "idp" issuer (keys in ``jwks_file``) in group "writers"."""
+    return f"""
+[[issuer]]
+name = "idp"
+issuer = "{issuer}"
+audiences = ["{audience}"]
+jwks_file = "{jwks_file}"
+algorithms = ["RS256"]
+
+[[flow]]
+name = "secure"
+path = "/secure/"
+methods = ["GET"]
+allow = {{ groups = ["writers"] }}
+sink = "up"
+"""
