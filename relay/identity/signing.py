@@ -2,8 +2,9 @@
 
 Downstream services verify those tokens with the JWKS from ``IdentitySigner.jwks()``
 (served at ``/.well-known/relay-jwks.json``). The key file is PKCS#8 PEM; when absent
-it is generated on first start, created 0600 so only relay's user can read it. The
-kid is the key's RFC 7638 thumbprint, so it changes exactly when the key does.
+it is generated on first start, created 0600 (in a 0700 directory made if missing) so
+only relay's user can read it. The kid is the key's RFC 7638 thumbprint, so it changes
+exactly when the key does.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def _create(path: str) -> None:
     """Write a new key to ``path`` unless it exists. The key is written to a private
     temporary file first and linked into place, so workers starting together never
     read a half-written file and exactly one key wins."""
+    # a fresh install has no var/lib/relay yet: make it, private to relay's user
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())  # fmt: skip
