@@ -7,9 +7,9 @@
 
 One process writes it: relayd itself, or with ``server.workers > 1`` the supervisor; every
 process reads it before it accepts its first request. A write replaces the file whole
-(a private temporary file, fsynced, renamed over the old one, then the directory fsynced),
-so a crash at any point leaves the old set or the new one, never a torn file, and a
-revocation acknowledged to the operator is on disk.
+(``relay.durable``: a private temporary file, fsynced, renamed over the old one, then the
+directory fsynced), so a crash at any point leaves the old set or the new one, never a
+torn file, and a revocation acknowledged to the operator is on disk.
 
 A file that cannot be read or understood stops relayd from starting (:class:`StartupError`
 naming the file): revocation is a security control, and serving without knowing what is
@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import orjson
 
+from relay import durable
 from relay.errors import StartupError
 from relay.identity.revocation import KINDS, RevocationEntry
 
@@ -82,7 +83,7 @@ class RevocationFile:
         async with self._lock:
             data = orjson.dumps({"format": _FORMAT, "version": _VERSION, "entries": entries()})
             # fsync takes milliseconds (more on a busy disk): not on the event loop
-            await asyncio.to_thread(_replace, self.path, data)
+            await asyncio.to_thread(durable.replace, self.path, data)
 
 
 def _parse(data: bytes) -> list[RevocationEntry]:
@@ -108,27 +109,3 @@ def _parse(data: bytes) -> list[RevocationEntry]:
             raise ValueError(f"entries[{i}]: until must be a number of seconds since the epoch")
         out.append(RevocationEntry(kind=kind, value=value, until=float(until)))
     return out
-
-
-def _replace(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    # the rename is durable only once the directory entry is
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
