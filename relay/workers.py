@@ -28,6 +28,7 @@ from relay.errors import StartupError
 ENV_ID = "RELAY_WORKER_ID"
 ENV_FDS = "RELAY_LISTEN_FDS"
 ENV_SUPERVISOR = "RELAY_SUPERVISOR_PID"
+ENV_STATE_DIR = "RELAY_STATE_DIR"
 _PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 
 
@@ -40,19 +41,23 @@ def worker_path(path: str, worker: int) -> str:
 class WorkerRole:
     """This process is worker ``id``, serving on sockets the supervisor bound."""
 
-    def __init__(self, worker_id: int, fds: dict[str, int], supervisor: int | None = None) -> None:
+    def __init__(self, worker_id: int, fds: dict[str, int], state_dir: str, supervisor: int | None = None) -> None:
         self.id = worker_id
         self._fds = fds
+        #: the supervisor's: the file it writes is the one every worker reads, whatever
+        #: the configuration file says by the time a worker starts again
+        self._state_dir = state_dir
         self._supervisor = supervisor
 
     @classmethod
     def from_environment(cls) -> WorkerRole:
         fds = {str(k): int(v) for k, v in orjson.loads(os.environ[ENV_FDS]).items()}
-        return cls(int(os.environ[ENV_ID]), fds, int(os.environ[ENV_SUPERVISOR]))
+        return cls(int(os.environ[ENV_ID]), fds, os.environ[ENV_STATE_DIR], int(os.environ[ENV_SUPERVISOR]))
 
     def environment(self) -> dict[str, str]:
         """The variables that make a child process of this (the supervisor's) process this worker."""
-        return {ENV_ID: str(self.id), ENV_FDS: orjson.dumps(self._fds).decode(), ENV_SUPERVISOR: str(os.getpid())}
+        return {ENV_ID: str(self.id), ENV_FDS: orjson.dumps(self._fds).decode(), ENV_STATE_DIR: self._state_dir,
+                ENV_SUPERVISOR: str(os.getpid())}
 
     def follow_supervisor(self) -> None:
         """Have the kernel SIGTERM this process when the supervisor dies; raises
@@ -65,8 +70,8 @@ class WorkerRole:
             raise StartupError(f"worker {self.id}: the supervisor (pid {self._supervisor}) is gone")
 
     def adapt(self, config: Config) -> Config:
-        """``config`` as this worker uses it: its own admin socket and audit file."""
-        server = config.server
+        """``config`` as this worker uses it: its own admin socket and audit file, the supervisor's state."""
+        server = dataclasses.replace(config.server, state_dir=self._state_dir)
         if server.admin_socket is not None:
             server = dataclasses.replace(server, admin_socket=worker_path(server.admin_socket, self.id))
         audit = config.audit

@@ -1,6 +1,7 @@
 """Revocations with server.workers = 2: they reach every worker, cached tokens included,
-survive a worker killed with SIGKILL and a whole relayd killed and started again, and
-fail closed when the state file is corrupt.
+survive a worker killed with SIGKILL (also after the configuration file moved the state
+directory) and a whole relayd killed or stopped and started again (one process too), and
+fail closed when the state file is corrupt or cannot be written.
 
 Every request loop is bounded in count; after a ``revoke`` is acknowledged it must see
 no success at all for the revoked identity, while another identity keeps being served.
@@ -134,10 +135,14 @@ def test_a_revoke_reaches_both_workers_and_their_cached_tokens(relayd: Relayd, w
     assert [(e["kind"], e["value"]) for e in saved["entries"]] == [("sub", "wanda")]
 
 
+@pytest.mark.parametrize("moved", [False, True], ids=["same-config", "state-dir-edited"])
 def test_a_worker_killed_after_the_revoke_refuses_from_its_first_request(relayd: Relayd, workdir: Path,
-                                                                        tokens: dict[str, bytes]) -> None:
+                                                                        tokens: dict[str, bytes], moved: bool) -> None:
     assert statuses(relayd, tokens["wanda"], 10) == [200] * 10
     revoke_wanda(workdir)
+    if moved:  # the restarted worker reads this file; it must still use the supervisor's state
+        text = relayd.config_path.read_text()
+        relayd.config_path.write_text(text.replace(str(workdir / "state"), str(workdir / "elsewhere")))
     before = worker_pids(workdir)
     os.kill(before[0], signal.SIGKILL)
     # sent at once: the requests that reach the restarted worker's socket wait for it,
@@ -163,21 +168,22 @@ def test_both_workers_killed_come_back_refusing(relayd: Relayd, workdir: Path, t
     assert statuses(relayd, tokens["bob"]) == [200] * LOOP
 
 
+@pytest.mark.parametrize("workers", [2, 1])
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_revocations_survive_a_restart_of_relayd(workdir: Path, upstream: Upstream, key: Key,
-                                                 tokens: dict[str, bytes], how: str) -> None:
-    text = config_text(workdir, upstream, key)
+                                                 tokens: dict[str, bytes], how: str, workers: int) -> None:
+    text = config_text(workdir, upstream, key, workers)
     relayd = start(workdir, text)
     try:
         revoke_wanda(workdir)
-        workers = worker_pids(workdir)
+        children = worker_pids(workdir) if workers > 1 else []
         if how == "SIGKILL":  # the machine lost power, as far as relayd can tell
-            for pid in [relayd.service.pid, *workers]:
+            for pid in [relayd.service.pid, *children]:
                 os.kill(pid, signal.SIGKILL)
         else:
             relayd.service.send_signal(signal.SIGTERM)
         assert relayd.service.wait_exit(30) == (-signal.SIGKILL if how == "SIGKILL" else 0)
-        poll_until(lambda: not any(alive(pid) for pid in workers) or None, 30, "the old workers to exit")
+        poll_until(lambda: not any(alive(pid) for pid in children) or None, 30, "the old workers to exit")
     finally:
         relayd.stop()
     again = Relayd(workdir, text, name="relayd-again")
