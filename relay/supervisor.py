@@ -136,7 +136,7 @@ class Supervisor:
         admin = server.admin_socket
         assert admin is not None
         self._workers = [
-            Worker(WorkerRole(n, worker_fds, server.state_dir), worker_path(admin, n))
+            Worker(WorkerRole(n, worker_fds, server.state_dir, os.getpid()), worker_path(admin, n))
             for n, worker_fds in enumerate(fds, 1)
         ]
 

@@ -41,13 +41,13 @@ def worker_path(path: str, worker: int) -> str:
 class WorkerRole:
     """This process is worker ``id``, serving on sockets the supervisor bound."""
 
-    def __init__(self, worker_id: int, fds: dict[str, int], state_dir: str, supervisor: int | None = None) -> None:
+    def __init__(self, worker_id: int, fds: dict[str, int], state_dir: str, supervisor: int) -> None:
         self.id = worker_id
         self._fds = fds
         #: the supervisor's: the file it writes is the one every worker reads, whatever
         #: the configuration file says by the time a worker starts again
         self._state_dir = state_dir
-        self._supervisor = supervisor
+        self._supervisor = supervisor  # its pid
 
     @classmethod
     def from_environment(cls) -> WorkerRole:
@@ -55,9 +55,9 @@ class WorkerRole:
         return cls(int(os.environ[ENV_ID]), fds, os.environ[ENV_STATE_DIR], int(os.environ[ENV_SUPERVISOR]))
 
     def environment(self) -> dict[str, str]:
-        """The variables that make a child process of this (the supervisor's) process this worker."""
+        """The variables that make a child process this worker."""
         return {ENV_ID: str(self.id), ENV_FDS: orjson.dumps(self._fds).decode(), ENV_STATE_DIR: self._state_dir,
-                ENV_SUPERVISOR: str(os.getpid())}
+                ENV_SUPERVISOR: str(self._supervisor)}
 
     def follow_supervisor(self) -> None:
         """Have the kernel SIGTERM this process when the supervisor dies; raises

@@ -32,10 +32,12 @@ class RevocationEntry(TypedDict):
 class Revocations:
     """The live revocation entries. None in normal operation, so a check costs one attribute test."""
 
-    __slots__ = ("_entries", "active")
+    __slots__ = ("_entries", "_jti", "_sub", "_kid", "active")
 
     def __init__(self) -> None:
         self._entries: dict[RevocationKind, dict[str, float]] = {kind: {} for kind in KINDS}
+        # the same dicts, named for match(): while any entry is held every request pays for it
+        self._jti, self._sub, self._kid = self._entries["jti"], self._entries["sub"], self._entries["kid"]
         #: some entry is held (it may have lapsed since): requests must be matched against them
         self.active = False
 
@@ -68,12 +70,13 @@ class Revocations:
 
     def match(self, identity: Identity, now: float) -> RevocationKind | None:
         """Which entry, if any, revokes ``identity`` at ``now``."""
-        checks: tuple[tuple[RevocationKind, str | None], ...] = (
-            ("jti", identity.jti), ("sub", identity.subject), ("kid", identity.kid),
-        )  # fmt: skip
-        for kind, value in checks:
-            if value is not None and self._entries[kind].get(value, 0.0) > now:
-                return kind
+        jti = identity.jti
+        if jti is not None and self._jti.get(jti, 0.0) > now:
+            return "jti"
+        if self._sub.get(identity.subject, 0.0) > now:
+            return "sub"
+        if self._kid.get(identity.kid, 0.0) > now:
+            return "kid"
         return None
 
     def entries(self, now: float) -> list[RevocationEntry]:
