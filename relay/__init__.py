@@ -17,7 +17,8 @@ Modules: ``cli`` (entry points), ``config`` (validated, frozen configuration),
 ``identity`` (tokens, keys, authorization), ``exchange`` (one request's delivery),
 ``reply`` (response framing), ``sinks`` (destinations), ``fastpath`` (the compiled hot
 path or its pure-Python twin), ``audit`` and ``audit_verify``, ``admin``, ``control``
-and ``ctl`` (the admin socket and relayctl), ``metrics``, ``timers``, ``notify``.
+and ``ctl`` (the admin socket and relayctl), ``metrics``, ``timers``, ``notify``,
+``durable`` (files written whole or not at all, e.g. the revocations state file).
 """
 
 __version__ = "0.1.0"

@@ -88,7 +88,7 @@ def _server(root: Table) -> ServerConfig:
     t = _section(root, "server", (
         "listen", "workers", "admin_socket", "socket_mode", "max_header_bytes", "header_timeout",
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
-        "identity_key", "max_in_flight", "max_loop_lag", "metrics_listen",
+        "identity_key", "state_dir", "max_in_flight", "max_loop_lag", "metrics_listen",
     ))
     workers = t.integer("workers", _SERVER.workers, 1, 64)
     if workers > 1 and not t.has("admin_socket"):
@@ -108,6 +108,7 @@ def _server(root: Table) -> ServerConfig:
         trusted_proxies=_trusted_proxies(t),
         strip_headers=_strip_headers(t, "strip_headers", _SERVER.strip_headers),
         identity_key=t.file_path("identity_key", os.path.abspath(_SERVER.identity_key)),
+        state_dir=t.file_path("state_dir", os.path.abspath(_SERVER.state_dir)),
         metrics_listen=_metrics_listen(t),
     )
 

@@ -108,6 +108,7 @@ class RevokeReply(AdminReply, total=False):
     kind: str
     value: str
     until: float  # wall-clock time the revocation lapses
+    workers: Sequence[Mapping[str, object]]  # with workers > 1: id, pid and state ("revoked") of each
 
 
 class LogLevelReply(AdminReply, total=False):

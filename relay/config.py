@@ -78,6 +78,8 @@ class ServerConfig:
     metrics_listen: ListenAddress | None = None
     #: relay's own Ed25519 key for signed identities (created on first use); absolute
     identity_key: str = "var/lib/relay/identity-ed25519.pem"
+    #: where state that must outlive a restart is kept (the revocations file); absolute
+    state_dir: str = "var/lib/relay"
     #: peers whose rightmost X-Forwarded-For entry is believed: "unix" = any Unix-socket
     #: peer, else normalized IP literals
     trusted_proxies: tuple[str, ...] = ("unix",)

@@ -29,7 +29,7 @@ from relay.admin import (
     StatsReply,
     StatusReply,
 )
-from relay.identity.revocation import KINDS
+from relay.identity.revocation import KINDS, RevocationKind
 from relay.metrics import flow_stats
 from relay.units import parse_duration
 
@@ -38,6 +38,19 @@ if TYPE_CHECKING:
 
 _LEVELS = ("debug", "info", "warning", "error")
 _DEFAULT_REVOCATION = "1h"
+
+
+def revocation_of(request: AdminRequest) -> tuple[RevocationKind, str, float]:
+    """The kind, value and ttl (seconds) of a ``revoke`` request; raises CommandError."""
+    kind = request.get("kind", "")
+    value = request.get("value", "")
+    if kind not in KINDS or not value:
+        raise CommandError(f"revoke needs a kind ({', '.join(KINDS)}) and a value")
+    try:
+        ttl = parse_duration(request.get("ttl", _DEFAULT_REVOCATION))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    return kind, value, ttl
 
 
 def build_commands(server: Server) -> CommandTable:
@@ -98,16 +111,16 @@ def build_commands(server: Server) -> CommandTable:
         return KeysReply(ok=True, keys=server.context.authenticator.key_status())
 
     async def revoke(request: AdminRequest) -> AdminReply:
-        kind = request.get("kind", "")
-        value = request.get("value", "")
-        if kind not in KINDS or not value:
-            raise CommandError(f"revoke needs a kind ({', '.join(KINDS)}) and a value")
+        kind, value, ttl = revocation_of(request)
         try:
-            ttl = parse_duration(request.get("ttl", _DEFAULT_REVOCATION))
-            server.context.authenticator.revoke(kind, value, ttl)
+            until = server.context.authenticator.revoke(kind, value, ttl)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        return RevokeReply(ok=True, kind=kind, value=value, until=round(time.time() + ttl, 3))
+        problem = await server.save_revocations()
+        if problem is not None:
+            # the revocation holds in this process all the same: failing open is worse
+            raise CommandError(f"revoked until relayd restarts, but not saved: {problem}")
+        return RevokeReply(ok=True, kind=kind, value=value, until=round(until, 3))
 
     async def cache_stats(request: AdminRequest) -> AdminReply:
         return CacheStatsReply(ok=True, cache=server.context.authenticator.cache_stats())

@@ -22,6 +22,7 @@ from relay.context import ServerContext
 from relay.control import build_commands
 from relay.errors import ConfigError, StartupError
 from relay.identity import Authenticator, IdentitySigner
+from relay.identity.revocation_file import RevocationFile
 from relay.metrics import EventLoopLag, Metrics
 from relay.metrics_http import serve_metrics
 from relay.notify import notify
@@ -47,6 +48,8 @@ class Server:
         self._stop: asyncio.Event | None = None
         self._ctx: ServerContext | None = None
         self._signer: IdentitySigner | None = None
+        # the directory is read at start (a reload does not move it)
+        self._revocations = RevocationFile(self._config.server.state_dir)
         self.metrics = Metrics()
 
     @property
@@ -62,12 +65,16 @@ class Server:
         """Serve until asked to stop, then drain. Raises StartupError when it cannot bind."""
         loop = asyncio.get_running_loop()
         config = self._config
+        if self._role is not None:
+            self._role.follow_supervisor()
+        revoked = self._revocations.open()  # before any request: a revoked token stays revoked
         self._stop = asyncio.Event()
         deadlines = Deadlines(loop)
         audit = AuditLog(config.audit, loop, self.metrics.count_exchanges)
         sinks = {name: build_sink(sink, deadlines) for name, sink in config.sinks.items()}
         policy = Policy(config, sinks, 1, self._signer_for(config))
         authenticator = Authenticator(config.issuers)
+        authenticator.restore(revoked)
         await authenticator.start()
         self._ctx = ctx = ServerContext(loop, config.server, policy, audit, self.metrics, deadlines, authenticator)
         admin = None
@@ -111,6 +118,18 @@ class Server:
         await authenticator.close()
         audit.close()
         log.info("relayd stopped")
+
+    async def save_revocations(self) -> str | None:
+        """Write the revocations held to the state file; what went wrong, if anything.
+
+        A worker saves nothing: its supervisor keeps the file for all of them."""
+        if self._role is not None:
+            return None
+        try:
+            await self._revocations.save(self.context.authenticator.revocations)
+        except OSError as exc:
+            return f"{self._revocations.path}: {exc.strerror or exc}"
+        return None
 
     async def _render_metrics(self) -> bytes:
         return self.metrics.render()

@@ -6,6 +6,13 @@ admin socket by asking every worker over its private one: counters are merged, a
 (reload, revoke, cache purge, log level) go to all. SIGTERM stops the workers (each
 drains its requests) and waits for them; SIGHUP reloads them all after checking the new
 file itself; SIGUSR1 reaches every worker (audit files reopened).
+
+Revocations have one path: the supervisor keeps the state file
+(``relay.identity.revocation_file``), and every worker reads it before it serves. A
+``revoke`` is saved first, then told to every live worker, and acknowledged once each
+has confirmed; a worker between lives reads the saved file when it starts again. Saving
+and starting a worker take turns (``_turn``), so a worker either started after the file
+was written or is among those told.
 """
 
 from __future__ import annotations
@@ -32,11 +39,15 @@ from relay.admin import (
     CommandTable,
     MetricsReply,
     ReloadReply,
+    RevokeReply,
     StatsReply,
     StatusReply,
 )
 from relay.config import Config, ListenAddress, load_config
+from relay.control import revocation_of
 from relay.errors import ConfigError, StartupError
+from relay.identity.revocation import Revocations
+from relay.identity.revocation_file import RevocationFile
 from relay.metrics import Snapshot, flow_stats, merge, render
 from relay.metrics_http import serve_metrics
 from relay.notify import notify
@@ -51,9 +62,11 @@ _HEALTHY_AFTER = 60.0  # a worker that lived this long starts over at the first 
 _ASK_TIMEOUT = 10.0
 _READY_TIMEOUT = 30.0
 #: commands every worker must carry out, answered ok only when all did
-_BROADCAST = ("keys refresh", "revoke", "cache purge", "log-level")
+_BROADCAST = ("keys refresh", "cache purge", "log-level")
 #: commands any one worker can answer for all
 _ANY_ONE = ("flows", "keys")
+#: how a revoke reply describes a worker between two lives
+_RESTARTING = "restarting: it reads the saved revocations before it serves"
 
 
 def _count(reply: Mapping[str, object], key: str) -> int:
@@ -67,6 +80,10 @@ class Worker:
         self.admin_path = admin_path
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
 
 
 async def ask(path: str, request: Mapping[str, object], timeout: float = _ASK_TIMEOUT) -> dict[str, object]:
@@ -94,6 +111,10 @@ class Supervisor:
         self._stopping = False
         self._stop = asyncio.Event()
         self._started = time.monotonic()
+        self._revocations = Revocations()
+        self._revocation_file = RevocationFile(config.server.state_dir)
+        #: held while the revocations file changes and while a worker is started
+        self._turn = asyncio.Lock()
 
     # --- sockets and processes ------------------------------------------------------------
 
@@ -115,7 +136,8 @@ class Supervisor:
         admin = server.admin_socket
         assert admin is not None
         self._workers = [
-            Worker(WorkerRole(n, worker_fds), worker_path(admin, n)) for n, worker_fds in enumerate(fds, 1)
+            Worker(WorkerRole(n, worker_fds, server.state_dir, os.getpid()), worker_path(admin, n))
+            for n, worker_fds in enumerate(fds, 1)
         ]
 
     @staticmethod
@@ -137,10 +159,11 @@ class Supervisor:
         backoff = _FIRST_BACKOFF
         while not self._stopping:
             started = time.monotonic()
-            worker.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "relay", "worker", "-c", self._config.path,
-                env=os.environ | worker.role.environment(), pass_fds=[s.fileno() for s in self._sockets],
-            )
+            async with self._turn:
+                worker.process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "relay", "worker", "-c", self._config.path,
+                    env=os.environ | worker.role.environment(), pass_fds=[s.fileno() for s in self._sockets],
+                )
             code = await worker.process.wait()
             if self._stopping:
                 return
@@ -170,6 +193,8 @@ class Supervisor:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        # a corrupt file stops relayd here, before any worker serves
+        self._revocations.restore(self._revocation_file.open(), time.time())
         self._bind()
         keepers = [loop.create_task(self._keep_running(worker)) for worker in self._workers]
         admin_path = self._config.server.admin_socket
@@ -256,6 +281,51 @@ class Supervisor:
         except (OSError, TimeoutError, ValueError) as exc:
             raise CommandError(f"a worker did not answer: {exc}") from None
 
+    async def revoke(self, request: AdminRequest) -> RevokeReply:
+        """Save the revocation, then have every live worker hold it; ok once all confirmed."""
+        kind, value, ttl = revocation_of(request)
+        async with self._turn:
+            try:
+                until = self._revocations.add(kind, value, ttl, time.time())
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            try:
+                await self._revocation_file.save(lambda: self._revocations.entries(time.time()))
+                unsaved = None
+            except OSError as exc:
+                unsaved = f"{self._revocation_file.path}: {exc.strerror or exc}"
+            told = [w for w in self._workers if w.alive]
+        answers = dict(zip(told, await asyncio.gather(*(self._tell(w, request) for w in told))))
+        rows: list[dict[str, object]] = []
+        problems = [] if unsaved is None else [f"not saved ({unsaved}): a restarted worker will not hold it"]
+        for worker in self._workers:
+            state = answers.get(worker, _RESTARTING)
+            rows.append({"id": worker.role.id, "pid": worker.process.pid if worker.process else None,
+                         "state": state})
+            if state != "revoked" and (state != _RESTARTING or unsaved is not None):
+                problems.append(f"worker {worker.role.id}: {state}")
+        reply = RevokeReply(ok=not problems, kind=kind, value=value, until=round(until, 3), workers=rows)
+        if problems:
+            reply["error"] = "; ".join(problems)
+        return reply
+
+    async def _tell(self, worker: Worker, request: AdminRequest) -> str:
+        """Have ``worker`` carry out ``request``: "revoked", or why not. A worker still
+        starting is waited for; one that died since reads the saved file when it restarts."""
+        deadline = time.monotonic() + _ASK_TIMEOUT
+        while worker.alive:
+            try:
+                reply = await ask(worker.admin_path, request, max(deadline - time.monotonic(), 0.1))
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    return f"no admin socket after {_ASK_TIMEOUT:g}s"
+                await asyncio.sleep(0.05)  # its admin socket is not up yet
+                continue
+            except (OSError, TimeoutError, ValueError) as exc:
+                return f"did not answer ({exc or type(exc).__name__})"
+            return "revoked" if reply.get("ok") else f"refused: {reply.get('error')}"
+        return _RESTARTING
+
     async def _render_metrics(self) -> bytes:
         try:
             return render(await self._snapshots())
@@ -317,7 +387,7 @@ class Supervisor:
             return CacheStatsReply(ok=True, cache=total)
 
         for name, handler in (("status", status), ("stats", stats), ("metrics", metrics), ("reload", reload),
-                              ("drain", drain), ("cache stats", cache_stats)):
+                              ("drain", drain), ("cache stats", cache_stats), ("revoke", self.revoke)):
             table.register(name, handler)
         for name in _BROADCAST:
             table.register(name, broadcast)

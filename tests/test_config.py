@@ -102,6 +102,7 @@ shutdown_grace = "0s"
 max_connections = 500
 trusted_proxies = ["unix", "127.0.0.1", "0:0::1"]
 strip_headers = ["X-Forwarded-User", "x-auth-request-*"]
+state_dir = "state"
 
 [audit]
 path = "-"
@@ -184,6 +185,7 @@ max_body = 0
         trusted_proxies=("unix", "127.0.0.1", "::1"),
         strip_headers=("x-forwarded-user", "x-auth-request-*"),
         identity_key=str(here / "var/lib/relay/identity-ed25519.pem"),
+        state_dir=str(here / "state"),
     )
     assert config.server.strip_exact == frozenset({"x-forwarded-user"})
     assert config.server.strip_prefixes == ("x-auth-request-",)
@@ -249,6 +251,7 @@ def test_defaults_fill_what_is_not_written(here: Path) -> None:
     assert config.server == ServerConfig(
         listen=(ListenAddress("127.0.0.1:0", "127.0.0.1", 0, None),),
         identity_key=os.path.abspath("var/lib/relay/identity-ed25519.pem"),  # relative paths resolve at load
+        state_dir=os.path.abspath("var/lib/relay"),
     )
     assert config.server.strip_headers == DEFAULT_STRIP
     assert config.server.strip_exact == frozenset(DEFAULT_STRIP)

@@ -159,11 +159,17 @@ class Authenticator:
 
     # -- operations (admin socket) ----------------------------------------------------
 
-    def revoke(self, kind: RevocationKind, value: str, ttl: float) -> None:
+    def revoke(self, kind: RevocationKind, value: str, ttl: float) -> float:
         """Refuse tokens with this jti, subject or kid for ``ttl`` seconds, cached ones
-        included; raises ValueError for a bad kind, value or ttl."""
-        self._revocations.add(kind, value, ttl, time.time())
+        included; returns when the revocation lapses. Raises ValueError for a bad kind,
+        value or ttl."""
+        until = self._revocations.add(kind, value, ttl, time.time())
         log.warning("revoked %s %r for %gs", kind, value, ttl)
+        return until
+
+    def restore(self, entries: list[RevocationEntry]) -> None:
+        """Hold revocations saved earlier (the state file), before serving."""
+        self._revocations.restore(entries, time.time())
 
     def revocations(self) -> list[RevocationEntry]:
         return self._revocations.entries(time.time())

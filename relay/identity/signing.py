@@ -2,8 +2,9 @@
 
 Downstream services verify those tokens with the JWKS from ``IdentitySigner.jwks()``
 (served at ``/.well-known/relay-jwks.json``). The key file is PKCS#8 PEM; when absent
-it is generated on first start, created 0600 so only relay's user can read it. The
-kid is the key's RFC 7638 thumbprint, so it changes exactly when the key does.
+it is generated on first start, created 0600 (in a 0700 directory made if missing) so
+only relay's user can read it. The kid is the key's RFC 7638 thumbprint, so it changes
+exactly when the key does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from relay.durable import write_temporary
 from relay.identity.claims import Identity
 from relay.identity.jose import b64url_encode
 
@@ -47,16 +49,13 @@ def _create(path: str) -> None:
     """Write a new key to ``path`` unless it exists. The key is written to a private
     temporary file first and linked into place, so workers starting together never
     read a half-written file and exactly one key wins."""
+    # a fresh install has no var/lib/relay yet: make it, private to relay's user
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())  # fmt: skip
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    temporary = write_temporary(path, pem)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
         os.link(temporary, path)
         log.info("generated relay's identity key in %s", path)
     except FileExistsError:

@@ -35,6 +35,7 @@ header_timeout = "2s"
 max_header_bytes = "16KiB"
 shutdown_grace = "10s"
 admin_socket = "{workdir / 'admin.sock'}"
+state_dir = "{workdir / 'state'}"
 
 [audit]
 path = "{workdir / 'audit.jsonl'}"
