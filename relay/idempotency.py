@@ -91,8 +91,9 @@ class Reservation:
         """The stored receipt when this request is a retry (422 if it is another request);
         else ``accept()``'s, which then answers the scope's retries."""
         if self.stored is not None:
+            receipt = self._claim.replay(*self.stored)
             self._store.replays += 1
-            return self._claim.replay(*self.stored)
+            return receipt
         receipt = await accept()
         if self._held:  # (a release meanwhile means the request was given up)
             self._held = False
