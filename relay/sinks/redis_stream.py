@@ -156,7 +156,10 @@ class RedisStreamSink:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batcher.submit(Op(b"a", key, [request.request_id, fingerprint, len(fields) // 2, *fields,
                                             len(entries), *entries], size, future))
-        answer = await self.answer_of(future)
+        try:
+            answer = await future
+        except BatchFailed as failed:
+            raise self.failure(failed) from None
         if answer[0] == b"added":
             self._added += len(entries)
             ids = [answer[1].decode("ascii"), answer[2].decode("ascii")] if entries else []
@@ -166,14 +169,11 @@ class RedisStreamSink:
             return self.replay(claim, answer[1])
         raise self._failures.record(BadGateway(f"Redis refused the entries: {answer[1].decode()}", self.name))
 
-    async def answer_of(self, future: asyncio.Future[Any]) -> Any:
-        """An op's answer; its batch's failure as the client's 503 or 502."""
-        try:
-            return await future
-        except BatchFailed as failed:
-            err = (ServiceUnavailable(failed.detail, self.name, retry_after=1) if failed.transient
-                   else BadGateway(failed.detail, self.name))
-            raise self._failures.record(err) from None
+    def failure(self, failed: BatchFailed) -> RelayError:
+        """The client's 503 (or 502) for an op whose batch failed; counted and logged."""
+        err = (ServiceUnavailable(failed.detail, self.name, retry_after=1) if failed.transient
+               else BadGateway(failed.detail, self.name))
+        return self._failures.record(err)
 
     def replay(self, claim: Claim, held: bytes) -> Receipt:
         """The answer to ``claim`` from the value its scope holds: 409 while another request
@@ -226,7 +226,10 @@ class RedisStreamDelivery:
         """Look at the reservation's answer: 409 if another request is in flight."""
         reserving, self._reserving = self._reserving, None
         assert reserving is not None
-        answer = await self._sink.answer_of(reserving)
+        try:
+            answer = await reserving
+        except BatchFailed as failed:
+            raise self._sink.failure(failed) from None
         if answer[0] == b"held":
             self._holds = False
             self._held = answer[1]
