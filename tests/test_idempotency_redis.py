@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,9 @@ from relay.errors import BadRequest, IdempotencyKeyInFlight, IdempotencyKeyReuse
 from relay.sinks.base import Receipt
 from relay.sinks.redis_stream import KEY_LEASE, RedisStreamSink
 from support.deliveries import deliver, request_for, run
-from support.redis import REDIS_SERVER, RedisServer
+from support.redis import REDIS_SERVER, RedisServer, server  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    running = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield running
-    running.stop()
 
 
 def new_sink(server: RedisServer, stream: str, **options: Any) -> RedisStreamSink:

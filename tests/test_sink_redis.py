@@ -26,16 +26,9 @@ from relay.sinks.redis_stream import RedisStreamSink
 from relay.timers import Deadlines
 from support import free_port, poll_until
 from support.deliveries import deliver, run
-from support.redis import REDIS_SERVER, RedisServer
+from support.redis import REDIS_SERVER, RedisServer, server  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    running = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield running
-    running.stop()
 
 
 @pytest.fixture
