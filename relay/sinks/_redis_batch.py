@@ -1,12 +1,13 @@
 """The redis-stream sink's requests, combined: one Lua call per batch, on one connection.
 
 A request hands its steps to the ``Batcher`` as ``Op``s: reserve an Idempotency-Key scope,
-add entries (settling the scope, if it has one), release a scope. While one batch is at
-Redis the next ops queue; when its answer is in, everything queued (up to
-``MAX_BATCH_BYTES``) goes as the next batch: one EVALSHA of ``SCRIPT``, which Redis runs
-as one atomic step, the ops in order. So concurrent requests share a round trip without
-any timer or delay (a lone op goes at once, on the loop's next turn), and each request is
-still answered only once Redis has answered its own op.
+add entries (settling the scope, if it has one), release a scope. Up to ``MAX_IN_FLIGHT``
+batches are at Redis at once, pipelined on the connection; meanwhile the next ops queue,
+and when an answer is in, everything queued (up to ``MAX_BATCH_BYTES``) goes as the next
+batch: one EVALSHA of ``SCRIPT``, which Redis runs as one atomic step, the ops in order
+(and the batches in the order they were sent). So concurrent requests share a round trip
+without any timer or delay (a lone op goes at once, on the loop's next turn), and each
+request is still answered only once Redis has answered its own op.
 
 Each op's future gets its own answer. A failure of a batch (connecting, its timeout, an
 error Redis answers for the whole script, a script started past its deadline) fails the
@@ -28,6 +29,9 @@ __all__ = ["BatchFailed", "Batcher", "Op", "SCRIPT"]
 
 #: a batch takes ops while their entries come to at most this many bytes (one op at least)
 MAX_BATCH_BYTES = 1024 * 1024
+#: batches at Redis at once, pipelined on the connection: while one is being run the next
+#: are on their way, so relay waits less for Redis
+MAX_IN_FLIGHT = 4
 #: the share of ``timeout`` within which Redis must begin a batch's script
 SCRIPT_SHARE = 0.75
 #: errors Redis answers for a whole script that pass (503, not 502)
@@ -144,7 +148,7 @@ class Op:
 
 
 class Batcher:
-    """Runs ops in batches on one connection to Redis, one batch at a time.
+    """Runs ops in batches on one connection to Redis, ``MAX_IN_FLIGHT`` at a time.
 
     Every op is answered (or failed) within ``timeout`` of being submitted: a batch's
     deadline is its oldest op's.
@@ -157,27 +161,32 @@ class Batcher:
         self._timeout = timeout
         self._fixed = (maxlen, ttl, lease_ms)
         self._queue: deque[Op] = deque()
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
+        #: a runner was started and has not taken its first batch yet (it will take what
+        #: is queued meanwhile, so no other is needed)
+        self._starting = False
         self._connection: RedisConnection | None = None
+        self._connecting: asyncio.Future[RedisConnection] | None = None
         self._closed = False
         #: batches sent, for stats
         self.batches = 0
 
     def submit(self, op: Op) -> None:
         self._queue.append(op)
-        if self._runner is None:
-            # the runner's first step comes after the callbacks already due, so the ops
+        if not self._starting and len(self._runners) < MAX_IN_FLIGHT:
+            # a runner's first step comes after the callbacks already due, so the ops
             # submitted on this turn of the loop go together
-            self._runner = asyncio.get_running_loop().create_task(self._run())
+            self._starting = True
+            runner = asyncio.get_running_loop().create_task(self._run())
+            self._runners.add(runner)
+            runner.add_done_callback(self._runners.discard)
 
     async def _run(self) -> None:
-        try:
-            while self._queue:
-                batch = self._take()
-                if batch:
-                    await self._execute(batch)
-        finally:
-            self._runner = None
+        self._starting = False
+        while self._queue:
+            batch = self._take()
+            if batch:
+                await self._execute(batch)
 
     def _take(self) -> list[Op]:
         batch: list[Op] = []
@@ -203,13 +212,17 @@ class Batcher:
             deadline_ms = int((time.time() + left - self._timeout * (1 - SCRIPT_SHARE)) * 1000)
             keys, args = self._arguments(batch, deadline_ms)
             large = any(op.size >= LARGE for op in batch)
+            connection = self._connection
             try:
                 async with asyncio.timeout(left):
-                    answer = await self._call(keys, args, large)
+                    if connection is None or connection.closed:
+                        connection = None
+                        connection = await self._connect()
+                    answer = await self._call(connection, keys, args, large)
             except TimeoutError:
-                raise self._broken(f"Redis did not answer within {self._timeout:g}s") from None
+                raise self._broken(connection, f"Redis did not answer within {self._timeout:g}s") from None
             except OSError as exc:  # ConnectionError included
-                raise self._broken(f"Redis is unavailable: {exc}") from None
+                raise self._broken(connection, f"Redis is unavailable: {exc}") from None
             results = self._results(answer, len(batch))
         except BatchFailed as failed:
             for op in batch:
@@ -232,10 +245,7 @@ class Batcher:
             args += op.args
         return keys, args
 
-    async def _call(self, keys: list[bytes], args: list[Any], large: bool) -> Any:
-        connection = self._connection
-        if connection is None or connection.closed:
-            connection = self._connection = await connect(self._address)
+    async def _call(self, connection: RedisConnection, keys: list[bytes], args: list[Any], large: bool) -> Any:
         self.batches += 1
         (answer,) = connection.call(self._pack((b"EVALSHA", _SHA, len(keys), *keys, *args), large))
         answer = await answer
@@ -245,15 +255,29 @@ class Batcher:
             answer = await answer
         return answer
 
+    async def _connect(self) -> RedisConnection:
+        """A new connection, shared by the runners that need one at the same time."""
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(connect(self._address))
+            self._connecting.add_done_callback(self._connected)
+        # shielded: a runner that gives up must not cut the others' connection short
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, connecting: asyncio.Future[RedisConnection]) -> None:
+        self._connecting = None
+        if not connecting.cancelled() and connecting.exception() is None:
+            self._connection = connecting.result()
+
     @staticmethod
     def _pack(parts: tuple[Part, ...], large: bool) -> bytes | list[bytes]:
         return pack_large(parts) if large else pack(*parts)
 
-    def _broken(self, detail: str) -> BatchFailed:
-        """The connection's state is unknown (an answer may still come): drop it."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+    def _broken(self, connection: RedisConnection | None, detail: str) -> BatchFailed:
+        """The batch's connection is in an unknown state (an answer may still come): drop it."""
+        if connection is not None:
+            connection.close()
+            if self._connection is connection:
+                self._connection = None
         return BatchFailed(detail, True)
 
     @staticmethod
@@ -270,10 +294,12 @@ class Batcher:
         return answer
 
     async def close(self) -> None:
-        """Let the batch in flight end; fail what is queued; close the connection."""
+        """Let the batches in flight end; fail what is queued; close the connection."""
         self._closed = True
-        if self._runner is not None:
-            await asyncio.wait([self._runner])
+        if self._runners:
+            await asyncio.wait(self._runners)
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._connection is not None:
             self._connection.close()
             self._connection = None
