@@ -50,10 +50,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from relay.config import FileSinkConfig
 from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
+from relay.idempotency import RecentReceipts, Reservation
 from relay.reply import Reply
 from relay.request import Request
 from relay.sinks._staging import MAX_RECORD_BYTES, STAGE_BYTES, NdjsonChecker, Staging, write_all
-from relay.idempotency import RecentReceipts, Reservation
 from relay.sinks.base import Receipt, SinkSlots, send_receipt
 from relay.timers import Deadlines
 
