@@ -177,16 +177,19 @@ class Batcher:
             # a runner's first step comes after the callbacks already due, so the ops
             # submitted on this turn of the loop go together
             self._starting = True
-            runner = asyncio.get_running_loop().create_task(self._run())
-            self._runners.add(runner)
-            runner.add_done_callback(self._runners.discard)
+            self._runners.add(asyncio.get_running_loop().create_task(self._run()))
 
     async def _run(self) -> None:
         self._starting = False
-        while self._queue:
-            batch = self._take()
-            if batch:
-                await self._execute(batch)
+        try:
+            while self._queue:
+                batch = self._take()
+                if batch:
+                    await self._execute(batch)
+        finally:
+            # at once, not in a done callback: until then submit would count this runner
+            # as busy, and an op could be left queued with no runner to take it
+            self._runners.discard(asyncio.current_task())
 
     def _take(self) -> list[Op]:
         batch: list[Op] = []
