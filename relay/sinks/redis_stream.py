@@ -67,8 +67,10 @@ __all__ = ["KEY_LEASE", "RedisStreamSink"]
 
 log = logging.getLogger("relay.sinks.redis_stream")
 
-#: seconds a request in flight holds its Idempotency-Key scope at most
-KEY_LEASE = 60.0
+#: seconds a request in flight holds its Idempotency-Key scope at most: short, since the
+#: retries of a request whose relayd died get 409 meanwhile; a request that takes longer
+#: loses only the early 409 for its duplicates (the adding step still adds at most once)
+KEY_LEASE = 10.0
 _LOG_EVERY = 10.0
 #: what an entry costs in a batch besides its bytes (its fields, framing)
 _ENTRY_COST = 64
