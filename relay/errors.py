@@ -72,6 +72,20 @@ class ExpectationFailed(RelayError):
     close_connection = True
 
 
+class IdempotencyKeyInFlight(RelayError):
+    """Another request with the same Idempotency-Key (in the same scope) is in flight."""
+
+    status = 409
+    code = "idempotency_key_in_flight"
+
+
+class IdempotencyKeyReused(RelayError):
+    """The Idempotency-Key (in its scope) was first used for a different request."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
 class PayloadTooLarge(RelayError):
     status = 413
     code = "body_too_large"

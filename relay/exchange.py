@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from relay.errors import BadGateway, RelayError, SinkError
 from relay.flowcontrol import NO_BODY, ClientGone
+from relay.idempotency import Claim
 from relay.reply import Reply
 from relay.request import Request
 from relay.sinks.base import Delivery, QuickDelivery, Receipt, Sink
@@ -193,6 +194,9 @@ class Exchange:
             for sink in flow.sinks:
                 sink.slots.take()
                 taken.append(sink)
+            key = request.headers.idempotency_key
+            if key is not None and flow.remembers_keys:
+                request.claim = Claim(request, key)
             await self._pump(request, flow.sinks)
         finally:
             for sink in taken:
@@ -206,10 +210,13 @@ class Exchange:
         try:
             deliveries += (tee.open(request, False, None) for tee in sinks[1:])
             body = request.body
+            claim = request.claim
             while not answering.stopped:
                 data = await body.read()
                 if not data:
                     break
+                if claim is not None:
+                    claim.feed(data)  # once per request, whatever the number of sinks
                 for delivery in deliveries:
                     await delivery.write(data)
             if sole:

@@ -25,7 +25,7 @@ class Flow:
 
     __slots__ = (
         "config", "name", "sink", "sinks", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
-        "issuers", "authorizer", "signer", "sends_identity",
+        "issuers", "authorizer", "signer", "sends_identity", "remembers_keys",
     )
 
     def __init__(
@@ -38,6 +38,8 @@ class Flow:
         self.sinks = (self.sink, *(sinks[name] for name in config.tee))
         #: the answering sink first, then the tees: the order receipts and failures are reported in
         self.sink_names = (config.sink, *config.tee)
+        #: a sink keeps Idempotency-Keys, so keyed requests' bodies are fingerprinted
+        self.remembers_keys = any(sink.remembers_keys for sink in self.sinks)
         self.max_body = config.max_body
         self.requires_token = config.auth == "jwt"
         self.issuers = config.issuers

@@ -8,6 +8,7 @@ from relay.flowcontrol import RequestBody
 
 if TYPE_CHECKING:
     from relay.fastpath import HeaderScan
+    from relay.idempotency import Claim
     from relay.identity import Identity
     from relay.policy import Flow
 
@@ -24,6 +25,7 @@ class Request:
     __slots__ = (
         "request_id", "method", "version", "forward_target", "route_path", "headers",
         "flow", "client", "body", "keep_alive", "head_only", "received_at", "identity",
+        "claim",
     )
 
     def __init__(
@@ -56,6 +58,8 @@ class Request:
         self.received_at = received_at
         #: the verified caller, for flows that require a token
         self.identity = identity
+        #: its Idempotency-Key, scoped and bound, once delivery begins (see relay.idempotency)
+        self.claim: Claim | None = None
 
     @property
     def has_body(self) -> bool:

@@ -9,11 +9,7 @@ the deliveries that are still open.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import orjson
@@ -73,6 +69,9 @@ class Sink(Protocol):
 
     name: str
     slots: SinkSlots
+    #: the sink keeps Idempotency-Keys itself (and needs each keyed request's ``claim``);
+    #: an HTTP sink passes the key on to its upstream instead
+    remembers_keys: bool
 
     def relay_now(self, request: Request, reply: Reply,
                   on_done: Callable[[BaseException | None], None]) -> QuickDelivery | None:
@@ -135,80 +134,3 @@ class SinkSlots:
 
     def give_back(self) -> None:
         self.taken -= 1
-
-
-# --- idempotency ------------------------------------------------------------------------
-
-
-def idempotency_scope(request: Request) -> tuple[bytes, bytes] | None:
-    """``(flow name, Idempotency-Key)`` when the client sent a key: keys are per flow."""
-    key = request.headers.idempotency_key
-    if not key:
-        return None
-    return request.flow.name.encode("ascii"), key
-
-
-class RecentReceipts:
-    """Receipts of recently accepted requests by Idempotency-Key, for sinks with no store.
-
-    Holds at most ``capacity`` keys, each for ``ttl`` seconds (the oldest are forgotten
-    first). It lives in one process's memory: it is lost on restart and not shared between
-    the workers of a multi-process relayd, so a retry after a restart, or one that another
-    worker serves, is accepted again. Keys are kept as SHA-256 digests, so a long key costs
-    no more memory than a short one.
-    """
-
-    def __init__(self, capacity: int, ttl: float) -> None:
-        self._capacity = capacity
-        self._ttl = ttl
-        self._done: OrderedDict[bytes, tuple[float, Receipt]] = OrderedDict()  # oldest first
-        self._pending: dict[bytes, asyncio.Future[None]] = {}
-        #: requests answered with a stored receipt instead of being accepted again
-        self.replays = 0
-
-    async def once(self, scope: tuple[bytes, bytes], accept: Callable[[], Awaitable[Receipt]]) -> Receipt:
-        """The receipt stored for ``scope``; else ``accept()``'s, stored if it succeeds.
-
-        A request whose key is being accepted right now waits for that one to end, then
-        replays its receipt (or, if it failed, accepts its own body).
-        """
-        flow, key = scope
-        digest = hashlib.sha256(b"%d:%s:%s" % (len(flow), flow, key)).digest()
-        while True:
-            stored = self._lookup(digest)
-            if stored is not None:
-                self.replays += 1
-                return stored
-            pending = self._pending.get(digest)
-            if pending is None:
-                break
-            await asyncio.shield(pending)  # our cancellation must not fail the other request
-        self._pending[digest] = done = asyncio.get_running_loop().create_future()
-        try:
-            receipt = await accept()
-            self._store(digest, receipt)
-            return receipt
-        finally:
-            del self._pending[digest]
-            done.set_result(None)
-
-    def _lookup(self, digest: bytes) -> Receipt | None:
-        entry = self._done.get(digest)
-        if entry is None:
-            return None
-        stored_at, receipt = entry
-        if time.monotonic() - stored_at > self._ttl:
-            del self._done[digest]
-            return None
-        return receipt
-
-    def _store(self, digest: bytes, receipt: Receipt) -> None:
-        now = time.monotonic()
-        self._done[digest] = (now, receipt)
-        self._done.move_to_end(digest)
-        # entries are in storing order, so the expired and the surplus are at the front
-        while self._done:
-            oldest_at, _ = next(iter(self._done.values()))
-            if len(self._done) <= self._capacity and now - oldest_at <= self._ttl:
-                break
-            self._done.popitem(last=False)

@@ -29,10 +29,12 @@ that can take the lock at once (a page-cache copy, far cheaper than a thread han
 ``fsync = "interval"`` an fsync is due ``fsync_interval`` after the first unsynced append,
 run by the shared deadline sweep.
 
-A request with an ``Idempotency-Key`` whose key (in its flow) was accepted in the last
-``idempotency_ttl`` is not appended again: it gets the first one's receipt. The keys are
-remembered in memory only (``RecentReceipts``): the last ``IDEMPOTENCY_KEYS`` of them, per
-worker process, forgotten on restart.
+A request with an ``Idempotency-Key`` is held to it as ``relay.idempotency`` says: a retry
+of a request accepted in the last ``idempotency_ttl`` gets the first one's receipt and is
+not appended again; another request under the same key (and caller) gets 422, and one
+while the first is in flight 409. The keys are remembered in memory only
+(``RecentReceipts``): the last ``IDEMPOTENCY_KEYS`` of them, per worker process, forgotten
+on restart.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 from relay.config import FileSinkConfig
 from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
+from relay.idempotency import RecentReceipts, Reservation
 from relay.reply import Reply
 from relay.request import Request
 from relay.sinks._staging import MAX_RECORD_BYTES, STAGE_BYTES, NdjsonChecker, Staging, write_all
-from relay.sinks.base import Receipt, RecentReceipts, SinkSlots, idempotency_scope, send_receipt
+from relay.sinks.base import Receipt, SinkSlots, send_receipt
 from relay.timers import Deadlines
 
 __all__ = [
@@ -303,6 +306,8 @@ class FileSink:
     body went to (a later rotation renames it). The file is opened at the first request.
     """
 
+    remembers_keys = True
+
     def __init__(self, config: FileSinkConfig, deadlines: Deadlines) -> None:
         self.name = config.name
         self.slots = SinkSlots(config.name, config.max_in_flight)
@@ -314,7 +319,7 @@ class FileSink:
         self._staging_prefix = f".{self._basename}."
         self._lock = asyncio.Lock()  # appends queue here rather than each holding a thread
         self._closed = False
-        #: receipts by Idempotency-Key, so a retried request is not appended twice
+        #: receipts by Idempotency-Key scope, so a retried request is not appended twice
         self.recent = RecentReceipts(IDEMPOTENCY_KEYS, config.idempotency_ttl)
         #: loop time a periodic fsync is due (fsync = "interval"), 0.0 for none
         self.deadline = 0.0
@@ -394,13 +399,15 @@ class FileSink:
 class FileDelivery:
     """One request's body staged for ``FileSink``; appended when the body is complete."""
 
-    __slots__ = ("_sink", "_request", "_checker", "_staging")
+    __slots__ = ("_sink", "_request", "_reservation", "_checker", "_staging")
 
     stopped = False  # a file takes the whole body
 
     def __init__(self, sink: FileSink, request: Request) -> None:
         self._sink = sink
         self._request = request
+        claim = request.claim
+        self._reservation: Reservation | None = None if claim is None else sink.recent.reserve(claim)  # or 409
         self._checker = NdjsonChecker() if sink.config.format == "ndjson" else None
         self._staging = sink.new_staging()
 
@@ -416,10 +423,9 @@ class FileDelivery:
         try:
             if self._checker is not None and self._checker.finish():
                 await self._staging.add(b"\n")
-            scope = idempotency_scope(self._request)
-            if scope is None:
+            if self._reservation is None:
                 return await self._sink.append(self._staging)
-            return await self._sink.recent.once(scope, lambda: self._sink.append(self._staging))
+            return await self._reservation.once(lambda: self._sink.append(self._staging))
         except OSError as exc:
             raise self._sink.disk_failure(exc) from None
         finally:
@@ -431,4 +437,6 @@ class FileDelivery:
 
     def abort(self) -> None:
         self._staging.discard()
+        if self._reservation is not None:
+            self._reservation.release()
 

@@ -28,6 +28,8 @@ _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 
 
 class HttpSink:
+    remembers_keys = False  # the upstream gets the Idempotency-Key
+
     def __init__(self, config: HttpSinkConfig, deadlines: Deadlines) -> None:
         self.name = config.name
         self.config = config

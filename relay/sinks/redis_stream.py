@@ -12,32 +12,37 @@ entry. Every entry has these fields:
     idempotency_key  the client's Idempotency-Key, when it sent one
 
 Nothing reaches Redis before the whole body has arrived and passed its checks, so the body
-is held in memory meanwhile (the flow's ``max_body`` bounds it). Then one Lua script adds
-all of the request's entries (XADD, with ``MAXLEN ~ maxlen`` when ``maxlen`` is set) as
-one atomic step: no other client's entry falls between them, and a request that fails
-adds none. The receipt is ``{"stream", "ids": [first, last], "records"}``, so
-``XRANGE stream first last`` returns exactly the request's entries (until trimmed); a
-record-mode body without records adds nothing and gets ``"ids": []``.
+is held in memory meanwhile (the flow's ``max_body`` bounds it). Then all of the request's
+entries are added (XADD, with ``MAXLEN ~ maxlen`` when ``maxlen`` is set) as one atomic
+step: no other client's entry falls between them, and a request that fails adds none.
+The receipt is ``{"stream", "ids": [first, last], "records"}``, so ``XRANGE stream first
+last`` returns exactly the request's entries (until trimmed); a record-mode body without
+records adds nothing and gets ``"ids": []``. Concurrent requests' steps travel together,
+one Lua call per batch on one connection (``relay.sinks._redis_batch``); each request is
+answered once its own entries are acknowledged.
 
-Idempotency: with an ``Idempotency-Key`` the same script first looks for the key
-``STREAM:idempotency:FLOW:KEY``. If it is there, nothing is added and the receipt stored
-in it is the answer; if not, the entries are added and the key is set, for
-``idempotency_ttl``, in the same step.
+Idempotency (``relay.idempotency``): a request with an ``Idempotency-Key`` reserves its
+scope in Redis, in ``STREAM:idempotency:FLOW:SCOPE`` (SCOPE the hex digest of flow,
+caller and key), as soon as it starts; every worker sees it. The reservation is held for
+at most ``KEY_LEASE`` seconds (relayd may die mid-request); meanwhile another request in
+the scope gets 409. The step that adds the entries settles the scope, atomically, with
+the request's fingerprint and receipt, for ``idempotency_ttl``: a retry gets the receipt
+(nothing added), another request under the key 422. A request that fails releases its
+reservation. Should a reservation have lapsed, the adding step still decides alone: it
+adds only to a scope that is free or held by its own request.
 
-Failures: every call to Redis (waiting for a pooled connection, connecting, running the
-script) must end within ``timeout``, else the client gets 503 with Retry-After, whether
-Redis refused, reset, was stopped or is slow. A stalled Redis may still run a script it
-received after relay gave up, so the script carries a deadline and adds nothing once
-``_SCRIPT_SHARE`` of ``timeout`` has passed by Redis's clock (which must agree with
-relay's to well within the rest of ``timeout``). So a 503 means nothing was added, unless
-Redis began the script in time but took longer than the rest of ``timeout`` to run it and
-answer: a retry with an Idempotency-Key is always safe. Errors Redis answers are 502 (the
-key holds another type, ...), except the transient ones (out of memory, loading, busy
-script, read-only replica), which are 503. Failures are counted in ``stats()`` and logged,
-at most one line per ``_LOG_EVERY`` seconds per sink.
-
-The pool holds at most ``POOL_SIZE`` connections; a request waits for a free one within its
-``timeout``. Nothing is retried: a failed call is the client's 503, and the client decides.
+Failures: every request's steps (connecting included) must be answered within ``timeout``
+of being handed over, else the client gets 503 with Retry-After, whether Redis refused,
+reset, was stopped or is slow. A stalled Redis may still run a script it received after
+relay gave up, so the script carries a deadline and adds nothing once ``SCRIPT_SHARE`` of
+``timeout`` has passed by Redis's clock (which must agree with relay's to well within the
+rest of ``timeout``). So a 503 means nothing was added, unless Redis began the script in
+time but took longer than the rest of ``timeout`` to run it and answer: a retry with an
+Idempotency-Key is always safe. Errors Redis answers are 502 (the key holds another type,
+...), except the transient ones (out of memory, loading, busy script, read-only replica),
+which are 503. Failures are counted in ``stats()`` and logged, at most one line per
+``_LOG_EVERY`` seconds per sink. Nothing is retried: a failed call is the client's 503,
+and the client decides.
 """
 
 from __future__ import annotations
@@ -45,102 +50,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
-
-from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
-from redis.asyncio.retry import Retry
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from relay.config import RedisStreamSinkConfig
-from relay.errors import BadGateway, RelayError, ServiceUnavailable
+from relay.errors import BadGateway, IdempotencyKeyInFlight, RelayError, ServiceUnavailable
+from relay.idempotency import Claim
 from relay.reply import Reply
 from relay.request import Request
+from relay.sinks._redis_batch import BatchFailed, Batcher, Op
+from relay.sinks._resp import RedisAddress
 from relay.sinks._staging import NdjsonChecker
-from relay.sinks.base import Receipt, SinkSlots, idempotency_scope, send_receipt
+from relay.sinks.base import Receipt, SinkSlots, send_receipt
 
-__all__ = ["POOL_SIZE", "RedisStreamSink"]
+__all__ = ["KEY_LEASE", "RedisStreamSink"]
 
 log = logging.getLogger("relay.sinks.redis_stream")
-T = TypeVar("T")
 
-#: connections one sink keeps to Redis at most (Redis runs scripts one at a time anyway)
-POOL_SIZE = 16
-#: the share of ``timeout`` within which Redis must begin a request's script
-_SCRIPT_SHARE = 0.75
+#: seconds a request in flight holds its Idempotency-Key scope at most: short, since the
+#: retries of a request whose relayd died get 409 meanwhile; a request that takes longer
+#: loses only the early 409 for its duplicates (the adding step still adds at most once)
+KEY_LEASE = 10.0
 _LOG_EVERY = 10.0
-_TRANSIENT = (
-    redis_errors.ConnectionError,  # refused, reset, loading, no free connection
-    redis_errors.TimeoutError,
-    redis_errors.OutOfMemoryError,
-    redis_errors.ReadOnlyError,
-    redis_errors.TryAgainError,
-    redis_errors.MasterDownError,
-)
-
-# KEYS[1] the stream; KEYS[2] the idempotency key, if any.
-# ARGV[1] deadline (Unix ms), ARGV[2] idempotency ttl (s), ARGV[3] maxlen (0: none),
-# ARGV[4] n, ARGV[5 .. 4+2n] the fields every entry shares, then one "data" per entry.
-# Answers {"added", first id, last id}, {"seen", "first last records"} or {"late"}.
-_ADD_SCRIPT = """
-local now = redis.call('TIME')
-if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[1]) then
-  return {'late'}
-end
-local dedupe = KEYS[2]
-if dedupe then
-  local seen = redis.call('GET', dedupe)
-  if seen then return {'seen', seen} end
-end
-local xadd = {'XADD', KEYS[1]}
-if ARGV[3] ~= '0' then
-  xadd[#xadd + 1] = 'MAXLEN'
-  xadd[#xadd + 1] = '~'
-  xadd[#xadd + 1] = ARGV[3]
-end
-xadd[#xadd + 1] = '*'
-xadd[#xadd + 1] = 'data'
-local slot = #xadd + 1
-local shared = 4 + 2 * tonumber(ARGV[4])
-for i = 5, shared do xadd[slot + i - 4] = ARGV[i] end
-local first, last
-for i = shared + 1, #ARGV do
-  xadd[slot] = ARGV[i]
-  last = redis.call(unpack(xadd))
-  first = first or last
-end
-if dedupe then
-  redis.call('SET', dedupe, first .. ' ' .. last .. ' ' .. (#ARGV - shared), 'EX', ARGV[2])
-end
-return {'added', first, last}
-"""
-
-
-async def _within(timeout: float, call: Coroutine[Any, Any, T]) -> T:
-    """``call``'s result, or TimeoutError once ``timeout`` has passed, whatever ``call`` does.
-
-    ``asyncio.timeout`` alone is not enough: redis-py sometimes loses the cancellation (a
-    request waiting for a pooled connection goes on to connect and read with a timeout of
-    its own), so the call runs as a task of its own, which is cancelled and left to end by
-    itself. Should it still reach Redis, its script's deadline has passed and it adds nothing.
-    """
-    task = asyncio.ensure_future(call)
-    try:
-        done, _ = await asyncio.wait((task,), timeout=timeout)
-    finally:
-        if not task.done():
-            task.cancel()
-            task.add_done_callback(_forget)
-    if not done:
-        raise TimeoutError
-    return task.result()
-
-
-def _forget(task: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned call's outcome, so asyncio does not log it as never retrieved."""
-    if not task.cancelled():
-        task.exception()
+#: what an entry costs in a batch besides its bytes (its fields, framing)
+_ENTRY_COST = 64
 
 
 class _Failures:
@@ -172,22 +105,16 @@ class _Failures:
 class RedisStreamSink:
     """Adds each request's records (or body) to ``config.stream`` (see the module docstring)."""
 
+    remembers_keys = True
+
     def __init__(self, config: RedisStreamSinkConfig) -> None:
         self.name = config.name
         self.slots = SinkSlots(config.name, config.max_in_flight)
         self.config = config
         self._stream = config.stream.encode("utf-8")
         self._stream_name = config.stream
-        self._pool = BlockingConnectionPool.from_url(
-            config.url,
-            max_connections=POOL_SIZE,
-            timeout=config.timeout,
-            socket_timeout=config.timeout,
-            socket_connect_timeout=config.timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._redis = Redis(connection_pool=self._pool)
-        self._add = self._redis.register_script(_ADD_SCRIPT)
+        self._batcher = Batcher(RedisAddress.from_url(config.url), self._stream, config.timeout,
+                                config.maxlen or 0, int(config.idempotency_ttl), int(KEY_LEASE * 1000))
         self._failures = _Failures(config.name)
         self._added = 0
         self._replays = 0
@@ -199,64 +126,81 @@ class RedisStreamSink:
     def open(self, request: Request, answers: bool, reply: Reply | None) -> RedisStreamDelivery:
         return RedisStreamDelivery(self, request)
 
-    async def add(self, request: Request, entries: list[bytes]) -> Receipt:
-        """Add ``entries`` as one atomic step; the receipt says which ids they got."""
-        if not entries:
+    # --- the steps of a request ------------------------------------------------------
+
+    def _scope_key(self, request: Request, claim: Claim) -> bytes:
+        return b"%s:idempotency:%s:%s" % (self._stream, request.flow.name.encode("utf-8"), claim.scope.hex().encode())
+
+    def reserve(self, request: Request, claim: Claim) -> asyncio.Future[Any]:
+        """Hold ``claim``'s scope for ``request``: the future's answer is ``[b"ok"]``, or
+        ``[b"held", value]`` when another request holds or settled it."""
+        future = asyncio.get_running_loop().create_future()
+        self._batcher.submit(Op(b"r", self._scope_key(request, claim), [request.request_id], 0, future))
+        return future
+
+    def release(self, request: Request, claim: Claim) -> None:
+        """Free the scope if ``request`` still holds it (nobody waits for the answer)."""
+        self._batcher.submit(Op(b"x", self._scope_key(request, claim), [request.request_id], 0, None))
+
+    async def add(self, request: Request, entries: list[bytes], claim: Claim | None) -> Receipt:
+        """Add ``entries`` as one atomic step (settling ``claim``'s scope, if any); the
+        receipt says which ids they got."""
+        if not entries and claim is None:
             return {"stream": self._stream_name, "ids": [], "records": 0}
-        keys = [self._stream]
-        shared = [b"request_id", request.request_id.encode("ascii"), b"flow", request.flow.name.encode("ascii")]
+        fields = [b"request_id", request.request_id, b"flow", request.flow.name]
         if request.identity is not None:
-            shared += (b"subject", request.identity.subject.encode("utf-8"))
-        scope = idempotency_scope(request)
-        if scope is not None:
-            flow, key = scope
-            keys.append(b"%s:idempotency:%s:%s" % (self._stream, flow, key))
-            shared += (b"idempotency_key", key)
-        timeout = self.config.timeout
-        deadline_ms = int((time.time() + timeout * _SCRIPT_SHARE) * 1000)
-        head = [deadline_ms, int(self.config.idempotency_ttl), self.config.maxlen or 0, len(shared) // 2]
+            fields += (b"subject", request.identity.subject)
+        key, fingerprint = None, b""
+        if claim is not None:
+            fields += (b"idempotency_key", claim.key)
+            key, fingerprint = self._scope_key(request, claim), claim.fingerprint
+        size = sum(map(len, entries)) + _ENTRY_COST * len(entries)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batcher.submit(Op(b"a", key, [request.request_id, fingerprint, len(fields) // 2, *fields,
+                                            len(entries), *entries], size, future))
         try:
-            answer = await _within(timeout, self._add(keys=keys, args=[*head, *shared, *entries]))
-        except TimeoutError:
-            raise self._unavailable(f"Redis did not answer within {timeout:g}s") from None
-        except _TRANSIENT as exc:
-            raise self._unavailable(f"Redis is unavailable: {exc}") from None
-        except redis_errors.RedisError as exc:
-            if str(exc).startswith("BUSY"):
-                raise self._unavailable(f"Redis is busy: {exc}") from None
-            raise self._failures.record(BadGateway(f"Redis refused the entries: {exc}", self.name)) from None
-        return self._receipt(answer, len(entries))
+            answer = await future
+        except BatchFailed as failed:
+            raise self.failure(failed) from None
+        if answer[0] == b"added":
+            self._added += len(entries)
+            ids = [answer[1].decode("ascii"), answer[2].decode("ascii")] if entries else []
+            return {"stream": self._stream_name, "ids": ids, "records": len(entries)}
+        if answer[0] == b"held":
+            assert claim is not None
+            return self.replay(claim, answer[1])
+        raise self._failures.record(BadGateway(f"Redis refused the entries: {answer[1].decode()}", self.name))
 
-    def _receipt(self, answer: list[bytes], records: int) -> Receipt:
-        outcome = answer[0]
-        if outcome == b"added":
-            self._added += records
-            ids = [answer[1].decode("ascii"), answer[2].decode("ascii")]
-        elif outcome == b"seen":
-            self._replays += 1
-            first, last, count = answer[1].decode("ascii").split(" ")
-            ids, records = [first, last], int(count)
-        else:
-            raise self._unavailable("Redis began the script after its deadline (stalled, or its clock "
-                                    "is ahead of relay's): nothing was added")
-        return {"stream": self._stream_name, "ids": ids, "records": records}
+    def failure(self, failed: BatchFailed) -> RelayError:
+        """The client's 503 (or 502) for an op whose batch failed; counted and logged."""
+        err = (ServiceUnavailable(failed.detail, self.name, retry_after=1) if failed.transient
+               else BadGateway(failed.detail, self.name))
+        return self._failures.record(err)
 
-    def _unavailable(self, detail: str) -> RelayError:
-        return self._failures.record(ServiceUnavailable(detail, self.name, retry_after=1))
+    def replay(self, claim: Claim, held: bytes) -> Receipt:
+        """The answer to ``claim`` from the value its scope holds: 409 while another request
+        holds it, else the settled receipt (or 422, see ``Claim.replay``)."""
+        if held[:1] != b"d":
+            raise IdempotencyKeyInFlight("a request with this Idempotency-Key is in flight")
+        count, *ids = held[33:].decode("ascii").split(" ")
+        receipt = claim.replay(held[1:33], {"stream": self._stream_name, "ids": ids, "records": int(count)})
+        self._replays += 1
+        return receipt
 
     def stats(self) -> dict[str, int]:
-        """Counters: entries added, requests answered from an idempotency key, failures."""
-        return {"added": self._added, "replays": self._replays, "failures": self._failures.count}
+        """Counters: entries added, requests answered from an idempotency key, failures,
+        batches sent to Redis."""
+        return {"added": self._added, "replays": self._replays, "failures": self._failures.count,
+                "batches": self._batcher.batches}
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        await self._pool.aclose()
+        await self._batcher.close()
 
 
 class RedisStreamDelivery:
     """One request's body, held until it is complete, then added to the stream."""
 
-    __slots__ = ("_sink", "_request", "_checker", "_pieces")
+    __slots__ = ("_sink", "_request", "_checker", "_pieces", "_claim", "_reserving", "_held", "_holds")
 
     stopped = False  # a stream takes the whole body
 
@@ -265,11 +209,34 @@ class RedisStreamDelivery:
         self._request = request
         self._checker = NdjsonChecker() if sink.config.entry == "record" else None
         self._pieces: list[bytes] = []
+        self._claim = claim = request.claim
+        #: the reservation of the claim's scope, until its answer is looked at
+        self._reserving = None if claim is None else sink.reserve(request, claim)
+        #: what the scope held when this request tried to reserve it (None: it was free)
+        self._held: bytes | None = None
+        #: this request may hold its scope (reserved, or not known to have failed to)
+        self._holds = claim is not None
 
     async def write(self, data: bytes) -> None:
+        if self._reserving is not None and self._reserving.done():
+            await self._reserved()  # a 409 fails the request before the rest of the body
         if self._checker is not None:
             self._checker.feed(data)
         self._pieces.append(data)
+
+    async def _reserved(self) -> None:
+        """Look at the reservation's answer: 409 if another request is in flight."""
+        reserving, self._reserving = self._reserving, None
+        assert reserving is not None
+        try:
+            answer = await reserving
+        except BatchFailed as failed:
+            raise self._sink.failure(failed) from None
+        if answer[0] == b"held":
+            self._holds = False
+            self._held = answer[1]
+            if answer[1][:1] != b"d":
+                raise IdempotencyKeyInFlight("a request with this Idempotency-Key is in flight")
 
     async def finish(self) -> Receipt:
         pieces, self._pieces = self._pieces, []
@@ -282,7 +249,16 @@ class RedisStreamDelivery:
             entries = body.split(b"\n")
             if not entries[-1]:
                 entries.pop()  # what follows the final "\n" (the checker refused empty lines)
-        return await self._sink.add(self._request, entries)
+        claim = self._claim
+        if claim is None:
+            return await self._sink.add(self._request, entries, None)
+        if self._reserving is not None:
+            await self._reserved()
+        if self._held is not None:
+            return self._sink.replay(claim, self._held)
+        receipt = await self._sink.add(self._request, entries, claim)
+        self._holds = False
+        return receipt
 
     async def answer(self, reply: Reply, receipts: Mapping[str, Receipt]) -> None:
         records = self._checker.records if self._checker is not None else None
@@ -290,3 +266,14 @@ class RedisStreamDelivery:
 
     def abort(self) -> None:
         self._pieces = []
+        if self._holds:
+            assert self._claim is not None
+            self._holds = False
+            # after the reservation in the ops' order, so it frees what that took (if it did)
+            self._sink.release(self._request, self._claim)
+        reserving = self._reserving
+        if reserving is not None:
+            if not reserving.done():
+                reserving.cancel()  # not sent, if its batch has not left yet
+            elif not reserving.cancelled():
+                reserving.exception()  # its failure, if any, is this request's no more

@@ -12,6 +12,8 @@ from relay.sinks.base import Receipt, SinkSlots
 class StaticSink:
     """Serves ``body`` as ``content_type``; takes no request body."""
 
+    remembers_keys = False
+
     def __init__(self, name: str, body: bytes, content_type: bytes) -> None:
         self.name = name
         self.slots = SinkSlots(name, 1 << 30)  # a constant answer: no limit of its own

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import redis
 
 from .procs import Service, free_port, poll_until
@@ -83,3 +85,11 @@ class RedisServer:
         if self.paused:
             self.resume()  # a stopped process would sit on SIGTERM until SIGKILL
         self.service.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for a test module (its tests keep to streams of their own)."""
+    running = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield running
+    running.stop()
