@@ -50,6 +50,7 @@ from relay.errors import ConfigError
 _MODE = re.compile(r"0?[0-7]{3}")
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _KiB = 1024
+_GiB = 1024**3
 _TiB = 1024**4
 _DAY = 86400.0
 
@@ -88,7 +89,8 @@ def _server(root: Table) -> ServerConfig:
     t = _section(root, "server", (
         "listen", "workers", "admin_socket", "socket_mode", "max_header_bytes", "header_timeout",
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
-        "identity_key", "state_dir", "max_in_flight", "max_loop_lag", "metrics_listen",
+        "identity_key", "state_dir", "max_in_flight", "max_loop_lag", "metrics_listen", "min_body_rate",
+        "body_rate_window", "request_timeout", "send_timeout",
     ))
     workers = t.integer("workers", _SERVER.workers, 1, 64)
     if workers > 1 and not t.has("admin_socket"):
@@ -101,6 +103,10 @@ def _server(root: Table) -> ServerConfig:
         max_header_bytes=t.size("max_header_bytes", _SERVER.max_header_bytes, _KiB, 1024 * _KiB),
         header_timeout=t.duration("header_timeout", _SERVER.header_timeout, 0.001, _DAY),
         idle_timeout=t.duration("idle_timeout", _SERVER.idle_timeout, 0.001, _DAY),
+        min_body_rate=t.size("min_body_rate", _SERVER.min_body_rate, 0, _GiB),
+        body_rate_window=t.duration("body_rate_window", _SERVER.body_rate_window, 0.1, 3600.0),
+        request_timeout=t.duration("request_timeout", _SERVER.request_timeout, 0.0, _DAY),
+        send_timeout=t.duration("send_timeout", _SERVER.send_timeout, 0.001, _DAY),
         shutdown_grace=t.duration("shutdown_grace", _SERVER.shutdown_grace, 0.0, _DAY),
         max_connections=t.integer("max_connections", _SERVER.max_connections, 1, 1_000_000),
         max_in_flight=t.integer("max_in_flight", _SERVER.max_in_flight, 1, 1_000_000),

@@ -68,6 +68,14 @@ class ServerConfig:
     max_header_bytes: int = 16 * 1024
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
+    #: a request body must average at least this many bytes/s over each ``body_rate_window``
+    #: (Apache mod_reqtimeout's MinRate); 0 still needs one byte a window
+    min_body_rate: int = 500
+    body_rate_window: float = 20.0
+    #: the whole request, head and body, must arrive within this (0 = no limit)
+    request_timeout: float = 0.0
+    #: a client that takes no byte of its answer for this long is cut off (nginx's send_timeout)
+    send_timeout: float = 60.0
     shutdown_grace: float = 30.0  # SIGTERM: time left to in-flight requests
     max_connections: int = 10000
     #: requests one process handles at once; past it new ones get 503 before their body is read

@@ -49,8 +49,14 @@ class ServerContext:
 
     def apply(self, server: ServerConfig) -> None:
         self.max_header_bytes = server.max_header_bytes
-        self.header_timeout = server.header_timeout
+        request_timeout = server.request_timeout
+        # a head cannot take longer than the whole request may
+        self.header_timeout = min(server.header_timeout, request_timeout or server.header_timeout)
         self.idle_timeout = server.idle_timeout
+        self.request_timeout = request_timeout
+        self.min_body_rate = float(server.min_body_rate)
+        self.body_rate_window = server.body_rate_window
+        self.send_timeout = server.send_timeout
         self.max_connections = server.max_connections
         self.max_in_flight = server.max_in_flight
         self.max_loop_lag = server.max_loop_lag

@@ -66,6 +66,17 @@ class RequestTimeout(RelayError):
     close_connection = True
 
 
+class BodyTimeout(RequestTimeout):
+    """The request's body came too slowly, or the whole request took too long."""
+
+    code = "request_timeout"
+
+    def __init__(self, detail: str, reason: str) -> None:
+        super().__init__(detail)
+        #: the audit reason: body_too_slow or request_timeout
+        self.reason = reason
+
+
 class ExpectationFailed(RelayError):
     status = 417
     code = "expectation_failed"

@@ -33,7 +33,7 @@ log = logging.getLogger("relay.exchange")
 class Exchange:
     __slots__ = (
         "_ctx", "request", "reply", "_error", "_raw_target", "_in_step", "_task", "_on_done", "outcome",
-        "failed_sink", "_quick", "sink_seconds",
+        "failed_sink", "_quick", "sink_seconds", "_gone_as",
     )
 
     def __init__(
@@ -62,6 +62,8 @@ class Exchange:
         #: how long the sink took to accept, when it answered from callbacks (the general
         #: path counts its sinks' latencies itself)
         self.sink_seconds: float | None = None
+        #: the audit reason should the client go (or be cut off) before the end
+        self._gone_as = "client_gone"
 
     @classmethod
     def rejected(
@@ -98,14 +100,16 @@ class Exchange:
         # a done callback, not a finally: it also runs for a task cancelled before it began
         self._task.add_done_callback(self._finished)
 
-    def client_gone(self) -> None:
+    def client_gone(self, reason: str = "client_gone") -> None:
+        """The client's connection is gone; ``reason`` says why, for the audit record."""
+        self._gone_as = reason
         if self._task is not None and not self._task.done():
             self._task.cancel()
         quick, self._quick = self._quick, None
         if quick is not None:
             quick.abort()
             self._give_back_quick_slot()
-            self.outcome = "client_gone"
+            self.outcome = self._gone_as
             self.reply.keep_alive = False
             self._done()
 
@@ -168,7 +172,7 @@ class Exchange:
         except RelayError as err:
             self._refuse(err)
         except (ClientGone, asyncio.CancelledError):
-            self.outcome = "client_gone"
+            self.outcome = self._gone_as
             self.reply.keep_alive = False
         except Exception:
             log.exception("request %s failed unexpectedly", self.reply.request_id)
@@ -177,7 +181,7 @@ class Exchange:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
-            self.outcome = "client_gone"
+            self.outcome = self._gone_as
             self.reply.keep_alive = False
         self._done()
 

@@ -25,34 +25,56 @@ class ClientGone(Exception):
 
 
 class ReadGate:
-    """Counted, idempotent pause/resume of one transport's reading."""
+    """Counted, idempotent pause/resume of one transport's reading.
 
-    __slots__ = ("_transport", "_pausers")
+    It also keeps the time reading stayed paused, so the client's deadlines can leave out
+    the time relay itself was not reading (``client_clock``).
+    """
 
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
+    __slots__ = ("_transport", "_pausers", "_time", "_paused_at", "paused_for")
+
+    def __init__(self, transport: asyncio.BaseTransport, time: Callable[[], float]) -> None:
         self._transport = transport
         self._pausers: set[str] = set()
+        self._time = time
+        self._paused_at = 0.0
+        #: seconds reading was paused, over the pauses that have ended
+        self.paused_for = 0.0
 
     def pause(self, who: str) -> None:
         if not self._pausers:
             self._transport.pause_reading()  # type: ignore[attr-defined]
+            self._paused_at = self._time()
         self._pausers.add(who)
 
     def resume(self, who: str) -> None:
         if who in self._pausers:
             self._pausers.discard(who)
-            if not self._pausers and not self._transport.is_closing():
-                self._transport.resume_reading()  # type: ignore[attr-defined]
+            if not self._pausers:
+                self._resumed()
 
     def release_all(self) -> None:
         """Resume reading whoever paused it (the connection is only drained from now on)."""
-        self._pausers.clear()
+        if self._pausers:
+            self._pausers.clear()
+            self._resumed()
+        elif not self._transport.is_closing():
+            self._transport.resume_reading()  # type: ignore[attr-defined]
+
+    def _resumed(self) -> None:
+        self.paused_for += self._time() - self._paused_at
         if not self._transport.is_closing():
             self._transport.resume_reading()  # type: ignore[attr-defined]
 
     @property
     def paused(self) -> bool:
         return bool(self._pausers)
+
+    def client_clock(self, now: float) -> float:
+        """``now`` less all the time reading was paused: the time the client had to send."""
+        if self._pausers:
+            return self._paused_at - self.paused_for
+        return now - self.paused_for
 
 
 class RequestBody:

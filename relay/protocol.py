@@ -23,6 +23,7 @@ import httptools
 
 from relay.errors import (
     BadRequest,
+    BodyTimeout,
     ExpectationFailed,
     Forbidden,
     HeadersTooLarge,
@@ -39,6 +40,7 @@ from relay.exchange import Exchange
 from relay.fastpath import HeaderScan, scan_headers
 from relay.flowcontrol import NO_BODY, ClientGone, ReadGate, RequestBody
 from relay.identity import Identity
+from relay.pacing import BodyPace, SendWatch
 from relay.paths import normalize_path
 from relay.reply import Reply
 from relay.request import Request
@@ -76,7 +78,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_ctx", "_unix", "_trusted_peer", "_peer", "_transport", "_parser", "_gate", "_state",
         "_url", "_headers", "_head_size", "_head_bytes", "_parsing", "_active", "_queue", "_closed",
-        "_write_paused", "deadline",
+        "_write_paused", "deadline", "_begun", "_body_pace", "_send_watch", "_gone_as",
     )
 
     def __init__(self, ctx: ServerContext, unix: bool) -> None:
@@ -100,12 +102,17 @@ class ClientConnection(asyncio.Protocol):
         self._closed = False
         self._write_paused = False
         self.deadline = 0.0
+        self._begun = 0.0  # the current request's first byte, on the client's clock (see ReadGate)
+        self._body_pace: BodyPace | None = None    # made for the first body that takes more than one read
+        self._send_watch: SendWatch | None = None  # made when output first backs up
+        #: the audit reason for exchanges cut short when the connection goes
+        self._gone_as = "client_gone"
 
     # --- connection lifecycle ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._gate = ReadGate(transport)
+        self._gate = ReadGate(transport, self._ctx.loop.time)
         ctx = self._ctx
         if not ctx.admit(self):
             transport.write(error_response(Overloaded("too many connections"), "-", False))  # type: ignore[attr-defined]
@@ -122,16 +129,19 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._ctx.release(self)
+        if self._send_watch is not None:
+            self._ctx.deadlines.unwatch(self._send_watch)
         request = self._parsing
         if request is not None:
             request.body.fail(ClientGone())
         for exchange in (self._active, *self._queue):
             if exchange is not None:
-                exchange.client_gone()
+                exchange.client_gone(self._gone_as)
         self._queue.clear()
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._watch_sending()
         if self._active is not None:
             self._active.reply.client_paused()
 
@@ -145,22 +155,67 @@ class ClientConnection(asyncio.Protocol):
         if self._closed:
             return
         if self._state == LINGER:
-            self._transport.close()
+            self._close()
         elif self._state == HEAD:
-            self._fail(RequestTimeout("request head not received in time"))
-        elif self._state == BODY:
             if self._gate.paused:
-                # relay itself stopped reading (a slow sink): not the client's fault, look again later
-                self.deadline = self._ctx.loop.time() + self._ctx.idle_timeout
+                # a pipelined head waits while relay is not reading: not the client's fault
+                self.deadline = self._ctx.loop.time() + self._ctx.header_timeout
             else:
-                self._fail(RequestTimeout("request body stalled"))
+                self._fail(RequestTimeout("request head not received in time"))
+        elif self._state == BODY:
+            self._pace_body(False)
         elif self._active is None:
-            self._transport.close()  # an idle keep-alive connection: close quietly
+            self._close()  # an idle keep-alive connection: close quietly
+
+    def _pace_body(self, starting: bool) -> None:
+        """Judge how the body is coming (see BodyPace); set the deadline of the next look."""
+        ctx = self._ctx
+        now = ctx.loop.time()
+        clock = self._gate.client_clock(now)
+        request = self._parsing
+        received = request.body.received if request is not None else 0
+        pace = self._body_pace
+        if pace is None:
+            pace = self._body_pace = BodyPace()
+        try:
+            if starting:
+                wait = pace.start(ctx.min_body_rate, ctx.body_rate_window, ctx.request_timeout,
+                                  self._begun, clock, received)
+            else:
+                wait = pace.check(clock, received)
+        except BodyTimeout as err:
+            self._fail(err)
+            return
+        self.deadline = now + wait
+
+    def _watch_sending(self) -> None:
+        """Output is backing up: from now on the client must take some of it every send_timeout."""
+        watch = self._send_watch
+        if watch is None:
+            if self._closed:
+                return
+            watch = self._send_watch = SendWatch(self._transport, self._ctx.loop.time, self._send_timed_out)
+            self._ctx.deadlines.watch(watch)
+        watch.arm(self._ctx.send_timeout)
+
+    def _send_timed_out(self) -> None:
+        if not self._closed:
+            log.debug("client took nothing for %gs: connection dropped", self._ctx.send_timeout)
+            self._gone_as = "send_timeout"
+            self._transport.abort()  # close() would wait for the bytes the client does not take
+
+    def _close(self) -> None:
+        """Close once what was written has gone out; a client that does not take it is cut
+        off after send_timeout."""
+        transport = self._transport
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._watch_sending()
 
     def close_if_idle(self) -> None:
         """Close the connection if no request is in progress (used when draining)."""
         if self._active is None and self._state == IDLE and not self._closed:
-            self._transport.close()
+            self._close()
 
     @property
     def busy(self) -> bool:
@@ -192,8 +247,8 @@ class ClientConnection(asyncio.Protocol):
         if self._state == HEAD:
             if self._head_bytes > self._ctx.max_header_bytes + _READ_SLACK:
                 self._fail(HeadersTooLarge("request head too large"))
-        elif self._state == BODY:
-            self.deadline = self._ctx.loop.time() + self._ctx.idle_timeout
+        elif self._state == BODY and not self.deadline:
+            self._pace_body(True)  # the body takes more than this read: from now on it is paced
 
     # httptools callbacks
 
@@ -202,7 +257,11 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_size = 0
-        self.deadline = self._ctx.loop.time() + self._ctx.header_timeout
+        now = self._ctx.loop.time()
+        # the client's clock (ReadGate.client_clock) in short: reading cannot have been
+        # paused long before this, as no byte is read while it is
+        self._begun = now - self._gate.paused_for
+        self.deadline = now + self._ctx.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -375,7 +434,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if not exchange.reply.keep_alive:
             self._state = DEAD
-            self._transport.close()
+            self._close()
             return
         if self._queue:
             nxt = self._queue.popleft()
@@ -404,7 +463,7 @@ class ClientConnection(asyncio.Protocol):
         if self._closed or transport.is_closing():
             return
         if not transport.can_write_eof():
-            transport.close()
+            self._close()
             return
         transport.write_eof()
         self._gate.release_all()

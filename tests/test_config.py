@@ -98,6 +98,10 @@ socket_mode = "0600"
 max_header_bytes = "32KiB"
 header_timeout = "5s"
 idle_timeout = "2m"
+min_body_rate = "1KiB"
+body_rate_window = "10s"
+request_timeout = "5m"
+send_timeout = "30s"
 shutdown_grace = "0s"
 max_connections = 500
 trusted_proxies = ["unix", "127.0.0.1", "0:0::1"]
@@ -180,6 +184,10 @@ max_body = 0
         max_header_bytes=32 * 1024,
         header_timeout=5.0,
         idle_timeout=120.0,
+        min_body_rate=1024,
+        body_rate_window=10.0,
+        request_timeout=300.0,
+        send_timeout=30.0,
         shutdown_grace=0.0,
         max_connections=500,
         trusted_proxies=("unix", "127.0.0.1", "::1"),
@@ -425,6 +433,12 @@ BAD = [
                  "cannot read duration", id="duration-garbage"),
     pytest.param(doc(server=SERVER + '\nheader_timeout = "0s"  # HERE'), "server.header_timeout", "out of range",
                  id="duration-zero"),
+    pytest.param(doc(server=SERVER + '\nbody_rate_window = "50ms"  # HERE'), "server.body_rate_window", "out of range",
+                 id="body-rate-window-range"),
+    pytest.param(doc(server=SERVER + '\nmin_body_rate = "fast"  # HERE'), "server.min_body_rate", "cannot read size",
+                 id="min-body-rate-garbage"),
+    pytest.param(doc(server=SERVER + '\nsend_timeout = "0s"  # HERE'), "server.send_timeout", "out of range",
+                 id="send-timeout-zero"),
     pytest.param(doc(server=SERVER + '\nmax_header_bytes = "2MiB"  # HERE'), "server.max_header_bytes",
                  "2MiB is out of range (1KiB .. 1MiB)", id="size-range"),
     pytest.param(doc(server=SERVER + '\nmax_header_bytes = "16kb"  # HERE'), "server.max_header_bytes",

@@ -79,7 +79,8 @@ class _RelaySide(asyncio.Protocol):
         self.body: RequestBody | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.body = RequestBody(ReadGate(transport), self._max_bytes, complete=self._length == 0)
+        gate = ReadGate(transport, asyncio.get_running_loop().time)
+        self.body = RequestBody(gate, self._max_bytes, complete=self._length == 0)
 
     def data_received(self, data: bytes) -> None:
         assert self.body is not None

@@ -15,6 +15,7 @@ answer (the options combine):
 
     status=N      answer with this status (default 200)
     body=echo     send the request body back; body=N sends pattern(N)
+    fill=N        send N bytes of b"f" instead, made as they go out (answers of any size)
     te=chunked    frame the answer chunked instead of with Content-Length
     delay=S       wait S seconds (after reading the body) before answering
     read_delay=S  read the body slowly: S seconds between 64 KiB reads
@@ -186,6 +187,17 @@ def frame(body: bytes, chunked: bool) -> Iterator[bytes]:
     yield b"0\r\n\r\n"
 
 
+def filled(size: int, chunked: bool) -> Iterator[bytes]:
+    """``size`` bytes of b"f" in READ_SIZE pieces, framed like ``frame``; never held whole."""
+    block = b"f" * READ_SIZE
+    while size:
+        piece = block[: min(size, READ_SIZE)]
+        size -= len(piece)
+        yield b"%x\r\n" % len(piece) + piece + b"\r\n" if chunked else piece
+    if chunked:
+        yield b"0\r\n\r\n"
+
+
 def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
     """Handle one request; returns whether the connection may carry another."""
     head = read_head(reader)
@@ -231,14 +243,15 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
     else:
         body = pattern(int(options.get("body", "0")))
     chunked = options.get("te") == "chunked"
+    fill = int(options.get("fill", "0"))
     keep_alive = "close" not in ",".join(header(headers, "Connection")).lower()
     status = int(options.get("status", "200"))
     lines = [f"HTTP/1.1 {status} Upstream", f"X-Upstream-Seq: {seq}",
              "Content-Type: application/octet-stream",
-             "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}",
+             "Transfer-Encoding: chunked" if chunked else f"Content-Length: {fill or len(body)}",
              "Connection: keep-alive" if keep_alive else "Connection: close"]
     conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    for piece in frame(body, chunked):
+    for piece in filled(fill, chunked) if fill else frame(body, chunked):
         conn.sendall(piece)
     return keep_alive
 
