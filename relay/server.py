@@ -81,6 +81,12 @@ class Server:
         if config.server.admin_socket is not None:
             admin = AdminServer(config.server.admin_socket, frozenset(), build_commands(self))
         metrics_server: asyncio.AbstractServer | None = None
+        # before the sockets accept: a client or supervisor seeing relayd listen may signal it
+        # at once, and a SIGTERM must then drain, not kill
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, audit.reopen)
         try:
             await self._bind(config.server)
             if admin is not None:
@@ -96,10 +102,6 @@ class Server:
         self._watch_gauges(lag)
         lag.start()
         deadlines.start()
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGINT, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        loop.add_signal_handler(signal.SIGUSR1, audit.reopen)
         log.info("relayd serving on %s", ", ".join(a.spec for a in config.server.listen))
         if self._role is None:
             notify("READY=1")
