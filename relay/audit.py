@@ -26,8 +26,9 @@ A write that fails leaves the file and the chain as they were (see ``audit_file`
 records stay pending and are retried every ``_RETRY`` until the disk takes them, and a
 ``"reason": "audit_resumed"`` record then says since when they were late and how many
 were lost past ``_MAX_PENDING``. Meanwhile, with ``on_failure = "refuse"``, new requests
-are refused (503, see ``ServerContext.overloaded``) and a held answer that is not an
-error is replaced by a 503 (``audit_unavailable``), as is its record; with
+are refused (503 ``audit_unavailable``, see ``ServerContext.overloaded``) and a held
+answer that is not an error is replaced by that 503, its record saying so (``"reason":
+"audit_withheld"``); with
 ``"continue"`` the answers go out and the failure is logged and counted.
 """
 
@@ -329,7 +330,7 @@ def _withdrawn(item: dict[str, Any] | ExchangeNote) -> dict[str, Any] | Exchange
         return item
     (ts, request_id, _, _, flow, method, path, client, sink, failed_sink,
      bytes_in, _, seconds, identity, sink_seconds) = item
-    return (ts, request_id, 503, "audit_unavailable", flow, method, path, client, sink, failed_sink,
+    return (ts, request_id, 503, "audit_withheld", flow, method, path, client, sink, failed_sink,
             bytes_in, 0, seconds, identity, sink_seconds)
 
 
