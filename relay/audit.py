@@ -121,7 +121,10 @@ class AuditLog:
         self.flush()
         if self._file.regular:
             self._file.close()
-            self._open()
+            try:
+                self._open()
+            except OSError as exc:
+                self._failed(exc)  # the retries open it
 
     # --- noting records ------------------------------------------------------------------
 
@@ -242,10 +245,17 @@ class AuditLog:
             self.refusing = self._refuse
             log.error("audit log cannot be written (%s); %d records wait, retried every %g s%s", exc,
                       len(self._pending), _RETRY, "; refusing requests" if self._refuse else "")
-        self._retry = self._loop.call_later(_RETRY, self._try_again)
+        if self._retry is None:
+            self._retry = self._loop.call_later(_RETRY, self._try_again)
 
     def _try_again(self) -> None:
         self._retry = None
+        if not self._file.is_open:
+            try:
+                self._open()
+            except OSError as exc:
+                self._failed(exc)
+                return
         self._write()
 
     def _resumed(self) -> None:

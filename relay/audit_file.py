@@ -17,6 +17,7 @@ line the chain goes on from.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -107,9 +108,15 @@ class AuditFile:
             end = start
         return 0
 
+    @property
+    def is_open(self) -> bool:
+        return self._fd >= 0
+
     def append(self, data: bytes) -> None:
         """Append ``data`` whole; on OSError the file is left as it was (as far as it can be)."""
         fd = self._fd
+        if fd < 0:
+            raise OSError(errno.EBADF, "the audit log could not be opened")
         if self._torn:
             os.ftruncate(fd, self._size)
             self._torn = False

@@ -11,6 +11,7 @@ import resource
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -50,6 +51,15 @@ def records(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+def log_of(path: Path, loop: asyncio.AbstractEventLoop, count: int, **config: Any) -> AuditLog:
+    """An audit log at ``path`` holding records ``{"n": 0}`` … ``{"n": count - 1}``."""
+    audit = AuditLog(AuditConfig(path=str(path), **config), loop)
+    for n in range(count):
+        audit.record({"n": n})
+    audit.flush()
+    return audit
+
+
 def run_until(loop: asyncio.AbstractEventLoop, condition: object, timeout: float = 5.0) -> None:
     """Run ``loop`` until ``condition()`` holds (its timers firing as they fall due)."""
     assert callable(condition)
@@ -64,10 +74,7 @@ def run_until(loop: asyncio.AbstractEventLoop, condition: object, timeout: float
 def test_a_write_cut_short_leaves_the_file_whole_and_is_retried(
         tmp_path: Path, loop: asyncio.AbstractEventLoop, size_limit: None) -> None:
     path = tmp_path / "audit.jsonl"
-    audit = AuditLog(AuditConfig(path=str(path)), loop)
-    for n in range(3):
-        audit.record({"n": n})
-    audit.flush()
+    audit = log_of(path, loop, 3)
     before = path.read_bytes()
     cap_files_at(len(before) + 100)  # room for about two of the next 40 records
     for n in range(3, 43):
@@ -104,10 +111,7 @@ def test_continue_keeps_serving_while_the_records_wait(
 def test_a_torn_last_line_is_cut_kept_and_recorded(tmp_path: Path, loop: asyncio.AbstractEventLoop,
                                                    torn: bytes) -> None:
     path = tmp_path / "audit.jsonl"
-    audit = AuditLog(AuditConfig(path=str(path)), loop)
-    for n in range(4):
-        audit.record({"n": n})
-    audit.close()
+    log_of(path, loop, 4).close()
     whole = path.read_bytes()
     with open(path, "ab") as f:
         f.write(torn)  # what a writer killed mid-line leaves
@@ -143,8 +147,6 @@ def test_a_log_that_is_all_torn_starts_a_chain_with_its_repair(tmp_path: Path,
 
 def test_an_intact_log_is_left_alone_at_start(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
     path = tmp_path / "audit.jsonl"
-    audit = AuditLog(AuditConfig(path=str(path)), loop)
-    audit.record({"n": 0})
-    audit.close()
+    log_of(path, loop, 1).close()
     AuditLog(AuditConfig(path=str(path)), loop).close()
     assert len(records(path)) == 1 and not (tmp_path / "audit.jsonl.torn").exists()

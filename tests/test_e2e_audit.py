@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,13 @@ def kill_9(relayd: Relayd) -> None:
     relayd.stop()  # forgets it
 
 
+def kill_9_and_verify(relayd: Relayd, log: Path) -> None:
+    """kill -9 relayd; its audit log must verify all the same."""
+    kill_9(relayd)
+    checked = audit_verify(log)
+    assert checked.returncode == 0, checked.stderr
+
+
 def acknowledged_id(response_status: int, request_id: str | None) -> str:
     assert response_status == 200 and request_id
     return request_id
@@ -66,9 +73,8 @@ def test_acknowledged_requests_are_in_the_log_after_kill_9(workdir: Path, upstre
         for _ in range(30):
             response = conn.read_response()
             acked.append(acknowledged_id(response.status, response.get("X-Relay-Request-Id")))
-    kill_9(relayd)
+    kill_9_and_verify(relayd, log)
     assert set(acked) <= logged_ids(log)
-    assert audit_verify(log).returncode == 0
 
 
 def test_a_streamed_answer_is_recorded_before_its_head_goes(workdir: Path, upstream: Upstream) -> None:
@@ -87,7 +93,8 @@ def test_a_streamed_answer_is_recorded_before_its_head_goes(workdir: Path, upstr
     request_id = next(v for k, _, v in (line.partition(": ") for line in lines) if k == "X-Relay-Request-Id")
     record = next(r for r in records(log) if r.get("request_id") == request_id)
     assert (record["status"], record["streamed"], record["bytes_out"]) == (200, True, None)
-    assert audit_verify(log).returncode == 0
+    checked = audit_verify(log)
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_a_torn_tail_is_cut_at_start_and_the_repair_verifies(workdir: Path, upstream: Upstream) -> None:
@@ -172,12 +179,23 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def on_full_disk(workdir: Path, upstream: Upstream, mount: Path, on_failure: str) -> Relayd:
-    config = relay_config(workdir, upstream.url).replace(
-        f'[audit]\npath = "{workdir / "audit.jsonl"}"',
-        f'[audit]\npath = "{mount / "audit.jsonl"}"\non_failure = "{on_failure}"')
-    assert str(mount) in config
-    return Relayd(workdir, config)
+@pytest.fixture
+def on_small_fs(workdir: Path, upstream: Upstream, small_fs: Path) -> Iterator[Callable[[str], Relayd]]:
+    """Starts relayd with its audit log on the small tmpfs and ``audit.on_failure`` as given;
+    stops each one before the tmpfs goes."""
+    started: list[Relayd] = []
+
+    def start(on_failure: str) -> Relayd:
+        config = relay_config(workdir, upstream.url).replace(
+            f'[audit]\npath = "{workdir / "audit.jsonl"}"',
+            f'[audit]\npath = "{small_fs / "audit.jsonl"}"\non_failure = "{on_failure}"')
+        assert str(small_fs) in config
+        started.append(Relayd(workdir, config))
+        return started[-1]
+
+    yield start
+    for relayd in started:
+        relayd.stop()
 
 
 def get(relayd: Relayd, target: str) -> tuple[int, str, str | None]:
@@ -185,82 +203,72 @@ def get(relayd: Relayd, target: str) -> tuple[int, str, str | None]:
     return response.status, response.get("X-Relay-Request-Id") or "", response.get("Retry-After")
 
 
-def test_a_full_disk_refuses_until_space_returns(workdir: Path, upstream: Upstream, small_fs: Path) -> None:
+def filled_under(on_small_fs: Callable[[str], Relayd], small_fs: Path, on_failure: str) -> tuple[Relayd, Path]:
+    """relayd after a first request, and the filler that then took all space under its log."""
+    relayd = on_small_fs(on_failure)
+    assert get(relayd, "/data/first")[0] == 200
+    return relayd, fill(small_fs)
+
+
+def until_refused(relayd: Relayd, prefix: str) -> list[tuple[int, str, str | None]]:
+    """Requests until one is not a 200 (the log's last page may take a few more records)."""
+    answers = []
+    for n in range(200):
+        answers.append(get(relayd, f"{prefix}{n}"))
+        if answers[-1][0] != 200:
+            break
+    return answers
+
+
+def test_a_full_disk_refuses_until_space_returns(upstream: Upstream, small_fs: Path,
+                                                 on_small_fs: Callable[[str], Relayd]) -> None:
     log = small_fs / "audit.jsonl"
-    relayd = on_full_disk(workdir, upstream, small_fs, "refuse")
-    try:
-        answers = [get(relayd, f"/data/full-{n}") for n in range(3)]
-        filler = fill(small_fs)
-        # the log's last page may take a few more records; then the disk refuses
-        for n in range(3, 200):
-            answers.append(get(relayd, f"/data/full-{n}"))
-            if answers[-1][0] != 200:
-                break
-        refused = [(status, retry) for status, _, retry in answers if status != 200]
-        assert refused == [(503, "1")]
-        shed = [get(relayd, f"/data/shed-{n}") for n in range(20)]
-        assert {(status, retry) for status, _, retry in shed} == {(503, "1")}
+    relayd, filler = filled_under(on_small_fs, small_fs, "refuse")
+    answers = until_refused(relayd, "/data/full-")
+    refused = [(status, retry) for status, _, retry in answers if status != 200]
+    assert refused == [(503, "1")]
+    shed = [get(relayd, f"/data/shed-{n}") for n in range(20)]
+    assert {(status, retry) for status, _, retry in shed} == {(503, "1")}
 
-        filler.unlink()  # space is back: relay recovers by itself
-        poll_until(lambda: get(relayd, "/data/recovered")[0] == 200 or None, 10, "relayd to relay again")
-        answers.append(get(relayd, "/data/after"))
-        kill_9(relayd)
+    filler.unlink()  # space is back: relay recovers by itself
+    poll_until(lambda: get(relayd, "/data/recovered")[0] == 200 or None, 10, "relayd to relay again")
+    answers.append(get(relayd, "/data/after"))
+    kill_9_and_verify(relayd, log)
 
-        ok_ids = {rid for status, rid, _ in answers if status == 200}
-        written = records(log)
-        assert ok_ids <= logged_ids(log)  # no 2xx without its record
-        by_path = {r.get("path"): r for r in written}
-        reached = {r["target"] for r in upstream.records() if r["target"].startswith(("/data/full-", "/data/shed-"))}
-        assert reached and all(target in by_path for target in reached)  # nothing relayed without a record
-        assert not any(target.startswith("/data/shed-") for target in reached)  # shed before the upstream
-        withheld = [r for r in written if r.get("reason") == "audit_withheld"]
-        assert len(withheld) == 1 and withheld[0]["status"] == 503  # the answer held when the write failed
-        assert withheld[0]["request_id"] == next(rid for status, rid, _ in answers if status == 503)
-        resumed = [r for r in written if r.get("reason") == "audit_resumed"]
-        assert len(resumed) == 1 and resumed[0]["lost"] == 0
-        checked = audit_verify(log)
-        assert checked.returncode == 0, checked.stderr
-    finally:
-        relayd.stop()
+    ok_ids = {rid for status, rid, _ in answers if status == 200}
+    written = records(log)
+    assert ok_ids <= logged_ids(log)  # no 2xx without its record
+    by_path = {r.get("path"): r for r in written}
+    reached = {r["target"] for r in upstream.records() if r["target"].startswith(("/data/full-", "/data/shed-"))}
+    assert reached and all(target in by_path for target in reached)  # nothing relayed without a record
+    assert not any(target.startswith("/data/shed-") for target in reached)  # shed before the upstream
+    withheld = [r for r in written if r.get("reason") == "audit_withheld"]
+    assert len(withheld) == 1 and withheld[0]["status"] == 503  # the answer held when the write failed
+    assert withheld[0]["request_id"] == next(rid for status, rid, _ in answers if status == 503)
+    resumed = [r for r in written if r.get("reason") == "audit_resumed"]
+    assert len(resumed) == 1 and resumed[0]["lost"] == 0
 
 
-def test_continue_serves_on_a_full_disk_and_writes_the_records_later(workdir: Path, upstream: Upstream,
-                                                                     small_fs: Path) -> None:
+def test_continue_serves_on_a_full_disk_and_writes_the_records_later(small_fs: Path,
+                                                                     on_small_fs: Callable[[str], Relayd]) -> None:
     log = small_fs / "audit.jsonl"
-    relayd = on_full_disk(workdir, upstream, small_fs, "continue")
-    try:
-        get(relayd, "/data/first")
-        filler = fill(small_fs)
-        answers = [get(relayd, f"/data/cont-{n}") for n in range(60)]
-        assert {status for status, _, _ in answers} == {200}
-        assert not {rid for _, rid, _ in answers} <= logged_ids(log)  # some wait for space
-        filler.unlink()
-        ids = {rid for _, rid, _ in answers}
-        poll_until(lambda: ids <= logged_ids(log) or None, 10, "the waiting records to be written")
-        kill_9(relayd)
-        checked = audit_verify(log)
-        assert checked.returncode == 0, checked.stderr
-    finally:
-        relayd.stop()
+    relayd, filler = filled_under(on_small_fs, small_fs, "continue")
+    answers = [get(relayd, f"/data/cont-{n}") for n in range(60)]
+    assert {status for status, _, _ in answers} == {200}
+    assert not {rid for _, rid, _ in answers} <= logged_ids(log)  # some wait for space
+    filler.unlink()
+    ids = {rid for _, rid, _ in answers}
+    poll_until(lambda: ids <= logged_ids(log) or None, 10, "the waiting records to be written")
+    kill_9_and_verify(relayd, log)
 
 
-def test_a_restart_on_a_full_disk_serves_once_space_returns(workdir: Path, upstream: Upstream,
-                                                          small_fs: Path) -> None:
+def test_a_restart_on_a_full_disk_serves_once_space_returns(small_fs: Path,
+                                                          on_small_fs: Callable[[str], Relayd]) -> None:
     log = small_fs / "audit.jsonl"
-    relayd = on_full_disk(workdir, upstream, small_fs, "refuse")
-    try:
-        get(relayd, "/data/one")
-        filler = fill(small_fs)
-        for n in range(200):
-            if get(relayd, f"/data/until-{n}")[0] != 200:
-                break
-        kill_9(relayd)  # with records pending
-        assert audit_verify(log).returncode == 0  # nothing torn was left behind
-        relayd = on_full_disk(workdir, upstream, small_fs, "refuse")
-        filler.unlink()
-        poll_until(lambda: get(relayd, "/data/back")[0] == 200 or None, 10, "relayd to relay again")
-        kill_9(relayd)
-        checked = audit_verify(log)
-        assert checked.returncode == 0, checked.stderr
-    finally:
-        relayd.stop()
+    relayd, filler = filled_under(on_small_fs, small_fs, "refuse")
+    assert until_refused(relayd, "/data/until-")[-1][0] == 503
+    kill_9_and_verify(relayd, log)  # with records pending: nothing torn was left behind
+    relayd = on_small_fs("refuse")
+    filler.unlink()
+    poll_until(lambda: get(relayd, "/data/back")[0] == 200 or None, 10, "relayd to relay again")
+    kill_9_and_verify(relayd, log)
