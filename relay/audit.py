@@ -107,7 +107,6 @@ class AuditLog:
         #: new requests are refused: records cannot be written and on_failure = "refuse"
         self.refusing = False
         self.write_failures = 0
-        self.records_lost = 0
         self._file = AuditFile(config, loop)
         self._open()
 
@@ -125,6 +124,11 @@ class AuditLog:
                 self._open()
             except OSError as exc:
                 self._failed(exc)  # the retries open it
+
+    @property
+    def pending(self) -> int:
+        """Records noted and not yet written."""
+        return len(self._pending)
 
     # --- noting records ------------------------------------------------------------------
 
@@ -284,7 +288,6 @@ class AuditLog:
         excess = len(self._pending) - _MAX_PENDING
         if excess > 0:
             del self._pending[_MAX_PENDING:]
-            self.records_lost += excess
             assert self._outage is not None
             self._outage.lost += excess
 
