@@ -152,7 +152,7 @@ class AuditLog:
             if self._commit is None:
                 self._commit = self._loop.call_soon(self.flush)
             return True
-        if len(pending) >= _FLUSH_RECORDS:
+        if len(pending) >= _FLUSH_RECORDS and self._outage is None:
             self.flush()
         elif self._timer is None:
             self._timer = self._loop.call_later(_FLUSH_INTERVAL, self.flush)
@@ -164,8 +164,7 @@ class AuditLog:
         seconds = 0.0 if request is None else time.monotonic() - request.received_at
         self._pending.append(_note(exchange, seconds, -1))
         self._held.append((exchange, self._written + len(self._pending) - 1))
-        if self._commit is None:
-            self._commit = self._loop.call_soon(self.flush)
+        self._schedule()
 
     def _schedule(self) -> None:
         if self.holds_answers:
