@@ -76,6 +76,13 @@ SCENARIOS: list[Scenario] = [
     Scenario("floor", "uvloop + httptools floor proxy", systems.floor_proxy, HELLO, PLAIN),
     Scenario("floor-chain", "lighttpd → floor proxy (Unix) → upstream", systems.floor_chain, HELLO, PLAIN),
     *_token_scenarios("RS256"),
+    # what writing each record before its answer costs: the same loads, records written after
+    Scenario("relayd-RS256-batched", "relayd, one RS256 token, audit batched",
+             partial(systems.relayd_direct, auth="RS256", commit="batched"), HELLO, one_token("RS256"), "RS256",
+             relay=True),
+    Scenario("relay-chain-RS256-batched", "lighttpd → relayd, one RS256 token, audit batched",
+             partial(systems.relay_chain, auth="RS256", commit="batched"), HELLO, one_token("RS256"), "RS256",
+             relay=True),
     *_token_scenarios("ES256"),
     Scenario("upload-lighttpd-chain", "64 MiB POST: lighttpd → upstream",
              partial(systems.lighttpd_chain, uploads=True), UPLOAD, UPLOADS, upload=True),
@@ -135,4 +142,9 @@ COMPARISONS: list[Comparison] = [
     Comparison("relayd vs aiohttp proxy, no token", "relayd", "aiohttp"),
     Comparison("relay chain vs lighttpd chain, no token", "relay-chain", "lighttpd-chain"),
     Comparison("relayd vs the uvloop + httptools floor, no token", "relayd", "floor"),
+    Comparison("relayd one RS256 token: audit before answer vs batched", "relayd-RS256", "relayd-RS256-batched"),
+    Comparison("relayd CPU µs/request, one RS256 token, audit batched", "relayd-RS256-batched", None,
+               "relayd_cpu_us", "<="),
+    Comparison("relay chain one RS256 token: audit before answer vs batched", "relay-chain-RS256",
+               "relay-chain-RS256-batched"),
 ]

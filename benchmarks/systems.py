@@ -33,6 +33,8 @@ HELLO = "/bench/hello.txt"
 UPLOAD = "/upload/64MiB"
 
 Auth = Literal["none", "RS256", "ES256"]
+#: relayd's audit.commit
+Commit = Literal["before-answer", "batched"]
 
 
 @dataclass
@@ -154,10 +156,10 @@ def lighttpd_chain(ctx: Context, uploads: bool = False) -> System:
 
 # --- relayd -----------------------------------------------------------------------------
 
-def relay_config(ctx: Context, port: int, sock: str, auth: Auth) -> str:
+def relay_config(ctx: Context, port: int, sock: str, auth: Auth, commit: Commit = "before-answer") -> str:
     """GETs under /bench/ to lighttpd, POSTs under /upload/ to discard.py; a token
     required when ``auth`` names an algorithm (the issuer then accepts only that one,
-    as HAProxy's rules do)."""
+    as HAProxy's rules do); audit records written as ``commit`` says."""
     rules = 'auth = "none"'
     if auth != "none":
         rules = f'auth = "jwt"\nissuers = ["bench"]\nallow = {{ groups = ["{GROUP}"] }}'
@@ -168,6 +170,7 @@ socket_mode = "0600"
 
 [audit]
 path = "{ctx.path('audit.jsonl')}"
+commit = "{commit}"
 
 [[issuer]]
 name = "bench"
@@ -204,10 +207,10 @@ max_body = "128MiB"
 """
 
 
-def _relayd(ctx: Context, auth: Auth) -> tuple[Proc, int, str]:
+def _relayd(ctx: Context, auth: Auth, commit: Commit = "before-answer") -> tuple[Proc, int, str]:
     port, sock = ctx.port(), str(ctx.path("relay.sock"))
     config = ctx.path("relay.toml")
-    config.write_text(relay_config(ctx, port, sock, auth))
+    config.write_text(relay_config(ctx, port, sock, auth, commit))
     ctx.path("audit.jsonl").unlink(missing_ok=True)  # each run's audit starts empty
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -216,15 +219,15 @@ def _relayd(ctx: Context, auth: Auth) -> tuple[Proc, int, str]:
     return proc, port, sock
 
 
-def relayd_direct(ctx: Context, auth: Auth = "none") -> System:
+def relayd_direct(ctx: Context, auth: Auth = "none", commit: Commit = "before-answer") -> System:
     """wrk → relayd over TCP with keep-alive → upstream."""
-    relayd, port, _ = _relayd(ctx, auth)
+    relayd, port, _ = _relayd(ctx, auth, commit)
     return System(f"http://127.0.0.1:{port}", {"relayd": relayd})
 
 
-def relay_chain(ctx: Context, auth: Auth = "none") -> System:
+def relay_chain(ctx: Context, auth: Auth = "none", commit: Commit = "before-answer") -> System:
     """wrk → lighttpd (shipped conf) → relayd's Unix socket → upstream."""
-    relayd, _, sock = _relayd(ctx, auth)
+    relayd, _, sock = _relayd(ctx, auth, commit)
     front, url = _front_lighttpd(ctx, sock)
     return System(url, {"relayd": relayd, "lighttpd": front})
 

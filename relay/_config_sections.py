@@ -35,6 +35,7 @@ from relay.config import (
     ClaimsMapping,
     Config,
     FileSinkConfig,
+    FsyncMode,
     HttpSinkConfig,
     IssuerConfig,
     ListenAddress,
@@ -202,14 +203,29 @@ def _strip_headers(t: Table, name: str, default: tuple[str, ...]) -> tuple[str, 
     return tuple(out)
 
 
+_AUDIT = AuditConfig()
+
+
 def _audit(root: Table) -> AuditConfig:
-    t = _section(root, "audit", ("path", "chain"))
-    default = AuditConfig()
-    path = t.string("path", default.path)
+    t = _section(root, "audit", ("path", "chain", "commit", "fsync", "fsync_interval", "on_failure"))
+    path = t.string("path", _AUDIT.path)
+    fsync, fsync_interval = _fsync(t, _AUDIT.fsync, _AUDIT.fsync_interval)
     return AuditConfig(
-        path=path if path == "-" else t.file_path("path", default.path),
-        chain=t.boolean("chain", default.chain),
+        path=path if path == "-" else t.file_path("path", _AUDIT.path),
+        chain=t.boolean("chain", _AUDIT.chain),
+        commit=t.choice("commit", _AUDIT.commit, ("before-answer", "batched")),
+        fsync=fsync,
+        fsync_interval=fsync_interval,
+        on_failure=t.choice("on_failure", _AUDIT.on_failure, ("refuse", "continue")),
     )
+
+
+def _fsync(t: Table, default: FsyncMode, default_interval: float) -> tuple[FsyncMode, float]:
+    """``fsync`` and ``fsync_interval`` (which only applies to ``fsync = "interval"``)."""
+    fsync = t.choice("fsync", default, ("always", "interval", "never"))
+    if t.has("fsync_interval") and fsync != "interval":
+        t.problem("fsync_interval", f'only applies with fsync = "interval", not "{fsync}"')
+    return fsync, t.duration("fsync_interval", default_interval, 0.001, 3600.0)
 
 
 def _issuers(root: Table) -> tuple[IssuerConfig, ...]:
@@ -363,15 +379,13 @@ def _split_url(t: Table, url: str) -> SplitResult | None:
 def _file_sink(t: Table, name: str) -> FileSinkConfig:
     if not t.has("path"):
         t.problem("path", "required key 'path' is missing")
-    fsync = t.choice("fsync", _FILE.fsync, ("always", "interval", "never"))
-    if t.has("fsync_interval") and fsync != "interval":
-        t.problem("fsync_interval", f'only applies with fsync = "interval", not "{fsync}"')
+    fsync, fsync_interval = _fsync(t, _FILE.fsync, _FILE.fsync_interval)
     return FileSinkConfig(
         name=name,
         path=t.file_path("path", ""),
         format=t.choice("format", _FILE.format, ("ndjson", "raw")),
         fsync=fsync,
-        fsync_interval=t.duration("fsync_interval", _FILE.fsync_interval, 0.001, 3600.0),
+        fsync_interval=fsync_interval,
         rotate=t.size("rotate", _FILE.rotate, _KiB, _TiB),
         rotate_interval=t.duration("rotate_interval", _FILE.rotate_interval, 1.0, 366 * _DAY),
         max_in_flight=_max_in_flight(t),

@@ -20,6 +20,11 @@ vouch for. Only then does it read them a second time to say what happened:
 ``truncated``  the line has no newline: cut short, or the writer died mid-line
 ``malformed``  not a JSON object with a 64-hex ``prev``
 
+A ``"reason": "audit_repaired"`` record is relayd's own note that it cut a torn last line
+at start (a write cut short by a crash), kept aside in a ``.torn`` file: it chains on from
+the last whole line, so the chain verifies, and each one is listed in
+:attr:`VerifyResult.repairs`.
+
 What a chain cannot show: edits to the final line or deletion of the final lines (nothing
 follows them; the same holds for the lines just before a chain start, which names no
 predecessor), and a rewrite by someone who recomputes every later hash. Compare the
@@ -39,11 +44,14 @@ import orjson
 
 from relay.audit import GENESIS
 
-__all__ = ["Problem", "Reason", "VerifyResult", "verify"]
+__all__ = ["Problem", "Reason", "Repaired", "VerifyResult", "verify"]
 
 Reason = Literal["reordered", "inserted", "changed_or_removed", "removed", "truncated", "malformed"]
 
 _HASH = re.compile(r"[0-9a-f]{64}")
+#: how a repair record starts its reason (orjson writes no spaces; a quote inside a
+#: string value is escaped, so no field's value can look like this)
+_REPAIRED = b'"reason":"audit_repaired"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +66,26 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True)
+class Repaired:
+    """A torn tail relayd cut off, as its repair record says."""
+
+    path: str
+    line: int  # the repair record's line
+    offset: int  # where the cut bytes were
+    size: int
+    kept_in: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.size} torn bytes cut at offset {self.offset}, kept in {self.kept_in}"
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyResult:
     lines: int  # lines vouched for: all of them when ok, else those before the problem
     chains: int  # chain starts among the lines read (one per relayd start)
     head: str | None  # when ok, the last line's hash: ``after`` for verifying newer files
     problem: Problem | None
+    repairs: tuple[Repaired, ...] = ()  # torn tails relayd cut, among the lines vouched for
 
     @property
     def ok(self) -> bool:
@@ -109,6 +132,7 @@ def verify(paths: Sequence[str | os.PathLike[str]], after: str = GENESIS) -> Ver
     expected = after  # the hash of the line before, which the next line must name
     chains = 0
     before: tuple[_Line, str] | None = None  # the previous line and the hash it names
+    repairs: list[Repaired] = []
     for line in _read(paths):
         if not line.raw.endswith(b"\n"):
             return _fail(line, chains, "truncated", "the line has no newline: it was cut short")
@@ -121,8 +145,18 @@ def verify(paths: Sequence[str | os.PathLike[str]], after: str = GENESIS) -> Ver
             return _broken(paths, line, prev, before, expected, chains)
         expected = _digest(line.raw)
         before = (line, prev)
+        if _REPAIRED in line.raw:
+            repairs.append(_repaired(line))
     return VerifyResult(lines=0 if before is None else before[0].index + 1, chains=chains, head=expected,
-                        problem=None)
+                        problem=None, repairs=tuple(repairs))
+
+
+def _repaired(line: _Line) -> Repaired:
+    removed = orjson.loads(line.raw).get("removed")
+    if not isinstance(removed, dict):
+        removed = {}
+    return Repaired(line.path, line.number, int(removed.get("offset", -1)), int(removed.get("bytes", -1)),
+                    str(removed.get("kept_in", "?")))
 
 
 def _fail(line: _Line, chains: int, reason: Reason, detail: str) -> VerifyResult:

@@ -104,10 +104,22 @@ class ServerConfig:
         object.__setattr__(self, "strip_prefixes", prefixes)
 
 
+#: when appended data is flushed to the disk: after every write, periodically, or never
+FsyncMode = Literal["always", "interval", "never"]
+
+
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
     path: str = "-"  # "-" = stdout, else absolute
     chain: bool = True  # each record carries the hash of the previous one
+    #: "before-answer": an answer goes out only once its record is written (one write per
+    #: loop turn for all of them); "batched": records are written every 0.2 s, after the answers
+    commit: Literal["before-answer", "batched"] = "before-answer"
+    fsync: FsyncMode = "interval"
+    fsync_interval: float = 1.0
+    #: while records cannot be written: "refuse" new requests (503) and withhold 2xx answers
+    #: whose record is not written, or "continue" serving (the failure is logged and counted)
+    on_failure: Literal["refuse", "continue"] = "refuse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +168,7 @@ class FileSinkConfig:
     name: str
     path: str  # absolute
     format: Literal["ndjson", "raw"] = "ndjson"
-    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync: FsyncMode = "interval"
     fsync_interval: float = 1.0
     rotate: int | None = None  # bytes
     rotate_interval: float | None = None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from relay.audit import AuditLog
 from relay.config import ServerConfig
+from relay.errors import AuditUnavailable, Overloaded, ServiceUnavailable
 from relay.identity import Authenticator
 from relay.metrics import Metrics
 from relay.policy import Policy
@@ -69,20 +70,23 @@ class ServerContext:
         self._request_counter += 1
         return f"{self._request_prefix}-{self._request_counter:08x}"
 
-    def exchange_done(self, exchange: Exchange) -> None:
+    def exchange_done(self, exchange: Exchange) -> bool:
         """Account for a finished exchange: its audit record (the metrics count it from
-        the record's note when the audit log flushes)."""
+        the record's note when the audit log flushes). True when its answer waits for
+        that record (``exchange.committed()`` follows)."""
         self.exchanges -= 1
         request = exchange.request
-        self.audit.record_exchange(exchange, 0.0 if request is None else time.monotonic() - request.received_at)
+        return self.audit.record_exchange(exchange, 0.0 if request is None else time.monotonic() - request.received_at)
 
-    def overloaded(self) -> str | None:
-        """Why a new request should be shed now, or None: relay answers 503 early rather
-        than queue work it cannot finish in time."""
+    def overloaded(self) -> ServiceUnavailable | None:
+        """The 503 a new request should be shed with now, or None: relay answers early
+        rather than queue work it cannot finish in time, or relay what it cannot audit."""
         if self.exchanges >= self.max_in_flight:
-            return f"{self.exchanges} requests in flight"
+            return Overloaded(f"{self.exchanges} requests in flight", retry_after=1)
         if self.max_loop_lag and self.deadlines.lag > self.max_loop_lag:
-            return f"event loop {self.deadlines.lag * 1000:.0f} ms behind"
+            return Overloaded(f"event loop {self.deadlines.lag * 1000:.0f} ms behind", retry_after=1)
+        if self.audit.refusing:
+            return AuditUnavailable("the audit log cannot be written", retry_after=1)
         return None
 
     def admit(self, conn: ClientConnection) -> bool:

@@ -252,6 +252,10 @@ def _audit_verify(args: argparse.Namespace) -> int:
             "problem": None if problem is None else {
                 "path": problem.path, "line": problem.line, "reason": problem.reason, "detail": problem.detail,
             },
+            "repairs": [
+                {"path": r.path, "line": r.line, "offset": r.offset, "bytes": r.size, "kept_in": r.kept_in}
+                for r in result.repairs
+            ],
         }).decode())
     if result.problem is not None:
         print(f"relayctl: audit chain broken at {result.problem} "
@@ -260,6 +264,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"ok: {result.lines} lines in {len(args.files)} file(s), {result.chains} chain start(s); "
               f"head {result.head}")
+        for repair in result.repairs:
+            print(f"repaired: {repair}")
     return 0
 
 

@@ -147,6 +147,13 @@ class Overloaded(ServiceUnavailable):
     code = "overloaded"
 
 
+class AuditUnavailable(ServiceUnavailable):
+    """The audit log cannot be written (``audit.on_failure = "refuse"``): nothing is relayed
+    or acknowledged without its record."""
+
+    code = "audit_unavailable"
+
+
 class GatewayTimeout(SinkError):
     status = 504
     code = "sink_timeout"

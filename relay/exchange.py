@@ -6,7 +6,9 @@ request without a body for a flow's only sink is relayed from callbacks when the
 start at once (``Sink.relay_now``; the sink calls back once the answer is out). The sink
 streams the body out and the answer back through the ``Reply``; whatever goes wrong is a
 ``RelayError`` and is answered by ``Reply.fail`` (the one place errors become responses).
-Exactly one audit record is written per exchange, whatever its outcome.
+Exactly one audit record is written per exchange, whatever its outcome; with
+``audit.commit = "before-answer"`` the answer is held until it is (see ``relay.audit``),
+and the connection moves on only then.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ log = logging.getLogger("relay.exchange")
 class Exchange:
     __slots__ = (
         "_ctx", "request", "reply", "_error", "_raw_target", "_in_step", "_task", "_on_done", "outcome",
-        "failed_sink", "_quick", "sink_seconds", "_gone_as",
+        "failed_sink", "_quick", "sink_seconds", "_gone_as", "_ended", "head_noted",
     )
 
     def __init__(
@@ -64,6 +66,11 @@ class Exchange:
         self.sink_seconds: float | None = None
         #: the audit reason should the client go (or be cut off) before the end
         self._gone_as = "client_gone"
+        self._ended = False
+        #: a streamed answer's record was noted as its head went
+        self.head_noted = False
+        if ctx.audit.holds_answers:
+            reply.hold(self._stream_begins)
 
     @classmethod
     def rejected(
@@ -186,9 +193,23 @@ class Exchange:
         self._done()
 
     def _done(self) -> None:
-        self._ctx.exchange_done(self)
+        self._ended = True
+        if not self._ctx.exchange_done(self):
+            self._answered()
+
+    def _answered(self) -> None:
         if self._on_done is not None:
             self._on_done(self)
+
+    def _stream_begins(self) -> None:
+        self.head_noted = True
+        self._ctx.audit.record_stream(self)
+
+    def committed(self) -> None:
+        """The audit record the answer waited for is written (or the answer withdrawn)."""
+        self.reply.release()
+        if self._ended:
+            self._answered()
 
     async def _deliver(self, request: Request) -> None:
         """Read the body once into every sink of the flow; answer once all accepted."""

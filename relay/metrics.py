@@ -30,6 +30,9 @@ Metrics (all names start with ``relay_``):
     maximum over workers.
 ``relay_policy_version``
     gauge; 1 at start, +1 per successful reload; the maximum over workers.
+``relay_audit_pending_records``, ``relay_audit_write_failures``
+    gauges; audit records waiting to be written (many only while the log cannot be
+    written), and failed writes of the audit log since start; summed over workers.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ GAUGES: dict[str, tuple[str, Literal["sum", "max"]]] = {
     "relay_in_flight_requests": ("Requests being relayed.", "sum"),
     "relay_event_loop_lag_seconds": ("Worst event-loop delay in the last 30-60 s.", "max"),
     "relay_policy_version": ("Version of the policy in force (1 at start, +1 per reload).", "max"),
+    "relay_audit_pending_records": ("Audit records waiting to be written.", "sum"),
+    "relay_audit_write_failures": ("Failed writes of the audit log since start.", "sum"),
 }
 
 

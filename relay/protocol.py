@@ -348,7 +348,7 @@ class ClientConnection(asyncio.Protocol):
         overload = ctx.overloaded()
         if overload is not None:
             # shed before any token is verified or body read: the cheapest answer there is
-            refusal = Overloaded(overload, retry_after=1)
+            refusal = overload
         elif flow.requires_token:
             try:
                 if _QUERY_TOKEN in query:

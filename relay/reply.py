@@ -6,12 +6,16 @@ chunked to HTTP/1.1 clients, close-delimited to HTTP/1.0 ones). relay never anno
 a Content-Length it does not already hold, because a short body behind a Content-Length
 leaves lighttpd's client hanging; a stream that breaks is cut off without its last
 chunk, which every client recognises as truncation.
+
+A held reply (``hold``, with ``audit.commit = "before-answer"``) keeps what it would send
+until ``release``: the answer waits for its audit record, and is replaced (``withdraw``)
+when that record cannot be written.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import Protocol
 
@@ -49,6 +53,7 @@ class Reply:
     __slots__ = (
         "_transport", "request_id", "_rid_header", "_head_only", "_http10",
         "keep_alive", "state", "started", "status", "bytes_out", "producer", "_client_paused",
+        "held", "_on_stream",
     )
 
     def __init__(
@@ -74,6 +79,9 @@ class Reply:
         self.bytes_out = 0
         self.producer: Producer | None = None
         self._client_paused = client_paused
+        #: what was sent while the reply is held, in order; None when not held
+        self.held: list[bytes] | None = None
+        self._on_stream: Callable[[], None] | None = None
 
     @property
     def client_is_paused(self) -> bool:
@@ -120,6 +128,8 @@ class Reply:
             status_line(status), headers, self._rid_header, framing,
             self._connection_header(), b"\r\n",
         ))
+        if self.held is not None and self._on_stream is not None:
+            self._on_stream()
 
     def write(self, data: bytes) -> None:
         if not data or self.state != STREAMING:
@@ -147,10 +157,37 @@ class Reply:
 
     def _send(self, parts: Sequence[bytes]) -> None:
         """Write ``parts`` in one call, unless the client has gone (then there is no one to tell)."""
+        held = self.held
+        if held is not None:
+            held += parts
+            return
         if self._transport.is_closing():
             self.keep_alive = False
             return
         self._transport.writelines(parts)
+
+    # --- held until the audit record is written ------------------------------------------
+
+    def hold(self, on_stream: Callable[[], None]) -> None:
+        """Keep everything sent until ``release``; ``on_stream`` is called as a streamed
+        answer begins (its head is held, and what follows until the release)."""
+        self.held = []
+        self._on_stream = on_stream
+
+    def release(self) -> None:
+        """Send what was held, and from now on send at once."""
+        held, self.held = self.held, None
+        if held:
+            self._send(held)
+
+    def withdraw(self, err: RelayError) -> None:
+        """Drop what was held and answer ``err`` instead, closing the connection after it.
+        What a streamed answer's producer still writes goes nowhere."""
+        self.held = None
+        self.state = NOT_STARTED
+        self.keep_alive = False
+        self.bytes_out = 0
+        self.fail(err)
 
     def abort(self) -> None:
         """Close the client connection mid-response so the truncation is visible."""

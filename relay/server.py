@@ -151,6 +151,8 @@ class Server:
         self.metrics.watch("relay_in_flight_requests", lambda: ctx.exchanges)
         self.metrics.watch("relay_event_loop_lag_seconds", lambda: lag.seconds)
         self.metrics.watch("relay_policy_version", lambda: ctx.policy.version)
+        self.metrics.watch("relay_audit_pending_records", lambda: ctx.audit.pending)
+        self.metrics.watch("relay_audit_write_failures", lambda: ctx.audit.write_failures)
         self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
         # requests are counted from their audit notes, as those are flushed: flush them now
         self.metrics.on_snapshot(lambda metrics: ctx.audit.flush())

@@ -111,6 +111,9 @@ state_dir = "state"
 [audit]
 path = "-"
 chain = false
+commit = "batched"
+fsync = "always"
+on_failure = "continue"
 
 [[issuer]]
 name = "okta"
@@ -197,7 +200,8 @@ max_body = 0
     )
     assert config.server.strip_exact == frozenset({"x-forwarded-user"})
     assert config.server.strip_prefixes == ("x-auth-request-",)
-    assert config.audit == AuditConfig(path="-", chain=False)
+    assert config.audit == AuditConfig(path="-", chain=False, commit="batched", fsync="always",
+                                       on_failure="continue")
     assert config.issuers == (
         IssuerConfig(
             name="okta",
@@ -453,6 +457,12 @@ BAD = [
     pytest.param(doc(audit='[audit]\nchain = "yes"  # HERE'), "audit.chain", 'must be true or false, not the string "yes"',
                  id="audit-chain-type"),
     pytest.param(doc(audit='[audit]\nfile = "x"  # HERE'), "audit.file", "unknown key 'file'", id="audit-unknown"),
+    pytest.param(doc(audit='[audit]\ncommit = "lazy"  # HERE'), "audit.commit",
+                 "'lazy' is not one of before-answer, batched", id="audit-commit"),
+    pytest.param(doc(audit='[audit]\non_failure = "ignore"  # HERE'), "audit.on_failure",
+                 "'ignore' is not one of refuse, continue", id="audit-on-failure"),
+    pytest.param(doc(audit='[audit]\nfsync = "never"\nfsync_interval = "2s"  # HERE'), "audit.fsync_interval",
+                 'only applies with fsync = "interval", not "never"', id="audit-fsync-interval"),
     # [[issuer]]
     pytest.param(doc(issuer='[[issuer]]  # HERE\nname = "dev"\naudiences = ["relay"]\njwks_file = "k.json"'),
                  "issuer[0].issuer", "required key 'issuer' is missing (issuer 'dev')", id="issuer-missing-iss"),
