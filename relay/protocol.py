@@ -38,14 +38,17 @@ from relay.errors import (
 from relay.exchange import Exchange
 from relay.fastpath import HeaderScan, scan_headers
 from relay.flowcontrol import NO_BODY, ClientGone, ReadGate, RequestBody
+from relay.hosts import check_host
 from relay.identity import Identity
-from relay.paths import normalize_path
+from relay.paths import normalize_path, target_authority, without_params
 from relay.reply import Reply
 from relay.request import Request
 from relay.responses import error_response
 
 if TYPE_CHECKING:
     from relay.context import ServerContext
+    from relay.policy import Flow
+    from relay.routing import FlowTable
 
 log = logging.getLogger("relay.protocol")
 
@@ -72,11 +75,18 @@ class ParseState(IntEnum):
 IDLE, HEAD, BODY, DEAD, LINGER = ParseState
 
 
+def _routes_alike(table: FlowTable[Flow], route_path: str, method: str, flow: Flow) -> bool:
+    try:
+        return table.match(route_path, method) is flow
+    except (NotFound, MethodNotAllowed):
+        return False
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_ctx", "_unix", "_trusted_peer", "_peer", "_transport", "_parser", "_gate", "_state",
         "_url", "_headers", "_head_size", "_head_bytes", "_parsing", "_active", "_queue", "_closed",
-        "_write_paused", "deadline",
+        "_write_paused", "deadline", "_read", "_read_fresh", "_line", "_line_at_start", "_line_open",
     )
 
     def __init__(self, ctx: ServerContext, unix: bool) -> None:
@@ -100,6 +110,12 @@ class ClientConnection(asyncio.Protocol):
         self._closed = False
         self._write_paused = False
         self.deadline = 0.0
+        # The request line as sent, for the checks httptools leaves out (see _check_request_line):
+        self._read = b""           # the bytes being parsed now
+        self._read_fresh = False   # and no request began in them yet, though one may begin at their start
+        self._line = b""           # the bytes the current request began in, from its start when known
+        self._line_at_start = False
+        self._line_open = False    # the request line may not be complete in _line yet
 
     # --- connection lifecycle ------------------------------------------------------------
 
@@ -174,6 +190,11 @@ class ClientConnection(asyncio.Protocol):
             return
         if state != BODY:
             self._head_bytes += len(data)
+            if state == HEAD and self._line_open:  # a head arriving in pieces: rare
+                self._line += data
+                self._line_open = b"\n" not in data
+        self._read = data
+        self._read_fresh = state == IDLE
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -199,6 +220,10 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._state = HEAD
+        self._line = self._read
+        self._line_at_start = self._read_fresh
+        self._read_fresh = False
+        self._line_open = True
         self._url = b""
         self._headers = []
         self._head_size = 0
@@ -266,10 +291,13 @@ class ClientConnection(asyncio.Protocol):
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             raise BadRequest(f"unsupported HTTP version {version}")
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        self._check_request_line(raw_method, version)
+        method = raw_method.decode("ascii")
         if method == "CONNECT":
             raise BadRequest("CONNECT is not allowed")
-        route_path, forward_path, query = normalize_path(self._url)
+        url = self._url
+        route_path, forward_path, query = normalize_path(url)
         policy = ctx.policy
         try:
             flow = policy.table.match(route_path, method)
@@ -280,8 +308,16 @@ class ClientConnection(asyncio.Protocol):
             if unrouted.chunked or unrouted.content_length > 0:
                 raise  # its body would have to be read and discarded: close instead
             return exc
+        if ";" in route_path and not _routes_alike(policy.table, without_params(route_path), method, flow):
+            # an upstream that cuts ";" parameters off (Tomcat, Jetty, Spring) would serve another flow's path
+            raise BadRequest("path parameters would route the request to another flow")
         scan = scan_headers(headers, flow.drop)
         self._check_framing(scan, version)
+        host = scan.host
+        if url[:1] != b"/":
+            # absolute-form: the target's authority is the Host (RFC 9112 3.2.2)
+            host = target_authority(url)
+            check_host(host)
         if scan.content_length > flow.max_body:
             raise PayloadTooLarge(f"body of {scan.content_length} bytes exceeds the flow's limit")
         identity: Identity | None = None
@@ -315,14 +351,44 @@ class ClientConnection(asyncio.Protocol):
         target = forward_path + b"?" + query if query else forward_path
         request = Request(
             ctx.next_request_id(), method, version, route_path, target, scan, flow, client,
-            body, parser.should_keep_alive() and not ctx.draining, time.monotonic(), identity,
+            body, parser.should_keep_alive() and not ctx.draining, time.monotonic(), identity, host,
         )
         return request, refusal
 
+    def _check_request_line(self, method: bytes, version: str) -> None:
+        """Refuse a request line with more than one space between its parts.
+
+        httptools rejects tabs, other whitespace and trailing spaces there, but skips
+        runs of spaces. When the request began at the start of a read (every request
+        through lighttpd, every one a client sends after the previous answer), one
+        space after the method and "HTTP/" right where one more space after the target
+        puts it prove the line is exact. A request that began inside a read (pipelined
+        behind another) must appear in it spelled exactly.
+        """
+        line = self._line
+        after_method = len(method)
+        version_at = after_method + len(self._url) + 2
+        if (self._line_at_start and line[after_method + 1:after_method + 2] != b" "
+                and line[version_at:version_at + 5] == b"HTTP/"):
+            return
+        exact = b"%s %s HTTP/%s\r\n" % (method, self._url, version.encode("ascii"))
+        if self._line_at_start:
+            if not line.lstrip(b"\r\n").startswith(exact):  # after the blank lines RFC 9112 2.2 lets pass
+                raise BadRequest("malformed request line")
+        elif exact not in line:
+            raise BadRequest("malformed request line")
+
     @staticmethod
     def _check_framing(scan: HeaderScan, version: str) -> None:
-        if scan.host is None and version == "1.1":
-            raise BadRequest("missing Host header")
+        host = scan.host
+        if host is None:
+            if version == "1.1":
+                raise BadRequest("missing Host header")
+        else:
+            check_host(host)
+        if scan.chunked and version == "1.0":
+            # RFC 9112 6.1: an HTTP/1.0 recipient may not know chunked; the framing is not to be trusted
+            raise BadRequest("chunked transfer coding in an HTTP/1.0 request")
         if scan.upgrade:
             raise BadRequest("protocol upgrade is not allowed")
         if scan.expect is not None and scan.expect != b"100-continue":
