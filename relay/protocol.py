@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from enum import IntEnum
@@ -292,7 +293,7 @@ class ClientConnection(asyncio.Protocol):
         if version != "1.1" and version != "1.0":
             raise BadRequest(f"unsupported HTTP version {version}")
         raw_method = parser.get_method()
-        self._check_request_line(raw_method, version)
+        self._check_request_line(raw_method)
         method = raw_method.decode("ascii")
         if method == "CONNECT":
             raise BadRequest("CONNECT is not allowed")
@@ -355,15 +356,16 @@ class ClientConnection(asyncio.Protocol):
         )
         return request, refusal
 
-    def _check_request_line(self, method: bytes, version: str) -> None:
+    def _check_request_line(self, method: bytes) -> None:
         """Refuse a request line with more than one space between its parts.
 
         httptools rejects tabs, other whitespace and trailing spaces there, but skips
         runs of spaces. When the request began at the start of a read (every request
         through lighttpd, every one a client sends after the previous answer), one
         space after the method and "HTTP/" right where one more space after the target
-        puts it prove the line is exact. A request that began inside a read (pipelined
-        behind another) must appear in it spelled exactly.
+        puts it prove the line is exact. Otherwise (pipelined behind another request,
+        after blank lines, or arriving in pieces) its start is not known: wherever the
+        bytes it came in spell this method and target, single spaces must part them.
         """
         line = self._line
         after_method = len(method)
@@ -371,11 +373,8 @@ class ClientConnection(asyncio.Protocol):
         if (self._line_at_start and line[after_method + 1:after_method + 2] != b" "
                 and line[version_at:version_at + 5] == b"HTTP/"):
             return
-        exact = b"%s %s HTTP/%s\r\n" % (method, self._url, version.encode("ascii"))
-        if self._line_at_start:
-            if not line.lstrip(b"\r\n").startswith(exact):  # after the blank lines RFC 9112 2.2 lets pass
-                raise BadRequest("malformed request line")
-        elif exact not in line:
+        spelled = re.compile(re.escape(method) + rb" +" + re.escape(self._url) + rb" +HTTP/")
+        if any(m.end() - m.start() != version_at + 5 for m in spelled.finditer(line)):
             raise BadRequest("malformed request line")
 
     @staticmethod
