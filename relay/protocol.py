@@ -361,17 +361,18 @@ class ClientConnection(asyncio.Protocol):
 
         httptools rejects tabs, other whitespace and trailing spaces there, but skips
         runs of spaces. When the request began at the start of a read (every request
-        through lighttpd, every one a client sends after the previous answer), one
-        space after the method and "HTTP/" right where one more space after the target
-        puts it prove the line is exact. Otherwise (pipelined behind another request,
-        after blank lines, or arriving in pieces) its start is not known: wherever the
-        bytes it came in spell this method and target, single spaces must part them.
+        through lighttpd, every one a client sends after the previous answer), two bytes
+        tell: the target's first right after the method's space, and the version's "H"
+        right where one space after the target puts it. Otherwise (pipelined behind
+        another request, after blank lines) its start is not known: wherever the bytes
+        it came in spell this method and target, single spaces must part them.
         """
         line = self._line
         after_method = len(method)
         version_at = after_method + len(self._url) + 2
-        if (self._line_at_start and line[after_method + 1:after_method + 2] != b" "
-                and line[version_at:version_at + 5] == b"HTTP/"):
+        # the whole line is there: _line grows until it holds the line's LF
+        if (self._line_at_start and line[0] > 32 and line[after_method + 1] != 32
+                and line[version_at] == 72):
             return
         spelled = re.compile(re.escape(method) + rb" +" + re.escape(self._url) + rb" +HTTP/")
         if any(m.end() - m.start() != version_at + 5 for m in spelled.finditer(line)):

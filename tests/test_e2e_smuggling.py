@@ -128,6 +128,7 @@ CASES = [
     Case("tab-before-version", b"GET /data/s\tHTTP/1.1\r\n" + HOST + b"\r\n"),
     Case("leading-space", b" GET /data/s HTTP/1.1\r\n" + HOST + b"\r\n", status=501),
     Case("trailing-space", b"GET /data/s HTTP/1.1 \r\n" + HOST + b"\r\n"),
+    Case("blank-line-then-two-spaces", b"\r\nGET /data/sH  HTTP/1.1\r\n" + HOST + b"\r\n"),
     Case("trailing-tab", b"GET /data/s HTTP/1.1\t\r\n" + HOST + b"\r\n"),
     # HTTP/1.0 knows no chunked (RFC 9112 6.1)
     Case("http-1.0-chunked", b"POST /data/s HTTP/1.0\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
@@ -365,7 +366,8 @@ def test_pipelined_request_line_with_two_spaces_is_refused(stack: Stack, second:
     assert [r["target"] for r in records] == ["/data/a"]
 
 
-@pytest.mark.parametrize("line", [b"GET  /data/s HTTP/1.1\r\n", b"GET /data/s  HTTP/1.1\r\n", b"GET /data/s HTTP/1.1\r\n"])
+@pytest.mark.parametrize("line", [b"GET  /data/s HTTP/1.1\r\n", b"GET /data/s  HTTP/1.1\r\n", b"GET /data/s HTTP/1.1\r\n",
+                                  b"\r\nGET /data/s HTTP/1.1\r\n"])
 def test_request_line_sent_byte_by_byte(stack: Stack, line: bytes) -> None:
     """A head arriving in many reads is checked on the whole line."""
     mark = stack.upstream.mark()
