@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import Lighttpd, Relayd, Upstream, exchange, relay_config, request_bytes, upstream_gained_nothing
+from support import Stack, exchange, request_bytes, upstream_gained_nothing
 from support.procs import ROOT
 from support.readings import double_decoded, servlet_reading
 
@@ -57,28 +55,9 @@ sink = "up"
 """
 
 
-class ParamStack:
-    def __init__(self, workdir: Path) -> None:
-        self.upstream = Upstream(workdir)
-        try:
-            self.relayd = Relayd(workdir, relay_config(workdir, self.upstream.url, extra=FLOWS))
-            self.lighttpd = Lighttpd(workdir, self.relayd.unix)
-        except BaseException:
-            self.close()
-            raise
-
-    def address(self, via: str) -> Any:
-        return self.lighttpd.address if via == "lighttpd" else self.relayd.tcp
-
-    def close(self) -> None:
-        for part in ("lighttpd", "relayd", "upstream"):
-            if hasattr(self, part):
-                getattr(self, part).stop()
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParamStack]:
-    running = ParamStack(tmp_path_factory.mktemp("params"))
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(tmp_path_factory.mktemp("params"), extra=FLOWS)
     yield running
     running.close()
 
@@ -88,7 +67,7 @@ def private(reading: str) -> bool:
     return reading.startswith("/private/")
 
 
-def assert_nothing_private_reached(stack: ParamStack, via: str, target: bytes) -> int:
+def assert_nothing_private_reached(stack: Stack, via: str, target: bytes) -> int:
     """Send ``target`` anonymously; returns the status after checking the upstream."""
     mark = stack.upstream.mark()
     response = exchange(stack.address(via), b"GET " + target + b" HTTP/1.1\r\nHost: relay.test\r\n\r\n")
@@ -133,7 +112,7 @@ BYPASSES = [
 
 @pytest.mark.parametrize("via", ["tcp", "lighttpd"])
 @pytest.mark.parametrize("target", BYPASSES, ids=lambda t: t.decode("latin-1"))
-def test_no_bypass_of_the_private_flow(stack: ParamStack, via: str, target: bytes) -> None:
+def test_no_bypass_of_the_private_flow(stack: Stack, via: str, target: bytes) -> None:
     """Directly, relayd refuses each; lighttpd resolves some first ("/public/.;/../x" is
     "/public/x" to it) and relayd may serve what it makes of them."""
     status = assert_nothing_private_reached(stack, via, target)
@@ -148,7 +127,7 @@ def test_no_bypass_of_the_private_flow(stack: ParamStack, via: str, target: byte
     (b"/public/x/..;/../y", None, "/public/x/y"),  # lighttpd resolves the ".." against "..;"
 ])
 @pytest.mark.parametrize("via", ["tcp", "lighttpd"])
-def test_parameters_are_forwarded_as_they_came(stack: ParamStack, via: str, target: bytes,
+def test_parameters_are_forwarded_as_they_came(stack: Stack, via: str, target: bytes,
                                               direct: str | None, through_lighttpd: str | None) -> None:
     expected = direct if via == "tcp" else through_lighttpd
     mark = stack.upstream.mark()
@@ -168,7 +147,7 @@ _SEGMENTS = st.lists(st.lists(_PIECE, min_size=1, max_size=4).map("".join), min_
 @pytest.mark.parametrize("via", ["tcp", "lighttpd"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(segments=_SEGMENTS)
-def test_random_parameters_never_reach_the_private_flow(stack: ParamStack, via: str, segments: list[str]) -> None:
+def test_random_parameters_never_reach_the_private_flow(stack: Stack, via: str, segments: list[str]) -> None:
     """Anything between /public/ and /private/x, mixing dots, ";" and their escapes:
     refused, routed to the private flow (401), or forwarded as a path no upstream
     reads as private."""
