@@ -76,6 +76,23 @@ class ParseState(IntEnum):
 IDLE, HEAD, BODY, DEAD, LINGER = ParseState
 
 
+_NOT_SPACE = re.compile(rb"[^ ]")
+
+
+def _spaced_out(data: bytes, before: bytes, after: bytes) -> bool:
+    """Whether ``before`` (ending in two spaces), more spaces and ``after`` follow each
+    other somewhere in ``data``."""
+    at = data.find(before)
+    while at >= 0:
+        next_byte = _NOT_SPACE.search(data, at + len(before))
+        if next_byte is None:
+            return False
+        if data.startswith(after, next_byte.start()):
+            return True
+        at = data.find(before, next_byte.start())
+    return False
+
+
 def _routes_alike(table: FlowTable[Flow], route_path: str, method: str, flow: Flow) -> bool:
     try:
         return table.match(route_path, method) is flow
@@ -364,8 +381,9 @@ class ClientConnection(asyncio.Protocol):
         through lighttpd, every one a client sends after the previous answer), two bytes
         tell: the target's first right after the method's space, and the version's "H"
         right where one space after the target puts it. Otherwise (pipelined behind
-        another request, after blank lines) its start is not known: wherever the bytes
-        it came in spell this method and target, single spaces must part them.
+        another request, after blank lines) its start is not known, so the bytes it came
+        in must nowhere hold its method, two spaces or more and its target, nor its
+        target, two spaces or more and "HTTP/".
         """
         line = self._line
         after_method = len(method)
@@ -374,8 +392,7 @@ class ClientConnection(asyncio.Protocol):
         if (self._line_at_start and line[0] > 32 and line[after_method + 1] != 32
                 and line[version_at] == 72):
             return
-        spelled = re.compile(re.escape(method) + rb" +" + re.escape(self._url) + rb" +HTTP/")
-        if any(m.end() - m.start() != version_at + 5 for m in spelled.finditer(line)):
+        if _spaced_out(line, method + b"  ", self._url) or _spaced_out(line, self._url + b"  ", b"HTTP/"):
             raise BadRequest("malformed request line")
 
     @staticmethod
