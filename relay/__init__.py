@@ -13,7 +13,8 @@
 Modules: ``cli`` (entry points), ``config`` (validated, frozen configuration),
 ``server`` (listeners, reload, shutdown) with ``context`` (what connections share),
 ``supervisor`` and ``workers`` (several processes), ``protocol`` (client HTTP/1.1),
-``paths`` and ``routing`` (normalized path → flow), ``policy`` (the prepared snapshot),
+``paths`` and ``routing`` (normalized path → flow), ``hosts`` (what a Host may be),
+``policy`` (the prepared snapshot),
 ``identity`` (tokens, keys, authorization), ``exchange`` (one request's delivery),
 ``idempotency`` (Idempotency-Key scopes and fingerprints),
 ``reply`` (response framing), ``sinks`` (destinations), ``fastpath`` (the compiled hot

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from enum import IntEnum
@@ -39,15 +40,18 @@ from relay.errors import (
 from relay.exchange import Exchange
 from relay.fastpath import HeaderScan, scan_headers
 from relay.flowcontrol import NO_BODY, ClientGone, ReadGate, RequestBody
+from relay.hosts import check_host
 from relay.identity import Identity
 from relay.pacing import BodyPace, SendWatch
-from relay.paths import normalize_path
+from relay.paths import normalize_path, target_authority, without_params
 from relay.reply import Reply
 from relay.request import Request
 from relay.responses import error_response
 
 if TYPE_CHECKING:
     from relay.context import ServerContext
+    from relay.policy import Flow
+    from relay.routing import FlowTable
 
 log = logging.getLogger("relay.protocol")
 
@@ -74,11 +78,36 @@ class ParseState(IntEnum):
 IDLE, HEAD, BODY, DEAD, LINGER = ParseState
 
 
+_NOT_SPACE = re.compile(rb"[^ ]")
+
+
+def _spaced_out(data: bytes, before: bytes, after: bytes) -> bool:
+    """Whether ``before`` (ending in two spaces), more spaces and ``after`` follow each
+    other somewhere in ``data``."""
+    at = data.find(before)
+    while at >= 0:
+        next_byte = _NOT_SPACE.search(data, at + len(before))
+        if next_byte is None:
+            return False
+        if data.startswith(after, next_byte.start()):
+            return True
+        at = data.find(before, next_byte.start())
+    return False
+
+
+def _routes_alike(table: FlowTable[Flow], route_path: str, method: str, flow: Flow) -> bool:
+    try:
+        return table.match(route_path, method) is flow
+    except (NotFound, MethodNotAllowed):
+        return False
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_ctx", "_unix", "_trusted_peer", "_peer", "_transport", "_parser", "_gate", "_state",
         "_url", "_headers", "_head_size", "_head_bytes", "_parsing", "_active", "_queue", "_closed",
         "_write_paused", "deadline", "_begun", "_body_pace", "_send_watch", "_gone_as",
+        "_read", "_read_fresh", "_line", "_line_at_start", "_line_open",
     )
 
     def __init__(self, ctx: ServerContext, unix: bool) -> None:
@@ -107,6 +136,12 @@ class ClientConnection(asyncio.Protocol):
         self._send_watch: SendWatch | None = None  # made when output first backs up
         #: the audit reason for exchanges cut short when the connection goes
         self._gone_as = "client_gone"
+        # The request line as sent, for the checks httptools leaves out (see _check_request_line):
+        self._read = b""           # the bytes being parsed now
+        self._read_fresh = False   # and no request began in them yet, though one may begin at their start
+        self._line = b""           # the bytes the current request began in, from its start when known
+        self._line_at_start = False
+        self._line_open = False    # the request line may not be complete in _line yet
 
     # --- connection lifecycle ------------------------------------------------------------
 
@@ -229,6 +264,11 @@ class ClientConnection(asyncio.Protocol):
             return
         if state != BODY:
             self._head_bytes += len(data)
+            if state == HEAD and self._line_open:  # a head arriving in pieces: rare
+                self._line += data
+                self._line_open = b"\n" not in data
+        self._read = data
+        self._read_fresh = state == IDLE
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -254,6 +294,10 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._state = HEAD
+        self._line = self._read
+        self._line_at_start = self._read_fresh
+        self._read_fresh = False
+        self._line_open = True
         self._url = b""
         self._headers = []
         self._head_size = 0
@@ -325,10 +369,13 @@ class ClientConnection(asyncio.Protocol):
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             raise BadRequest(f"unsupported HTTP version {version}")
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        self._check_request_line(raw_method)
+        method = raw_method.decode("ascii")
         if method == "CONNECT":
             raise BadRequest("CONNECT is not allowed")
-        route_path, forward_path, query = normalize_path(self._url)
+        url = self._url
+        route_path, forward_path, query = normalize_path(url)
         policy = ctx.policy
         try:
             flow = policy.table.match(route_path, method)
@@ -339,8 +386,16 @@ class ClientConnection(asyncio.Protocol):
             if unrouted.chunked or unrouted.content_length > 0:
                 raise  # its body would have to be read and discarded: close instead
             return exc
+        if ";" in route_path and not _routes_alike(policy.table, without_params(route_path), method, flow):
+            # an upstream that cuts ";" parameters off (Tomcat, Jetty, Spring) would serve another flow's path
+            raise BadRequest("path parameters would route the request to another flow")
         scan = scan_headers(headers, flow.drop)
         self._check_framing(scan, version)
+        host = scan.host
+        if url[:1] != b"/":
+            # absolute-form: the target's authority is the Host (RFC 9112 3.2.2)
+            host = target_authority(url)
+            check_host(host)
         if scan.content_length > flow.max_body:
             raise PayloadTooLarge(f"body of {scan.content_length} bytes exceeds the flow's limit")
         identity: Identity | None = None
@@ -374,14 +429,43 @@ class ClientConnection(asyncio.Protocol):
         target = forward_path + b"?" + query if query else forward_path
         request = Request(
             ctx.next_request_id(), method, version, route_path, target, scan, flow, client,
-            body, parser.should_keep_alive() and not ctx.draining, time.monotonic(), identity,
+            body, parser.should_keep_alive() and not ctx.draining, time.monotonic(), identity, host,
         )
         return request, refusal
 
+    def _check_request_line(self, method: bytes) -> None:
+        """Refuse a request line with more than one space between its parts.
+
+        httptools rejects tabs, other whitespace and trailing spaces there, but skips
+        runs of spaces. When the request began at the start of a read (every request
+        through lighttpd, every one a client sends after the previous answer), two bytes
+        tell: the target's first right after the method's space, and the version's "H"
+        right where one space after the target puts it. Otherwise (pipelined behind
+        another request, after blank lines) its start is not known, so the bytes it came
+        in must nowhere hold its method, two spaces or more and its target, nor its
+        target, two spaces or more and "HTTP/".
+        """
+        line = self._line
+        after_method = len(method)
+        version_at = after_method + len(self._url) + 2
+        # the whole line is there: _line grows until it holds the line's LF
+        if (self._line_at_start and line[0] > 32 and line[after_method + 1] != 32
+                and line[version_at] == 72):
+            return
+        if _spaced_out(line, method + b"  ", self._url) or _spaced_out(line, self._url + b"  ", b"HTTP/"):
+            raise BadRequest("malformed request line")
+
     @staticmethod
     def _check_framing(scan: HeaderScan, version: str) -> None:
-        if scan.host is None and version == "1.1":
-            raise BadRequest("missing Host header")
+        host = scan.host
+        if host is None:
+            if version == "1.1":
+                raise BadRequest("missing Host header")
+        else:
+            check_host(host)
+        if scan.chunked and version == "1.0":
+            # RFC 9112 6.1: an HTTP/1.0 recipient may not know chunked; the framing is not to be trusted
+            raise BadRequest("chunked transfer coding in an HTTP/1.0 request")
         if scan.upgrade:
             raise BadRequest("protocol upgrade is not allowed")
         if scan.expect is not None and scan.expect != b"100-continue":

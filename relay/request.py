@@ -19,12 +19,14 @@ class Request:
     ``forward_target`` is what the upstream receives: the normalized path, re-encoded, and
     the raw query. ``client`` is the address relay trusts (the peer, or the rightmost
     X-Forwarded-For entry when the peer is a trusted proxy), None when there is none
-    (a Unix-socket client that names no address).
+    (a Unix-socket client that names no address). ``host`` is the Host to forward: the
+    Host header's, or an absolute-form target's authority; None when the client sent
+    neither (HTTP/1.0).
     """
 
     __slots__ = (
         "request_id", "method", "version", "forward_target", "route_path", "headers",
-        "flow", "client", "body", "keep_alive", "head_only", "received_at", "identity",
+        "flow", "client", "body", "keep_alive", "head_only", "received_at", "identity", "host",
         "claim",
     )
 
@@ -42,6 +44,7 @@ class Request:
         keep_alive: bool,
         received_at: float,
         identity: Identity | None = None,
+        host: bytes | None = None,
     ) -> None:
         self.request_id = request_id
         self.method = method
@@ -58,6 +61,7 @@ class Request:
         self.received_at = received_at
         #: the verified caller, for flows that require a token
         self.identity = identity
+        self.host = host
         #: its Idempotency-Key, scoped and bound, once delivery begins (see relay.idempotency)
         self.claim: Claim | None = None
 

@@ -17,6 +17,7 @@ what stops a slow client behind lighttpd.
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 from dataclasses import dataclass
 
@@ -118,6 +119,42 @@ CASES = [
                                                            b"Authorization: Bearer b\r\n"),
          front="normalizes"),
     Case("connect", b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n"),
+    # request-line oddities: httptools skips runs of spaces, relayd refuses them; lighttpd
+    # reads a space before the version as part of the target ("/data/s%20")
+    Case("two-spaces-after-method", b"GET  /data/s HTTP/1.1\r\n" + HOST + b"\r\n"),
+    Case("two-spaces-before-version", b"GET /data/s  HTTP/1.1\r\n" + HOST + b"\r\n", front="normalizes"),
+    Case("spaces-around-target", b"GET   /data/s   HTTP/1.1\r\n" + HOST + b"\r\n"),
+    Case("tab-after-method", b"GET\t/data/s HTTP/1.1\r\n" + HOST + b"\r\n", status=501),
+    Case("tab-before-version", b"GET /data/s\tHTTP/1.1\r\n" + HOST + b"\r\n"),
+    Case("leading-space", b" GET /data/s HTTP/1.1\r\n" + HOST + b"\r\n", status=501),
+    Case("trailing-space", b"GET /data/s HTTP/1.1 \r\n" + HOST + b"\r\n"),
+    Case("blank-line-then-two-spaces", b"\r\nGET /data/sH  HTTP/1.1\r\n" + HOST + b"\r\n"),
+    Case("trailing-tab", b"GET /data/s HTTP/1.1\t\r\n" + HOST + b"\r\n"),
+    # HTTP/1.0 knows no chunked (RFC 9112 6.1)
+    Case("http-1.0-chunked", b"POST /data/s HTTP/1.0\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
+         + b"5\r\nhello\r\n" + TERMINATOR),
+    Case("http-1.0-chunked-keep-alive", b"POST /data/s HTTP/1.0\r\n" + HOST + b"Connection: keep-alive\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n" + TERMINATOR + SMUGGLED),
+    # Host must be host[:port]
+    Case("host-list", get(b"/data/s", b"Host: a.test, b.test\r\n")),
+    Case("host-list-no-space", get(b"/data/s", b"Host: a.test,b.test\r\n")),
+    Case("host-space", get(b"/data/s", b"Host: a.test b.test\r\n")),
+    Case("host-userinfo", get(b"/data/s", b"Host: user@evil.test\r\n")),
+    Case("host-path", get(b"/data/s", b"Host: evil.test/x\r\n")),
+    Case("host-backslash", get(b"/data/s", b"Host: evil.test\\x\r\n")),
+    Case("host-semicolon", get(b"/data/s", b"Host: a.test;x\r\n")),
+    Case("host-empty", get(b"/data/s", b"Host: \r\n")),
+    Case("host-port-too-large", get(b"/data/s", b"Host: a.test:65536\r\n")),
+    Case("host-port-not-digits", get(b"/data/s", b"Host: a.test:8o\r\n")),
+    Case("host-port-empty", get(b"/data/s", b"Host: a.test:\r\n"), front="normalizes"),
+    Case("host-ipv6-unbracketed", get(b"/data/s", b"Host: ::1\r\n")),
+    Case("host-ipv6-invalid", get(b"/data/s", b"Host: [::g]\r\n")),
+    Case("host-ipv6-zone", get(b"/data/s", b"Host: [fe80::1%25eth0]\r\n")),
+    Case("host-ipvfuture", get(b"/data/s", b"Host: [v1.x]\r\n")),
+    # an absolute-form target's authority is held to the same rule
+    Case("absolute-userinfo", get(b"http://user@other.test/data/s", b"Host: other.test\r\n")),
+    Case("absolute-authority-list", get(b"http://a.test,b.test/data/s", b"Host: a.test\r\n")),
+    Case("absolute-empty-authority", get(b"http:///data/s")),
     # path tricks: decoded once, dot-segments resolved, encoded "/", "#", NUL and "\" refused
     Case("dotdot-encoded", get(b"/data/%2e%2e/x"), status=404, closes=False),
     Case("dotdot-raw", get(b"/data/../x"), status=404, closes=False),
@@ -129,6 +166,9 @@ CASES = [
     Case("encoded-backslash", get(b"/data/a%5cb")),
     Case("fragment", get(b"/data/a#b"), front="normalizes"),
     Case("encoded-hash", get(b"/data/a%23b")),
+    Case("dotdot-parameter", get(b"/data/..;/x")),
+    Case("dotdot-encoded-semicolon", get(b"/data/..%3b/x")),
+    Case("dotdot-double-encoded", get(b"/data/%252e%252e/x")),
     # limits
     Case("headers-too-large", get(b"/data/s", HOST + b"X-Big: " + b"a" * (20 * 1024) + b"\r\n"), status=431),
 ]
@@ -277,3 +317,68 @@ def test_slowloris_gets_408_and_closed(stack: Stack) -> None:
         assert conn.closed_by_peer()
     assert 1.8 <= answered < 3.5
     assert upstream_gained_nothing(stack.upstream, mark, stack.direct_tcp) == []
+
+
+@pytest.mark.parametrize("host", ["[::1]:8080", "[2001:db8::7]", "192.0.2.1", "a.test:65535", "A.Test",
+                                  "xn--bcher-kva.test", "under_score.test"])
+def test_valid_hosts_are_forwarded_as_sent(stack: Stack, host: str) -> None:
+    target = "/data/host"
+    mark = stack.upstream.mark()
+    response = exchange(stack.direct_tcp, request_bytes("GET", target, host=host))
+    assert response.status == 200, str(response)
+    records = upstream_gained_nothing(stack.upstream, mark, stack.direct_tcp)
+    assert [[v for k, v in r["headers"] if k.lower() == "host"] for r in records] == [[host]]
+
+
+def test_absolute_form_forwards_the_targets_authority(stack: Stack) -> None:
+    """RFC 9112 3.2.2: the target's authority, not the Host header, names the origin;
+    relayd routes on the target's path and forwards that authority as the Host."""
+    mark = stack.upstream.mark()
+    response = exchange(stack.direct_tcp, get(b"http://other.test:8080/data/absolute?q=1", b"Host: probe.test\r\n"))
+    assert response.status == 200, str(response)
+    records = upstream_gained_nothing(stack.upstream, mark, stack.direct_tcp)
+    assert [(r["target"], [v for k, v in r["headers"] if k.lower() == "host"]) for r in records] == [
+        ("/data/absolute?q=1", ["other.test:8080"])]
+
+
+def test_absolute_form_with_another_host_is_refused_by_lighttpd(stack: Stack) -> None:
+    mark = stack.upstream.mark()
+    response = exchange(stack.via_lighttpd, get(b"http://other.test/data/absolute", b"Host: probe.test\r\n"))
+    assert response.status == 400, str(response)
+    assert upstream_gained_nothing(stack.upstream, mark, stack.via_lighttpd) == []
+
+
+@pytest.mark.parametrize("second", [b"GET  /data/b HTTP/1.1\r\n", b"GET /data/b  HTTP/1.1\r\n"])
+@pytest.mark.parametrize("body", [b"GET /data/b HTTP/1.1\r\n\r\n", b"no newline"])
+def test_pipelined_request_line_with_two_spaces_is_refused(stack: Stack, second: bytes, body: bytes) -> None:
+    """The second request begins inside the read that carries the first, whose body
+    may spell its line right or end without a newline: it is refused all the same, and
+    the well-formed first request is served."""
+    first = b"POST /data/a HTTP/1.1\r\n" + HOST + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    mark = stack.upstream.mark()
+    with RawConnection(stack.direct_tcp) as conn:
+        conn.send(first + second + HOST + b"\r\n")
+        assert conn.read_response().status == 200
+        response = conn.read_response()
+        assert response.status == 400, str(response)
+        assert conn.closed_by_peer()
+    records = upstream_gained_nothing(stack.upstream, mark, stack.direct_tcp)
+    assert [r["target"] for r in records] == ["/data/a"]
+
+
+@pytest.mark.parametrize("line", [b"GET  /data/s HTTP/1.1\r\n", b"GET /data/s  HTTP/1.1\r\n", b"GET /data/s HTTP/1.1\r\n",
+                                  b"\r\nGET /data/s HTTP/1.1\r\n"])
+def test_request_line_sent_byte_by_byte(stack: Stack, line: bytes) -> None:
+    """A head arriving in many reads is checked on the whole line."""
+    mark = stack.upstream.mark()
+    with RawConnection(stack.direct_tcp) as conn:
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(line)):
+            conn.send(line[i:i + 1])
+        conn.send(HOST + b"Connection: close\r\n\r\n")
+        response = conn.read_response()
+    records = upstream_gained_nothing(stack.upstream, mark, stack.direct_tcp)
+    if b"  " in line:
+        assert response.status == 400 and records == [], str(response)
+    else:
+        assert response.status == 200 and [r["target"] for r in records] == ["/data/s"], str(response)

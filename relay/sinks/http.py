@@ -65,7 +65,7 @@ class HttpSink:
         client = request.client
         return b"".join((
             request.method.encode("ascii"), b" ", self._base, request.forward_target, b" HTTP/1.1\r\n",
-            b"Host: ", scan.host or self._host, b"\r\n",
+            b"Host: ", request.host or self._host, b"\r\n",
             scan.forward,
             b"X-Forwarded-For: " + client.encode("latin-1") + b"\r\n" if client else b"",
             b"X-Relay-Request-Id: ", request.request_id.encode("ascii"), b"\r\n",

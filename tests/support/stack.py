@@ -117,13 +117,14 @@ class Control:
 
 
 class Stack:
-    """Upstream, relayd with the test policy, and lighttpd in front of relayd's socket."""
+    """Upstream, relayd with the test policy (plus ``extra``, see relay_config), and
+    lighttpd in front of relayd's socket."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra: str = "") -> None:
         self.workdir = workdir
         self.upstream = Upstream(workdir)
         try:
-            self.relayd = Relayd(workdir, relay_config(workdir, self.upstream.url))
+            self.relayd = Relayd(workdir, relay_config(workdir, self.upstream.url, extra=extra))
             self.lighttpd = Lighttpd(workdir, self.relayd.unix)
         except BaseException:
             self.close()
