@@ -253,6 +253,10 @@ class AdminServer:
             await self._converse(reader, writer, uid)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away: nothing to answer
+        except asyncio.CancelledError:
+            # close() ends the connection (after a drain, say): a normal end. Left to
+            # propagate, the stream server (Python 3.11) logs the cancelled task as an error.
+            pass
         finally:
             self._connections.discard(task)
             writer.close()

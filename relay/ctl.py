@@ -22,9 +22,11 @@ sub-parsers object, adds its parsers and gives each a ``run`` default
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -34,8 +36,6 @@ from relay.admin import AdminRequest
 from relay.audit import GENESIS
 from relay.audit_verify import verify
 from relay.cli import DEFAULT_CONFIG
-from relay.config import load_config
-from relay.errors import ConfigError
 from relay.units import parse_duration
 
 __all__ = ["COMMAND_FAMILIES", "CtlError", "admin_call", "format_reply", "relayctl_main"]
@@ -82,14 +82,58 @@ def admin_call(path: str, request: AdminRequest, timeout: float) -> bytes:
 def _socket_path(args: argparse.Namespace) -> str:
     if args.socket:
         return str(args.socket)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        raise CtlError(f"cannot find the admin socket: {exc.problems[0]}"
-                       + (f" (and {len(exc.problems) - 1} more problems)" if len(exc.problems) > 1 else "")) from None
-    if config.server.admin_socket is None:
+    path = admin_socket_of(args.config)
+    if path is None:
         raise CtlError(f"{args.config} configures no server.admin_socket; give --socket PATH")
-    return config.server.admin_socket
+    return path
+
+
+def admin_socket_of(config_path: str) -> str | None:
+    """``server.admin_socket`` of the file at ``config_path``, without validating the rest.
+
+    A file relayd would refuse must still lead to the daemon (``reload`` is how the
+    operator hears every problem in it), so only this one key is read; when the file is
+    not even valid TOML, its ``[server]`` table is scanned line by line for it.
+    """
+    try:
+        with open(config_path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise CtlError(f"cannot read {config_path}: {exc.strerror or exc}") from None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        server = tomllib.loads(text).get("server", {})
+    except tomllib.TOMLDecodeError:
+        return _scan_admin_socket(text)
+    value = server.get("admin_socket") if isinstance(server, dict) else None
+    if value is not None and not isinstance(value, str):
+        raise CtlError(f"{config_path}: server.admin_socket must be a string; give --socket PATH")
+    return value
+
+
+_TABLE = re.compile(r"\s*\[\s*([^\]]*?)\s*\]")
+_ADMIN_SOCKET = re.compile(r"""\s*admin_socket\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\s*(?:#.*)?$""")
+
+
+def _scan_admin_socket(text: str) -> str | None:
+    """``admin_socket = "…"`` in the ``[server]`` table of a document tomllib refused."""
+    table = ""
+    for line in text.splitlines():
+        header = _TABLE.match(line)
+        if header:
+            table = header.group(1)
+            continue
+        found = _ADMIN_SOCKET.match(line) if table == "server" else None
+        if found:
+            basic, literal = found.groups()
+            if basic is None:
+                return literal
+            try:
+                value: str = tomllib.loads(f'v = "{basic}"')["v"]  # TOML's own escapes
+            except tomllib.TOMLDecodeError:
+                return None
+            return value
+    return None
 
 
 def _remote(build: Callable[[argparse.Namespace], AdminRequest]) -> Run:
@@ -277,20 +321,41 @@ def _audit_commands(sub: SubParsers) -> None:
 COMMAND_FAMILIES: tuple[Callable[[SubParsers], None], ...] = (_admin_commands, _audit_commands)
 
 
+def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """relayctl's own options. Every command's parser takes them too (with ``defaults``
+    false, so that only what is given there overrides what came before the command):
+    ``relayctl flows --json`` and ``relayctl --json flows`` are the same."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", default=default(None),
+                       help="the admin socket (default: from the config)")
+    where.add_argument("-c", "--config", default=default(DEFAULT_CONFIG),
+                       help=f"read server.admin_socket from this file (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--json", action="store_true", default=default(False), help="print replies as JSON")
+    parser.add_argument("--timeout", type=float, default=default(30.0), metavar="SECONDS",
+                        help="how long to wait for relayd's reply (default: 30)")
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of one command (and, through add_subparsers, of its sub-commands)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _global_options(self, defaults=False)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relayctl",
         description="Operate a running relayd through its admin socket.",
         epilog="Exit status: 0 ok, 1 the command failed, 2 relayctl could not ask.",
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--socket", metavar="PATH", help="the admin socket (default: from the config)")
-    where.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                       help="read server.admin_socket from this file (default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print replies as JSON")
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="how long to wait for relayd's reply (default: %(default)s)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _global_options(parser, defaults=True)
+    sub: SubParsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
     for add in COMMAND_FAMILIES:
         add(sub)
     return parser

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DURATION_BUCKETS", "GAUGES", "EventLoopLag", "FlowStats", "Metrics", "Snapshot",
-    "flow_stats", "merge", "render",
+    "flow_stats", "merge", "quantile", "render",
 ]
 
 #: upper bounds (seconds) of the duration histograms; one more slot counts the rest (+Inf)
@@ -119,6 +119,8 @@ class FlowStats(TypedDict):
     bytes_in: int
     bytes_out: int
     mean_ms: float
+    p50_ms: float  # estimated from the duration histogram, as Prometheus' histogram_quantile does
+    p99_ms: float
 
 
 class _RequestCounts:
@@ -280,9 +282,11 @@ def flow_stats(snapshot: Snapshot) -> list[FlowStats]:
     """Per-flow totals for the admin ``stats`` command, flows in name order."""
     rows: dict[str, FlowStats] = {}
     seconds: dict[str, float] = {}
+    buckets: dict[str, list[int]] = {}
     for r in snapshot["requests"]:
         row = rows.setdefault(r["flow"], FlowStats(flow=r["flow"], requests=0, ok=0, client_errors=0,
-                                                   server_errors=0, bytes_in=0, bytes_out=0, mean_ms=0.0))
+                                                   server_errors=0, bytes_in=0, bytes_out=0, mean_ms=0.0,
+                                                   p50_ms=0.0, p99_ms=0.0))
         row["requests"] += r["count"]
         if r["status"] >= 500:
             row["server_errors"] += r["count"]
@@ -293,10 +297,33 @@ def flow_stats(snapshot: Snapshot) -> list[FlowStats]:
         row["bytes_in"] += r["bytes_in"]
         row["bytes_out"] += r["bytes_out"]
         seconds[r["flow"]] = seconds.get(r["flow"], 0.0) + r["seconds"]
+        _add(buckets.setdefault(r["flow"], [0] * _SLOTS), r["buckets"])
     for flow, row in rows.items():
         if row["requests"]:
             row["mean_ms"] = round(seconds[flow] * 1000 / row["requests"], 3)
+            row["p50_ms"] = round(quantile(buckets[flow], 0.5) * 1000, 3)
+            row["p99_ms"] = round(quantile(buckets[flow], 0.99) * 1000, 3)
     return [rows[flow] for flow in sorted(rows)]
+
+
+def quantile(counts: list[int], q: float) -> float:
+    """The ``q``-quantile (0 < q < 1) in seconds of a duration histogram's per-bucket counts.
+
+    Linear within the bucket holding it, as Prometheus' ``histogram_quantile`` estimates:
+    the answer is only as fine as :data:`DURATION_BUCKETS`. A quantile in the +Inf bucket
+    is reported as the largest finite bound; an empty histogram gives 0.
+    """
+    total = sum(counts)
+    if not total:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(counts[:-1]):
+        if n and seen + n >= rank:
+            lower = DURATION_BUCKETS[i - 1] if i else 0.0
+            return lower + (DURATION_BUCKETS[i] - lower) * (rank - seen) / n
+        seen += n
+    return DURATION_BUCKETS[-1]
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:

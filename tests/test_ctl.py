@@ -17,7 +17,7 @@ from relay.admin import (
     AdminReply, AdminRequest, CacheStatsReply, CommandError, CommandTable, FlowsReply, KeysReply, MetricsReply,
     ReloadReply, RevokeReply, StatsReply, StatusReply,
 )
-from relay.ctl import format_reply, relayctl_main
+from relay.ctl import admin_socket_of, format_reply, relayctl_main
 from relay.metrics import Metrics, flow_stats
 from relay.units import parse_duration
 
@@ -124,9 +124,9 @@ def test_stats_table_right_aligns_numbers(served: tuple[AdminThread, list[AdminR
     assert status == 0
     header, ingest, orders = out.splitlines()
     assert header.split() == ["FLOW", "REQUESTS", "OK", "CLIENT_ERRORS", "SERVER_ERRORS", "BYTES_IN",
-                              "BYTES_OUT", "MEAN_MS"]
-    assert ingest.split() == ["ingest", "1", "1", "0", "0", "5000", "40", "2"]
-    assert orders.split() == ["orders", "2", "1", "0", "1", "1500", "140", "12"]
+                              "BYTES_OUT", "MEAN_MS", "P50_MS", "P99_MS"]
+    assert ingest.split() == ["ingest", "1", "1", "0", "0", "5000", "40", "2", "1.75", "2.485"]
+    assert orders.split() == ["orders", "2", "1", "0", "1", "1500", "140", "12", "5", "24.7"]
     assert len(header) == len(ingest) == len(orders)  # columns line up
 
 
@@ -251,3 +251,17 @@ def test_format_reply_of_an_empty_reply_and_empty_table() -> None:
     assert format_reply({"ok": True}) == "ok"
     assert format_reply({"ok": True, "flows": []}) == "(no flows)"
     assert format_reply({"ok": True, "policy_version": 2, "flows": []}) == "policy_version: 2\n\nflows:\n(no flows)"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[server]\nadmin_socket = "run/a.sock"\n[[flow]]\nname = 3\n', "run/a.sock"),  # valid TOML, invalid config
+    ('[server]\nadmin_socket = "run/\\u0061.sock"  # note\n[[flow]]\nname = "unclosed\n', "run/a.sock"),
+    ("[server]\nlisten = [\n  admin_socket = 'run/b.sock'\n", "run/b.sock"),  # scanned: not TOML
+    ('[sink.x]\nadmin_socket = "no"\n[server]\nlisten = "\n', None),  # only [server]'s counts
+    ('[server]\nlisten = ["127.0.0.1:1"]\n', None),
+])
+def test_the_admin_socket_is_read_from_a_file_relayd_would_refuse(tmp_path: Path, text: str,
+                                                                  expected: str | None) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text(text)
+    assert admin_socket_of(str(config)) == expected
