@@ -49,7 +49,7 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 COMMANDS: tuple[str, ...] = (
     "status", "stats", "flows", "reload", "keys", "keys refresh", "revoke",
     "cache stats", "cache purge", "drain", "log-level", "metrics",
-    "snapshot",  # a worker's metrics as JSON, for its supervisor to merge
+    "snapshot",  # the metrics as JSON: a supervisor merges its workers', relayctl top diffs them
 )
 
 

@@ -16,29 +16,28 @@ Adding a command family (``relayctl token ...``): write a function that takes th
 sub-parsers object, adds its parsers and gives each a ``run`` default
 (``Callable[[argparse.Namespace], int]`` returning the exit status, raising
 :class:`CtlError` for exit 2), and list it in :data:`COMMAND_FAMILIES`. Use
-:func:`admin_call` to reach the daemon.
+:func:`relay.admin_client.ask` to reach the daemon.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import socket
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
 from relay.admin import AdminRequest
+from relay.admin_client import CtlError, admin_call, ask, socket_path
 from relay.audit import GENESIS
 from relay.audit_verify import verify
 from relay.cli import DEFAULT_CONFIG
+from relay.ctl_top import top_commands
 from relay.units import parse_duration
 
-__all__ = ["COMMAND_FAMILIES", "CtlError", "admin_call", "format_reply", "relayctl_main"]
+__all__ = ["COMMAND_FAMILIES", "CtlError", "admin_call", "format_reply", "relayctl_main", "socket_path"]
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # what add_subparsers() returns
@@ -48,106 +47,12 @@ Run = Callable[[argparse.Namespace], int]
 _TIMESTAMPS = frozenset({"until", "last_success", "started_at"})
 
 
-class CtlError(Exception):
-    """relayctl could not do what was asked (exit status 2); the message says why."""
-
-
-# --- talking to the daemon ------------------------------------------------------------------
-
-def admin_call(path: str, request: AdminRequest, timeout: float) -> bytes:
-    """Send ``request`` to the admin socket at ``path``; the reply line, newline included."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            raise CtlError(f"cannot connect to the admin socket {path}: {exc.strerror or exc} "
-                           "(is relayd running, and may this user use it?)") from None
-        try:
-            try:
-                sock.sendall(orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE))
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # a refused peer is told why before the server hangs up: read that
-            with sock.makefile("rb") as reader:
-                line = reader.readline()
-        except TimeoutError:
-            raise CtlError(f"no reply from {path} within {timeout:g}s") from None
-        except OSError as exc:
-            raise CtlError(f"lost the connection to {path}: {exc.strerror or exc}") from None
-    if not line.endswith(b"\n"):
-        raise CtlError(f"relayd closed the admin connection without a reply ({path})")
-    return line
-
-
-def _socket_path(args: argparse.Namespace) -> str:
-    if args.socket:
-        return str(args.socket)
-    path = admin_socket_of(args.config)
-    if path is None:
-        raise CtlError(f"{args.config} configures no server.admin_socket; give --socket PATH")
-    return path
-
-
-def admin_socket_of(config_path: str) -> str | None:
-    """``server.admin_socket`` of the file at ``config_path``, without validating the rest.
-
-    A file relayd would refuse must still lead to the daemon (``reload`` is how the
-    operator hears every problem in it), so only this one key is read; when the file is
-    not even valid TOML, its ``[server]`` table is scanned line by line for it.
-    """
-    try:
-        with open(config_path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise CtlError(f"cannot read {config_path}: {exc.strerror or exc}") from None
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        server = tomllib.loads(text).get("server", {})
-    except tomllib.TOMLDecodeError:
-        return _scan_admin_socket(text)
-    value = server.get("admin_socket") if isinstance(server, dict) else None
-    if value is not None and not isinstance(value, str):
-        raise CtlError(f"{config_path}: server.admin_socket must be a string; give --socket PATH")
-    return value
-
-
-_TABLE = re.compile(r"\s*\[\s*([^\]]*?)\s*\]")
-_ADMIN_SOCKET = re.compile(r"""\s*admin_socket\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\s*(?:#.*)?$""")
-
-
-def _scan_admin_socket(text: str) -> str | None:
-    """``admin_socket = "…"`` in the ``[server]`` table of a document tomllib refused."""
-    table = ""
-    for line in text.splitlines():
-        header = _TABLE.match(line)
-        if header:
-            table = header.group(1)
-            continue
-        found = _ADMIN_SOCKET.match(line) if table == "server" else None
-        if found:
-            basic, literal = found.groups()
-            if basic is None:
-                return literal
-            try:
-                value: str = tomllib.loads(f'v = "{basic}"')["v"]  # TOML's own escapes
-            except tomllib.TOMLDecodeError:
-                return None
-            return value
-    return None
-
-
 def _remote(build: Callable[[argparse.Namespace], AdminRequest]) -> Run:
     """The ``run`` of an admin command whose request ``build`` makes from the arguments."""
 
     def run(args: argparse.Namespace) -> int:
         request = build(args)
-        line = admin_call(_socket_path(args), request, args.timeout)
-        try:
-            reply = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise CtlError(f"relayd sent an unreadable reply: {line[:200]!r}") from None
-        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-            raise CtlError(f"relayd sent a reply without 'ok': {line[:200]!r}")
+        reply, line = ask(socket_path(args), request, args.timeout)
         if args.json:
             sys.stdout.write(line.decode())
         if not reply["ok"]:
@@ -318,7 +223,7 @@ def _audit_commands(sub: SubParsers) -> None:
 
 
 #: each adds one family of sub-commands to relayctl's parser
-COMMAND_FAMILIES: tuple[Callable[[SubParsers], None], ...] = (_admin_commands, _audit_commands)
+COMMAND_FAMILIES: tuple[Callable[[SubParsers], None], ...] = (_admin_commands, top_commands, _audit_commands)
 
 
 def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:

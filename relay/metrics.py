@@ -48,6 +48,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from relay.errors import BadGateway, GatewayTimeout, InsufficientStorage, ServiceUnavailable
 from relay.timers import Ticker
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DURATION_BUCKETS", "GAUGES", "EventLoopLag", "FlowStats", "Metrics", "Snapshot",
-    "flow_stats", "merge", "quantile", "render",
+    "SINK_FAILURES", "flow_stats", "merge", "quantile", "render", "requests_since",
 ]
 
 #: upper bounds (seconds) of the duration histograms; one more slot counts the rest (+Inf)
@@ -65,6 +66,9 @@ DURATION_BUCKETS: tuple[float, ...] = (
 _SLOTS = len(DURATION_BUCKETS) + 1
 # the "le" label values; repr() of these bounds is already what Prometheus writes
 _LE: tuple[str, ...] = (*(repr(b) for b in DURATION_BUCKETS), "+Inf")
+
+#: the audit reasons (and metrics' ``reason`` label) of a request a sink failed
+SINK_FAILURES = frozenset(e.code for e in (BadGateway, ServiceUnavailable, GatewayTimeout, InsufficientStorage))
 
 #: gauges the server may feed with :meth:`Metrics.watch`: help text, and how workers combine
 GAUGES: dict[str, tuple[str, Literal["sum", "max"]]] = {
@@ -116,6 +120,8 @@ class FlowStats(TypedDict):
     ok: int  # 2xx and 3xx
     client_errors: int  # 4xx
     server_errors: int  # 5xx
+    denied: int  # 401 and 403: the caller may not
+    sink_errors: int  # a sink failed, timed out or was full (502, 503, 504, 507 from a sink)
     bytes_in: int
     bytes_out: int
     mean_ms: float
@@ -278,6 +284,25 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
                     sink_latency=list(sinks.values()), gauges=gauges)
 
 
+def requests_since(now: Snapshot, before: Snapshot) -> Snapshot:
+    """``now`` with its request counters less those of the earlier ``before`` (of the same
+    process or group): what happened in between. Other counters are ``now``'s."""
+    earlier = {(r["flow"], r["status"], r["reason"]): r for r in before["requests"]}
+    rows: list[RequestRow] = []
+    for r in now["requests"]:
+        old = earlier.get((r["flow"], r["status"], r["reason"]))
+        if old is None:
+            rows.append(r)
+        elif r["count"] > old["count"]:
+            rows.append(RequestRow(
+                flow=r["flow"], status=r["status"], reason=r["reason"], count=r["count"] - old["count"],
+                bytes_in=r["bytes_in"] - old["bytes_in"], bytes_out=r["bytes_out"] - old["bytes_out"],
+                seconds=r["seconds"] - old["seconds"], buckets=[n - o for n, o in zip(r["buckets"], old["buckets"])],
+            ))
+    return Snapshot(requests=rows, token_cache=now["token_cache"], jwks_fetches=now["jwks_fetches"],
+                    sink_latency=now["sink_latency"], gauges=now["gauges"])
+
+
 def flow_stats(snapshot: Snapshot) -> list[FlowStats]:
     """Per-flow totals for the admin ``stats`` command, flows in name order."""
     rows: dict[str, FlowStats] = {}
@@ -285,8 +310,8 @@ def flow_stats(snapshot: Snapshot) -> list[FlowStats]:
     buckets: dict[str, list[int]] = {}
     for r in snapshot["requests"]:
         row = rows.setdefault(r["flow"], FlowStats(flow=r["flow"], requests=0, ok=0, client_errors=0,
-                                                   server_errors=0, bytes_in=0, bytes_out=0, mean_ms=0.0,
-                                                   p50_ms=0.0, p99_ms=0.0))
+                                                   server_errors=0, denied=0, sink_errors=0, bytes_in=0,
+                                                   bytes_out=0, mean_ms=0.0, p50_ms=0.0, p99_ms=0.0))
         row["requests"] += r["count"]
         if r["status"] >= 500:
             row["server_errors"] += r["count"]
@@ -294,6 +319,10 @@ def flow_stats(snapshot: Snapshot) -> list[FlowStats]:
             row["client_errors"] += r["count"]
         else:
             row["ok"] += r["count"]
+        if r["status"] in (401, 403):
+            row["denied"] += r["count"]
+        elif r["reason"] in SINK_FAILURES:
+            row["sink_errors"] += r["count"]
         row["bytes_in"] += r["bytes_in"]
         row["bytes_out"] += r["bytes_out"]
         seconds[r["flow"]] = seconds.get(r["flow"], 0.0) + r["seconds"]

@@ -32,6 +32,7 @@ from relay.admin import (
     CommandTable,
     MetricsReply,
     ReloadReply,
+    SnapshotReply,
     StatsReply,
     StatusReply,
 )
@@ -288,6 +289,9 @@ class Supervisor:
         async def metrics(request: AdminRequest) -> AdminReply:
             return MetricsReply(ok=True, text=render(await self._snapshots()).decode())
 
+        async def snapshot(request: AdminRequest) -> AdminReply:
+            return SnapshotReply(ok=True, snapshot=await self._snapshots())  # for relayctl top
+
         async def reload(request: AdminRequest) -> AdminReply:
             problems = await self.reload()
             if problems:
@@ -317,7 +321,7 @@ class Supervisor:
             return CacheStatsReply(ok=True, cache=total)
 
         for name, handler in (("status", status), ("stats", stats), ("metrics", metrics), ("reload", reload),
-                              ("drain", drain), ("cache stats", cache_stats)):
+                              ("drain", drain), ("cache stats", cache_stats), ("snapshot", snapshot)):
             table.register(name, handler)
         for name in _BROADCAST:
             table.register(name, broadcast)

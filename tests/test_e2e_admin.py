@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -154,6 +155,51 @@ def test_stats_show_latency_quantiles(relayd: Relayd, workdir: Path) -> None:
     assert 0 < data["p50_ms"] <= data["p99_ms"] < 1000
     header = admin(workdir, "stats").stdout.splitlines()[0].split()
     assert header[-3:] == ["MEAN_MS", "P50_MS", "P99_MS"]
+
+
+def test_top_shows_rates_and_sink_errors_while_traffic_flows(relayd: Relayd, workdir: Path) -> None:
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            status_of(relayd, "/data/busy")
+            status_of(relayd, "/down/busy")  # nothing listens behind the "down" flow: 502 sink_failed
+
+    assert status_of(relayd, "/data/first") == 200  # traffic is flowing before top starts
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        result = admin(workdir, "top", "-n", "2", "--interval", "0.3")
+    finally:
+        stop.set()
+        worker.join()
+    assert result.returncode == 0, result.stderr
+    frames = result.stdout.split("relayd pid ")[1:]  # piped: frames follow one another, no ANSI codes
+    assert len(frames) == 2 and "\x1b" not in result.stdout, result.stdout
+    for text in frames:
+        lines = text.strip("\n").splitlines()
+        assert lines[0].startswith(f"{relayd.service.pid}  up "), text
+        columns = lines[2].split()
+        rows = {line.split()[0]: dict(zip(columns, line.split())) for line in lines[3:]}
+        assert float(rows["data"]["REQ/S"]) > 0 and rows["data"]["P99_MS"] != "-", text
+        assert float(rows["down"]["SINK_ERR/S"]) > 0 and float(rows["data"]["SINK_ERR/S"]) == 0, text
+
+
+def test_top_ends_quietly_on_ctrl_c(relayd: Relayd, workdir: Path) -> None:
+    argv = [sys.executable, "-m", "relay.ctl", "--socket", str(workdir / "admin.sock"), "top", "--interval", "0.1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=child_env())
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # blocks until the first frame is out
+        assert first.startswith("relayd pid "), first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and err == "", err
 
 
 def test_drain_stops_relayd_quietly(relayd: Relayd, workdir: Path) -> None:
