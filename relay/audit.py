@@ -37,11 +37,11 @@ GENESIS = "0" * 64
 
 #: what record_exchange notes of a finished exchange, serialised at flush:
 #: (ts, request_id, status, reason, flow, method, path, client, sink, failed_sink,
-#:  bytes_in, bytes_out, seconds, identity, sink_seconds). A request refused before it had
+#:  bytes_in, bytes_out, seconds, identity, sink_seconds, detail). A request refused before it had
 #: a flow has flow, method, client and sink None, and its raw target (cut to 256 bytes)
 #: as ``path``.
 ExchangeNote = tuple[float, str, int, str, "str | None", "str | None", str, "str | None", "str | None",
-                     "str | None", int, int, float, "Identity | None", "float | None"]
+                     "str | None", int, int, float, "Identity | None", "float | None", "str | None"]
 
 
 class AuditLog:
@@ -84,6 +84,7 @@ class AuditLog:
             self._add((
                 time.time(), reply.request_id, reply.status, exchange.outcome, None, None,
                 exchange.raw_target[:256].decode("latin-1"), None, None, None, 0, 0, seconds, None, None,
+                exchange.detail,
             ))
             return
         flow = request.flow
@@ -91,6 +92,7 @@ class AuditLog:
             time.time(), reply.request_id, reply.status, exchange.outcome, flow.name, request.method,
             request.route_path, request.client, flow.sink.name, exchange.failed_sink,
             request.body.consumed, reply.bytes_out, seconds, request.identity, exchange.sink_seconds,
+            exchange.detail,
         ))
 
     def _add(self, item: dict[str, Any] | ExchangeNote) -> None:
@@ -149,12 +151,15 @@ class AuditLog:
 
 def _exchange_fields(note: ExchangeNote) -> dict[str, Any]:
     (ts, request_id, status, reason, flow, method, path, client, sink, failed_sink,
-     bytes_in, bytes_out, seconds, identity, _) = note
+     bytes_in, bytes_out, seconds, identity, _, detail) = note
     # times are cut to three decimals with int arithmetic: round(x, 3) formats and
     # re-parses a decimal string, ≈ 0.3 µs a call
     if flow is None:
-        return {"ts": int(ts * 1000) / 1000, "request_id": request_id, "status": status, "reason": reason,
-                "decision": "reject", "target": path}
+        rejected = {"ts": int(ts * 1000) / 1000, "request_id": request_id, "status": status, "reason": reason,
+                    "decision": "reject", "target": path}
+        if detail is not None:
+            rejected["detail"] = detail
+        return rejected
     fields: dict[str, Any] = {
         "ts": int(ts * 1000) / 1000,
         "request_id": request_id,
@@ -177,4 +182,6 @@ def _exchange_fields(note: ExchangeNote) -> dict[str, Any]:
         fields["issuer"] = identity.issuer
         fields["subject"] = identity.subject
         fields["jti"] = identity.jti
+    if detail is not None:
+        fields["detail"] = detail  # why it was refused, in words (the line of a bad NDJSON body, ...)
     return fields
