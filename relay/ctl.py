@@ -6,8 +6,11 @@
 
 Admin commands send one request line to the socket (``--socket``, else the config's
 ``server.admin_socket``) and print the reply readably: ``key: value`` lines for scalars,
-tables for lists of records; ``--json`` prints the reply line as received. Local
-commands (``audit verify``) need no daemon.
+tables for lists of records; ``--json`` prints the reply line as received. The options
+may also follow the command (``relayctl flows --json``), as operators type them. The
+socket is read from the config without validating the rest of it, so ``reload`` of a
+broken file reaches relayd, which lists every problem. ``top`` refreshes per-flow rates
+(:mod:`relay.ctl_top`). Local commands (``audit verify``) need no daemon.
 
 Exit status: 0 success · 1 the command failed or found a problem (reason on stderr) ·
 2 relayctl could not ask (usage, configuration, socket, timeout).

@@ -65,9 +65,8 @@ def shell_commands(text: str) -> list[str]:
     return commands
 
 
-@pytest.fixture
-def checkout(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    """A copy of the checkout on free ports, served by its tools/run; (directory, lighttpd port)."""
+def copy_checkout(tmp_path: Path) -> Path:
+    """README.md, conf/ and tools/ in ``tmp_path``, .venv linked, relay.toml on free ports."""
     if not (ROOT / ".venv" / "bin" / "relayd").exists() or shutil.which("lighttpd", path="/usr/sbin:/usr/bin") is None:
         pytest.skip("needs tools/install's .venv and lighttpd")
     copy = tmp_path / "relay"
@@ -81,10 +80,22 @@ def checkout(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     assert "127.0.0.1:8081" in text and "http://127.0.0.1:9000" in text
     config.write_text(text.replace("127.0.0.1:8081", f"127.0.0.1:{free_port()}")
                       .replace("http://127.0.0.1:9000", f"http://127.0.0.1:{free_port()}"))
-    port = free_port()
+    return copy
+
+
+def tools_run(copy: Path, port: int) -> Service:
     env = {k: v for k, v in os.environ.items() if k not in ("RELAY_CONFIG", "NOTIFY_SOCKET")}
     env["RELAY_HTTP_PORT"] = str(port)
-    run = Service("tools/run", ["bash", str(copy / "tools" / "run"), "--no-install"], tmp_path / "run.log", env=env)
+    return Service("tools/run", ["bash", str(copy / "tools" / "run"), "--no-install"], copy.parent / "run.log",
+                   env=env)
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A copy of the checkout on free ports, served by its tools/run; (directory, lighttpd port)."""
+    copy = copy_checkout(tmp_path)
+    port = free_port()
+    run = tools_run(copy, port)
     try:
         poll_until(lambda: "lighttpd on " in run.log_text() or run.proc.poll() is not None, 60, "tools/run")
         assert run.proc.poll() is None, run.log_tail()
@@ -94,6 +105,20 @@ def checkout(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         assert " ERROR " not in log and "Traceback" not in log, log
     finally:
         run.stop()
+
+
+def test_tools_run_starts_no_lighttpd_for_a_relayd_that_cannot_start(tmp_path: Path) -> None:
+    copy = copy_checkout(tmp_path)
+    with open(copy / "conf" / "relay.toml", "a") as config:
+        config.write("\n[[flow]]\nname = \"broken\"\n")  # no path, no sink
+    run = tools_run(copy, free_port())
+    try:
+        assert run.wait_exit(60) != 0
+    finally:
+        run.stop()
+    log = run.log_text()
+    assert "configuration rejected" in log and "exited before it was ready" in log, log
+    assert "lighttpd" not in log, log
 
 
 def test_the_readme_commands_work_as_written(checkout: tuple[Path, int]) -> None:
