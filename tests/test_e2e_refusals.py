@@ -18,24 +18,24 @@ import pytest
 from support import Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
 
 NDJSON_FLOW = """
-[sink.archive]
+[sink.lines]
 type = "file"
 path = "{path}"
 format = "ndjson"
 fsync = "never"
 
 [[flow]]
-name = "ingest"
-path = "/ingest/"
+name = "records"
+path = "/records/"
 methods = ["POST"]
 auth = "none"
-sink = "archive"
+sink = "lines"
 """
 
 
 @pytest.fixture
 def ingesting(workdir: Path, upstream: Upstream) -> Iterator[Relayd]:
-    extra = NDJSON_FLOW.format(path=workdir / "archive.ndjson")
+    extra = NDJSON_FLOW.format(path=workdir / "lines.ndjson")
     running = Relayd(workdir, relay_config(workdir, upstream.url, extra=extra))
     yield running
     running.stop()
@@ -57,14 +57,14 @@ def audited(workdir: Path, request_id: str) -> dict[str, Any]:
 ])
 def test_a_bad_ndjson_line_is_named_in_the_answer_and_the_audit(ingesting: Relayd, workdir: Path,
                                                                  body: bytes, detail: str) -> None:
-    response = exchange(ingesting.tcp, request_bytes("POST", "/ingest/events", body=body))
+    response = exchange(ingesting.tcp, request_bytes("POST", "/records/events", body=body))
     assert response.status == 400
     request_id = response.get("X-Relay-Request-Id")
     assert response.json() == {"error": "bad_request", "detail": detail, "request_id": request_id}
     assert list(response.json()) == ["error", "detail", "request_id"]  # the shape every error has
     record = audited(workdir, str(request_id))
     assert (record["status"], record["reason"], record["detail"]) == (400, "bad_request", detail)
-    assert not (workdir / "archive.ndjson").exists() or (workdir / "archive.ndjson").read_bytes() == b""
+    assert not (workdir / "lines.ndjson").exists() or (workdir / "lines.ndjson").read_bytes() == b""
 
 
 def test_a_sink_failure_keeps_its_detail_for_the_operator(ingesting: Relayd, workdir: Path) -> None:
@@ -76,7 +76,7 @@ def test_a_sink_failure_keeps_its_detail_for_the_operator(ingesting: Relayd, wor
 
 
 def test_a_good_body_is_audited_without_detail(ingesting: Relayd, workdir: Path) -> None:
-    response = exchange(ingesting.tcp, request_bytes("POST", "/ingest/events", body=b'{"id":1}\n'))
+    response = exchange(ingesting.tcp, request_bytes("POST", "/records/events", body=b'{"id":1}\n'))
     assert response.status == 200, str(response)
     record = audited(workdir, str(response.get("X-Relay-Request-Id")))
     assert record["reason"] == "relayed" and "detail" not in record
