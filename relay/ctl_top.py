@@ -6,6 +6,7 @@ the p50/p99 latency of the requests of that interval (from the duration histogra
 how many were denied (401/403) and how many a sink failed. On a terminal each frame
 replaces the last (plain ANSI: cursor home, clear); piped, frames follow one another.
 ``-n COUNT`` stops after COUNT frames; Ctrl-C stops at once, quietly, with status 0.
+``--json`` prints one line per refresh instead: the interval's ``stats`` rows.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
+
+import orjson
 
 from relay.admin_client import CtlError, ask, socket_path
 from relay.metrics import FlowStats, Snapshot, flow_stats, requests_since
@@ -91,11 +95,14 @@ def _top(args: argparse.Namespace) -> int:
         while count is None or shown < count:
             time.sleep(max(0.0, taken + args.interval - time.monotonic()))
             now = _snapshot(path, args.timeout)
-            status = _status(path, args.timeout)
             at = time.monotonic()
             flows = sorted(set(flows) | {r["flow"] for r in now["requests"]})
-            lines = frame(status, now, before, at - taken, flows)
-            sys.stdout.write((_CLEAR if tty else ("\n" if shown else "")) + "\n".join(lines) + "\n")
+            if args.json:  # one line per refresh: the interval's counts, for scripts
+                interval = flow_stats(requests_since(now, before))
+                sys.stdout.write(orjson.dumps({"seconds": round(at - taken, 3), "flows": interval}).decode() + "\n")
+            else:
+                lines = frame(_status(path, args.timeout), now, before, at - taken, flows)
+                sys.stdout.write((_CLEAR if tty else ("\n" if shown else "")) + "\n".join(lines) + "\n")
             sys.stdout.flush()
             before, taken = now, at
             shown += 1
@@ -104,17 +111,25 @@ def _top(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+        return value
+
+    return parse
 
 
 def top_commands(sub: SubParsers) -> None:
     top = sub.add_parser("top", help="per-flow rates, latencies, denials and sink errors, every second")
-    top.add_argument("-n", "--count", type=int, metavar="COUNT", help="stop after COUNT refreshes")
+    top.add_argument("-n", "--count", type=_positive(int), metavar="COUNT", help="stop after COUNT refreshes")
     top.add_argument("--once", action="store_true", help="one refresh, then stop (same as -n 1)")
-    top.add_argument("--interval", type=_positive, default=1.0, metavar="SECONDS",
+    top.add_argument("--interval", type=_positive(float), default=1.0, metavar="SECONDS",
                      help="time between refreshes (default: %(default)s)")
     top.set_defaults(run=_top)

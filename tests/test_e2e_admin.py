@@ -170,6 +170,7 @@ def test_top_shows_rates_and_sink_errors_while_traffic_flows(relayd: Relayd, wor
     worker.start()
     try:
         result = admin(workdir, "top", "-n", "2", "--interval", "0.3")
+        scripted = admin(workdir, "top", "--once", "--json", "--interval", "0.3")
     finally:
         stop.set()
         worker.join()
@@ -183,6 +184,11 @@ def test_top_shows_rates_and_sink_errors_while_traffic_flows(relayd: Relayd, wor
         rows = {line.split()[0]: dict(zip(columns, line.split())) for line in lines[3:]}
         assert float(rows["data"]["REQ/S"]) > 0 and rows["data"]["P99_MS"] != "-", text
         assert float(rows["down"]["SINK_ERR/S"]) > 0 and float(rows["data"]["SINK_ERR/S"]) == 0, text
+    assert scripted.returncode == 0, scripted.stderr
+    interval = json.loads(scripted.stdout)  # one line: the interval's stats rows
+    assert 0 < interval["seconds"] < 5
+    down = next(row for row in interval["flows"] if row["flow"] == "down")
+    assert down["requests"] == down["sink_errors"] > 0
 
 
 def test_top_ends_quietly_on_ctrl_c(relayd: Relayd, workdir: Path) -> None:
