@@ -19,8 +19,9 @@ Modules: ``cli`` (entry points), ``config`` (validated, frozen configuration),
 ``idempotency`` (Idempotency-Key scopes and fingerprints),
 ``reply`` (response framing), ``sinks`` (destinations), ``fastpath`` (the compiled hot
 path or its pure-Python twin), ``audit`` and ``audit_verify``, ``admin``, ``control``
-and ``ctl`` (the admin socket and relayctl), ``metrics``, ``timers``, ``notify``,
-``durable`` (files written whole or not at all, e.g. the revocations state file).
+and ``ctl`` with ``admin_client`` and ``ctl_top`` (the admin socket and relayctl), ``metrics``,
+``timers``, ``notify``, ``durable`` (files written whole or not at all, e.g. the revocations
+state file).
 """
 
 __version__ = "0.1.0"

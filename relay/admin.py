@@ -49,7 +49,7 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 COMMANDS: tuple[str, ...] = (
     "status", "stats", "flows", "reload", "keys", "keys refresh", "revoke",
     "cache stats", "cache purge", "drain", "log-level", "metrics",
-    "snapshot",  # a worker's metrics as JSON, for its supervisor to merge
+    "snapshot",  # the metrics as JSON: a supervisor merges its workers', relayctl top diffs them
 )
 
 
@@ -254,6 +254,10 @@ class AdminServer:
             await self._converse(reader, writer, uid)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away: nothing to answer
+        except asyncio.CancelledError:
+            # close() ends the connection (after a drain, say): a normal end. Left to
+            # propagate, the stream server (Python 3.11) logs the cancelled task as an error.
+            pass
         finally:
             self._connections.discard(task)
             writer.close()

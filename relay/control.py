@@ -36,6 +36,8 @@ from relay.units import parse_duration
 if TYPE_CHECKING:
     from relay.server import Server
 
+log = logging.getLogger("relay.control")
+
 _LEVELS = ("debug", "info", "warning", "error")
 _DEFAULT_REVOCATION = "1h"
 
@@ -86,6 +88,7 @@ def build_commands(server: Server) -> CommandTable:
         return ReloadReply(ok=True, policy_version=server.context.policy.version, problems=[])
 
     async def drain(request: AdminRequest) -> AdminReply:
+        log.info("drain requested on the admin socket")
         # the reply must leave before shutdown closes the admin socket
         asyncio.get_running_loop().call_soon(server.stop)
         return AdminReply(ok=True)

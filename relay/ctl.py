@@ -6,8 +6,11 @@
 
 Admin commands send one request line to the socket (``--socket``, else the config's
 ``server.admin_socket``) and print the reply readably: ``key: value`` lines for scalars,
-tables for lists of records; ``--json`` prints the reply line as received. Local
-commands (``audit verify``) need no daemon.
+tables for lists of records; ``--json`` prints the reply line as received. The options
+may also follow the command (``relayctl flows --json``), as operators type them. The
+socket is read from the config without validating the rest of it, so ``reload`` of a
+broken file reaches relayd, which lists every problem. ``top`` refreshes per-flow rates
+(:mod:`relay.ctl_top`). Local commands (``audit verify``) need no daemon.
 
 Exit status: 0 success · 1 the command failed or found a problem (reason on stderr) ·
 2 relayctl could not ask (usage, configuration, socket, timeout).
@@ -16,13 +19,12 @@ Adding a command family (``relayctl token ...``): write a function that takes th
 sub-parsers object, adds its parsers and gives each a ``run`` default
 (``Callable[[argparse.Namespace], int]`` returning the exit status, raising
 :class:`CtlError` for exit 2), and list it in :data:`COMMAND_FAMILIES`. Use
-:func:`admin_call` to reach the daemon.
+:func:`relay.admin_client.ask` to reach the daemon.
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,14 +33,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 
 from relay.admin import AdminRequest
+from relay.admin_client import CtlError, admin_call, ask, socket_path
 from relay.audit import GENESIS
 from relay.audit_verify import verify
 from relay.cli import DEFAULT_CONFIG
-from relay.config import load_config
-from relay.errors import ConfigError
+from relay.ctl_top import top_commands
 from relay.units import parse_duration
 
-__all__ = ["COMMAND_FAMILIES", "CtlError", "admin_call", "format_reply", "relayctl_main"]
+__all__ = ["COMMAND_FAMILIES", "CtlError", "admin_call", "format_reply", "relayctl_main", "socket_path"]
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # what add_subparsers() returns
@@ -48,62 +50,12 @@ Run = Callable[[argparse.Namespace], int]
 _TIMESTAMPS = frozenset({"until", "last_success", "started_at"})
 
 
-class CtlError(Exception):
-    """relayctl could not do what was asked (exit status 2); the message says why."""
-
-
-# --- talking to the daemon ------------------------------------------------------------------
-
-def admin_call(path: str, request: AdminRequest, timeout: float) -> bytes:
-    """Send ``request`` to the admin socket at ``path``; the reply line, newline included."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            raise CtlError(f"cannot connect to the admin socket {path}: {exc.strerror or exc} "
-                           "(is relayd running, and may this user use it?)") from None
-        try:
-            try:
-                sock.sendall(orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE))
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # a refused peer is told why before the server hangs up: read that
-            with sock.makefile("rb") as reader:
-                line = reader.readline()
-        except TimeoutError:
-            raise CtlError(f"no reply from {path} within {timeout:g}s") from None
-        except OSError as exc:
-            raise CtlError(f"lost the connection to {path}: {exc.strerror or exc}") from None
-    if not line.endswith(b"\n"):
-        raise CtlError(f"relayd closed the admin connection without a reply ({path})")
-    return line
-
-
-def _socket_path(args: argparse.Namespace) -> str:
-    if args.socket:
-        return str(args.socket)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        raise CtlError(f"cannot find the admin socket: {exc.problems[0]}"
-                       + (f" (and {len(exc.problems) - 1} more problems)" if len(exc.problems) > 1 else "")) from None
-    if config.server.admin_socket is None:
-        raise CtlError(f"{args.config} configures no server.admin_socket; give --socket PATH")
-    return config.server.admin_socket
-
-
 def _remote(build: Callable[[argparse.Namespace], AdminRequest]) -> Run:
     """The ``run`` of an admin command whose request ``build`` makes from the arguments."""
 
     def run(args: argparse.Namespace) -> int:
         request = build(args)
-        line = admin_call(_socket_path(args), request, args.timeout)
-        try:
-            reply = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise CtlError(f"relayd sent an unreadable reply: {line[:200]!r}") from None
-        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-            raise CtlError(f"relayd sent a reply without 'ok': {line[:200]!r}")
+        reply, line = ask(socket_path(args), request, args.timeout)
         if args.json:
             sys.stdout.write(line.decode())
         if not reply["ok"]:
@@ -280,7 +232,33 @@ def _audit_commands(sub: SubParsers) -> None:
 
 
 #: each adds one family of sub-commands to relayctl's parser
-COMMAND_FAMILIES: tuple[Callable[[SubParsers], None], ...] = (_admin_commands, _audit_commands)
+COMMAND_FAMILIES: tuple[Callable[[SubParsers], None], ...] = (_admin_commands, top_commands, _audit_commands)
+
+
+def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """relayctl's own options. Every command's parser takes them too (with ``defaults``
+    false, so that only what is given there overrides what came before the command):
+    ``relayctl flows --json`` and ``relayctl --json flows`` are the same."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", default=default(None),
+                       help="the admin socket (default: from the config)")
+    where.add_argument("-c", "--config", default=default(DEFAULT_CONFIG),
+                       help=f"read server.admin_socket from this file (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--json", action="store_true", default=default(False), help="print replies as JSON")
+    parser.add_argument("--timeout", type=float, default=default(30.0), metavar="SECONDS",
+                        help="how long to wait for relayd's reply (default: 30)")
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of one command (and, through add_subparsers, of its sub-commands)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _global_options(self, defaults=False)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -289,14 +267,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Operate a running relayd through its admin socket.",
         epilog="Exit status: 0 ok, 1 the command failed, 2 relayctl could not ask.",
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--socket", metavar="PATH", help="the admin socket (default: from the config)")
-    where.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                       help="read server.admin_socket from this file (default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print replies as JSON")
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="how long to wait for relayd's reply (default: %(default)s)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _global_options(parser, defaults=True)
+    sub: SubParsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
     for add in COMMAND_FAMILIES:
         add(sub)
     return parser

@@ -17,6 +17,9 @@ class RelayError(Exception):
     close_connection: bool = False
     #: why, for the audit record, when more precise than ``code`` (expired, bad_signature, ...)
     reason: str = ""
+    #: ``detail`` tells the caller what to fix in the request, so the response carries it;
+    #: otherwise it is for the operator only (the audit record) and may name internals
+    explained: bool = False
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.code)
@@ -27,6 +30,12 @@ class BadRequest(RelayError):
     status = 400
     code = "bad_request"
     close_connection = True
+
+
+class InvalidBody(BadRequest):
+    """The body is not in the form the flow's sink takes: ``detail`` says where and why."""
+
+    explained = True
 
 
 class Unauthorized(RelayError):

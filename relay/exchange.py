@@ -35,7 +35,7 @@ log = logging.getLogger("relay.exchange")
 class Exchange:
     __slots__ = (
         "_ctx", "request", "reply", "_error", "_raw_target", "_in_step", "_task", "_on_done", "outcome",
-        "failed_sink", "_quick", "sink_seconds", "_gone_as", "_ended", "head_noted",
+        "failed_sink", "_quick", "sink_seconds", "_gone_as", "_ended", "head_noted", "detail",
     )
 
     def __init__(
@@ -61,6 +61,8 @@ class Exchange:
         self.outcome = "relayed"
         #: the sink whose failure decided the answer, if one did
         self.failed_sink: str | None = None
+        #: why the request was refused, for the audit record, when the error said more than its code
+        self.detail: str | None = None
         #: how long the sink took to accept, when it answered from callbacks (the general
         #: path counts its sinks' latencies itself)
         self.sink_seconds: float | None = None
@@ -167,6 +169,8 @@ class Exchange:
 
     def _refuse(self, err: RelayError) -> None:
         self.outcome = err.reason or err.code
+        if err.detail != err.code:
+            self.detail = err.detail
         if isinstance(err, SinkError):
             self.failed_sink = err.sink
         self.reply.fail(err)

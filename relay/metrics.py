@@ -51,6 +51,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from relay.errors import BadGateway, GatewayTimeout, InsufficientStorage, ServiceUnavailable
 from relay.timers import Ticker
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DURATION_BUCKETS", "GAUGES", "EventLoopLag", "FlowStats", "Metrics", "Snapshot",
-    "flow_stats", "merge", "render",
+    "SINK_FAILURES", "flow_stats", "merge", "quantile", "render", "requests_since",
 ]
 
 #: upper bounds (seconds) of the duration histograms; one more slot counts the rest (+Inf)
@@ -68,6 +69,9 @@ DURATION_BUCKETS: tuple[float, ...] = (
 _SLOTS = len(DURATION_BUCKETS) + 1
 # the "le" label values; repr() of these bounds is already what Prometheus writes
 _LE: tuple[str, ...] = (*(repr(b) for b in DURATION_BUCKETS), "+Inf")
+
+#: the audit reasons (and metrics' ``reason`` label) of a request a sink failed
+SINK_FAILURES = frozenset(e.code for e in (BadGateway, ServiceUnavailable, GatewayTimeout, InsufficientStorage))
 
 #: gauges the server may feed with :meth:`Metrics.watch`: help text, and how workers combine
 GAUGES: dict[str, tuple[str, Literal["sum", "max"]]] = {
@@ -121,9 +125,13 @@ class FlowStats(TypedDict):
     ok: int  # 2xx and 3xx
     client_errors: int  # 4xx
     server_errors: int  # 5xx
+    denied: int  # 401 and 403: the caller may not
+    sink_errors: int  # a sink failed, timed out or was full (502, 503, 504, 507 from a sink)
     bytes_in: int
     bytes_out: int
     mean_ms: float
+    p50_ms: float  # estimated from the duration histogram, as Prometheus' histogram_quantile does
+    p99_ms: float
 
 
 class _RequestCounts:
@@ -175,7 +183,7 @@ class Metrics:
     def count_exchanges(self, notes: list[ExchangeNote]) -> None:
         """Count a batch of finished exchanges, as the audit log noted them."""
         request_done = self.request_done
-        for _, _, status, reason, flow, _, _, _, sink, _, bytes_in, bytes_out, seconds, _, sink_seconds in notes:
+        for _, _, status, reason, flow, _, _, _, sink, _, bytes_in, bytes_out, seconds, _, sink_seconds, _ in notes:
             request_done(flow or "-", status, reason, bytes_in, bytes_out, seconds)
             if sink_seconds is not None and sink is not None:
                 self.sink_latency(sink, sink_seconds)
@@ -281,13 +289,34 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
                     sink_latency=list(sinks.values()), gauges=gauges)
 
 
+def requests_since(now: Snapshot, before: Snapshot) -> Snapshot:
+    """``now`` with its request counters less those of the earlier ``before`` (of the same
+    process or group): what happened in between. Other counters are ``now``'s."""
+    earlier = {(r["flow"], r["status"], r["reason"]): r for r in before["requests"]}
+    rows: list[RequestRow] = []
+    for r in now["requests"]:
+        old = earlier.get((r["flow"], r["status"], r["reason"]))
+        if old is None:
+            rows.append(r)
+        elif r["count"] > old["count"]:
+            rows.append(RequestRow(
+                flow=r["flow"], status=r["status"], reason=r["reason"], count=r["count"] - old["count"],
+                bytes_in=r["bytes_in"] - old["bytes_in"], bytes_out=r["bytes_out"] - old["bytes_out"],
+                seconds=r["seconds"] - old["seconds"], buckets=[n - o for n, o in zip(r["buckets"], old["buckets"])],
+            ))
+    return Snapshot(requests=rows, token_cache=now["token_cache"], jwks_fetches=now["jwks_fetches"],
+                    sink_latency=now["sink_latency"], gauges=now["gauges"])
+
+
 def flow_stats(snapshot: Snapshot) -> list[FlowStats]:
     """Per-flow totals for the admin ``stats`` command, flows in name order."""
     rows: dict[str, FlowStats] = {}
     seconds: dict[str, float] = {}
+    buckets: dict[str, list[int]] = {}
     for r in snapshot["requests"]:
         row = rows.setdefault(r["flow"], FlowStats(flow=r["flow"], requests=0, ok=0, client_errors=0,
-                                                   server_errors=0, bytes_in=0, bytes_out=0, mean_ms=0.0))
+                                                   server_errors=0, denied=0, sink_errors=0, bytes_in=0,
+                                                   bytes_out=0, mean_ms=0.0, p50_ms=0.0, p99_ms=0.0))
         row["requests"] += r["count"]
         if r["status"] >= 500:
             row["server_errors"] += r["count"]
@@ -295,13 +324,40 @@ def flow_stats(snapshot: Snapshot) -> list[FlowStats]:
             row["client_errors"] += r["count"]
         else:
             row["ok"] += r["count"]
+        if r["status"] in (401, 403):
+            row["denied"] += r["count"]
+        elif r["reason"] in SINK_FAILURES:
+            row["sink_errors"] += r["count"]
         row["bytes_in"] += r["bytes_in"]
         row["bytes_out"] += r["bytes_out"]
         seconds[r["flow"]] = seconds.get(r["flow"], 0.0) + r["seconds"]
+        _add(buckets.setdefault(r["flow"], [0] * _SLOTS), r["buckets"])
     for flow, row in rows.items():
         if row["requests"]:
             row["mean_ms"] = round(seconds[flow] * 1000 / row["requests"], 3)
+            row["p50_ms"] = round(quantile(buckets[flow], 0.5) * 1000, 3)
+            row["p99_ms"] = round(quantile(buckets[flow], 0.99) * 1000, 3)
     return [rows[flow] for flow in sorted(rows)]
+
+
+def quantile(counts: list[int], q: float) -> float:
+    """The ``q``-quantile (0 < q < 1) in seconds of a duration histogram's per-bucket counts.
+
+    Linear within the bucket holding it, as Prometheus' ``histogram_quantile`` estimates:
+    the answer is only as fine as :data:`DURATION_BUCKETS`. A quantile in the +Inf bucket
+    is reported as the largest finite bound; an empty histogram gives 0.
+    """
+    total = sum(counts)
+    if not total:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(counts[:-1]):
+        if n and seen + n >= rank:
+            lower = DURATION_BUCKETS[i - 1] if i else 0.0
+            return lower + (DURATION_BUCKETS[i] - lower) * (rank - seen) / n
+        seen += n
+    return DURATION_BUCKETS[-1]
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:

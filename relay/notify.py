@@ -1,7 +1,7 @@
 """systemd's readiness protocol (sd_notify): one datagram per state change.
 
 Does nothing unless ``NOTIFY_SOCKET`` is set, so relayd runs the same with or without
-systemd. A name starting with "@" is in the abstract namespace.
+systemd; a socket nobody listens on any more is not worth a warning. A name starting with "@" is in the abstract namespace.
 """
 
 from __future__ import annotations
@@ -23,5 +23,8 @@ def notify(state: str) -> None:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.sendto(state.encode(), address)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        # nobody listens any more: a start-up helper (tools/run) that waited only for READY
+        log.debug("nobody to notify (%s): %s", state, exc)
     except OSError as exc:
         log.warning("cannot notify systemd (%s): %s", state, exc)

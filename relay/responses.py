@@ -1,8 +1,9 @@
 """Turning outcomes into response bytes: the one place errors become HTTP.
 
-Every error response is small JSON, ``{"error": CODE, "request_id": ID}`` (plus ``"sink"``
-when one of the flow's sinks failed), and every
-response relay writes carries ``X-Relay-Request-Id``.
+Every error response is small JSON, ``{"error": CODE, "request_id": ID}``, plus
+``"detail"`` when it tells the caller what to fix (``RelayError.explained``: "line 3: not
+valid JSON (...)") and ``"sink"`` when one of the flow's sinks failed; every response
+relay writes carries ``X-Relay-Request-Id``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def error_headers(err: RelayError) -> bytes:
 
 def error_response(err: RelayError, request_id: str, keep_alive: bool, head_only: bool = False) -> bytes:
     """The complete response for ``err``; ``keep_alive`` is false when the connection closes after it."""
-    fields = {"error": err.code, "request_id": request_id}
+    fields = {"error": err.code}
+    if err.explained:
+        fields["detail"] = err.detail
+    fields["request_id"] = request_id
     if isinstance(err, SinkError) and err.sink:
         fields["sink"] = err.sink  # which of the flow's sinks failed
     body = orjson.dumps(fields)

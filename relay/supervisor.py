@@ -40,6 +40,7 @@ from relay.admin import (
     MetricsReply,
     ReloadReply,
     RevokeReply,
+    SnapshotReply,
     StatsReply,
     StatusReply,
 )
@@ -358,6 +359,9 @@ class Supervisor:
         async def metrics(request: AdminRequest) -> AdminReply:
             return MetricsReply(ok=True, text=render(await self._snapshots()).decode())
 
+        async def snapshot(request: AdminRequest) -> AdminReply:
+            return SnapshotReply(ok=True, snapshot=await self._snapshots())  # for relayctl top
+
         async def reload(request: AdminRequest) -> AdminReply:
             problems = await self.reload()
             if problems:
@@ -387,7 +391,8 @@ class Supervisor:
             return CacheStatsReply(ok=True, cache=total)
 
         for name, handler in (("status", status), ("stats", stats), ("metrics", metrics), ("reload", reload),
-                              ("drain", drain), ("cache stats", cache_stats), ("revoke", self.revoke)):
+                              ("drain", drain), ("cache stats", cache_stats), ("revoke", self.revoke),
+                              ("snapshot", snapshot)):
             table.register(name, handler)
         for name in _BROADCAST:
             table.register(name, broadcast)

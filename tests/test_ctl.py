@@ -17,7 +17,9 @@ from relay.admin import (
     AdminReply, AdminRequest, CacheStatsReply, CommandError, CommandTable, FlowsReply, KeysReply, MetricsReply,
     ReloadReply, RevokeReply, StatsReply, StatusReply,
 )
+from relay.admin_client import admin_socket_of
 from relay.ctl import format_reply, relayctl_main
+from relay.ctl_top import frame
 from relay.metrics import Metrics, flow_stats
 from relay.units import parse_duration
 
@@ -123,10 +125,10 @@ def test_stats_table_right_aligns_numbers(served: tuple[AdminThread, list[AdminR
     status, out, _ = relayctl(capsys, "--socket", str(served[0].path), "stats")
     assert status == 0
     header, ingest, orders = out.splitlines()
-    assert header.split() == ["FLOW", "REQUESTS", "OK", "CLIENT_ERRORS", "SERVER_ERRORS", "BYTES_IN",
-                              "BYTES_OUT", "MEAN_MS"]
-    assert ingest.split() == ["ingest", "1", "1", "0", "0", "5000", "40", "2"]
-    assert orders.split() == ["orders", "2", "1", "0", "1", "1500", "140", "12"]
+    assert header.split() == ["FLOW", "REQUESTS", "OK", "CLIENT_ERRORS", "SERVER_ERRORS", "DENIED", "SINK_ERRORS",
+                              "BYTES_IN", "BYTES_OUT", "MEAN_MS", "P50_MS", "P99_MS"]
+    assert ingest.split() == ["ingest", "1", "1", "0", "0", "0", "0", "5000", "40", "2", "1.75", "2.485"]
+    assert orders.split() == ["orders", "2", "1", "0", "1", "0", "1", "1500", "140", "12", "5", "24.7"]
     assert len(header) == len(ingest) == len(orders)  # columns line up
 
 
@@ -251,3 +253,37 @@ def test_format_reply_of_an_empty_reply_and_empty_table() -> None:
     assert format_reply({"ok": True}) == "ok"
     assert format_reply({"ok": True, "flows": []}) == "(no flows)"
     assert format_reply({"ok": True, "policy_version": 2, "flows": []}) == "policy_version: 2\n\nflows:\n(no flows)"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[server]\nadmin_socket = "run/a.sock"\n[[flow]]\nname = 3\n', "run/a.sock"),  # valid TOML, invalid config
+    ('[server]\nadmin_socket = "run/\\u0061.sock"  # note\n[[flow]]\nname = "unclosed\n', "run/a.sock"),
+    ("[server]\nlisten = [\n  admin_socket = 'run/b.sock'\n", "run/b.sock"),  # scanned: not TOML
+    ('[sink.x]\nadmin_socket = "no"\n[server]\nlisten = "\n', None),  # only [server]'s counts
+    ('[server]\nlisten = ["127.0.0.1:1"]\n', None),
+])
+def test_the_admin_socket_is_read_from_a_file_relayd_would_refuse(tmp_path: Path, text: str,
+                                                                  expected: str | None) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text(text)
+    assert admin_socket_of(str(config)) == expected
+
+
+def test_top_frame_shows_what_changed_in_the_interval() -> None:
+    metrics = Metrics()
+    metrics.request_done("orders", 200, "relayed", 1024, 2048, 0.004)
+    metrics.request_done("quiet", 200, "relayed", 0, 0, 0.001)
+    before = metrics.snapshot()
+    for _ in range(8):
+        metrics.request_done("orders", 200, "relayed", 1024, 2048, 0.004)
+    metrics.request_done("orders", 403, "forbidden", 0, 60, 0.001)
+    metrics.request_done("orders", 504, "sink_timeout", 512, 60, 2.0)
+    lines = frame({"pid": 42, "uptime_s": 90061.0, "policy_version": 2, "connections": 3, "in_flight": 1},
+                  metrics.snapshot(), before, 2.0, ["orders", "quiet"])
+    assert lines[0].startswith("relayd pid 42  up 1d01:01:01  policy v2  connections 3  in flight 1")
+    assert lines[2].split() == ["FLOW", "REQ/S", "OK/S", "4XX/S", "5XX/S", "DENIED/S", "SINK_ERR/S", "IN_KIB/S",
+                                "OUT_KIB/S", "P50_MS", "P99_MS"]
+    # 10 requests in 2 s: 8 ok, a denial, a sink timeout; 8.5 KiB in, 16.1 KiB out
+    assert lines[3].split() == ["orders", "5.0", "4.0", "0.5", "0.5", "0.5", "0.5", "4.2", "8.1", "3.75", "2350.00"]
+    assert lines[4].split() == ["quiet", "0.0", "0.0", "0.0", "0.0", "0.0", "0.0", "0.0", "0.0", "-", "-"]
+    assert len({len(line) for line in lines[2:]}) == 1  # columns line up

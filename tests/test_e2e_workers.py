@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,35 @@ def test_systemd_hears_ready_and_stopping(workdir: Path, upstream: Upstream, wor
     finally:
         service.stop()
         listener.close()
+
+
+def test_top_and_drain_with_two_workers(workdir: Path, upstream: Upstream) -> None:
+    relayd = Relayd(workdir, two_workers(workdir, upstream))
+    try:
+        poll_until(lambda: os.path.exists(workdir / "admin.sock") or None, 15, "the supervisor's admin socket")
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                exchange(relayd.tcp, request_bytes("GET", "/data/top"))
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        try:
+            top = subprocess.run([sys.executable, "-m", "relay.ctl", "top", "--once", "--interval", "0.3",
+                                  "--socket", str(workdir / "admin.sock")],
+                                 capture_output=True, text=True, timeout=30, cwd=ROOT, env=child_env())
+        finally:
+            stop.set()
+            worker.join()
+        assert top.returncode == 0, top.stderr
+        assert top.stdout.startswith(f"relayd pid {relayd.service.pid}  up "), top.stdout  # the supervisor's
+        data = next(line.split() for line in top.stdout.splitlines() if line.startswith("data "))
+        assert float(data[1]) > 0, top.stdout  # requests per second, summed over both workers
+
+        assert admin(workdir, "drain") == {"ok": True}
+        assert relayd.service.wait_exit(30) == 0
+        log = relayd.service.log_text()
+        assert " ERROR " not in log and "Traceback" not in log, log
+    finally:
+        relayd.stop()

@@ -8,7 +8,7 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.metrics import DURATION_BUCKETS, EventLoopLag, Metrics, Snapshot, flow_stats, merge, render
+from relay.metrics import DURATION_BUCKETS, EventLoopLag, Metrics, Snapshot, flow_stats, merge, quantile, render
 
 
 def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -131,7 +131,22 @@ def test_flow_stats() -> None:
     assert (orders["requests"], orders["ok"], orders["client_errors"], orders["server_errors"]) == (3, 2, 0, 1)
     assert (orders["bytes_in"], orders["bytes_out"]) == (1500, 100)
     assert orders["mean_ms"] == pytest.approx(15004.333, abs=0.001)
+    # p50 within the 5-10 ms bucket (the 2nd of 3), p99 near the top of the 30-60 s one
+    assert orders["p50_ms"] == pytest.approx(7.5)
+    assert orders["p99_ms"] == pytest.approx(59100.0)
     assert rows[0]["client_errors"] == 1
+
+
+def test_quantile_interpolates_within_its_bucket() -> None:
+    counts = [0] * (len(DURATION_BUCKETS) + 1)
+    assert quantile(counts, 0.5) == 0.0  # nothing counted yet
+    counts[0] = 99  # under 0.5 ms
+    counts[DURATION_BUCKETS.index(0.5) + 1] = 1  # one request between 0.5 s and 1 s
+    assert quantile(counts, 0.5) == pytest.approx(0.0005 * 50 / 99)  # the 50th of 100, of the 99 in the first
+    assert quantile(counts, 0.99) == pytest.approx(0.0005)
+    assert quantile(counts, 0.995) == pytest.approx(0.75)
+    counts[-1] = 1000  # beyond every bound: the largest finite bound is the answer
+    assert quantile(counts, 0.99) == DURATION_BUCKETS[-1]
 
 
 def test_buckets_are_sorted_and_positive() -> None:

@@ -294,14 +294,14 @@ def test_ndjson_first_bad_line_is_named(lines: list[bytes], cut: int) -> None:
             assert path.read_bytes() == b'{"before":true}\n' + body
         else:
             assert result.status == 400
-            assert str(result.error) == f"line {bad}: not valid JSON"
+            assert str(result.error).startswith(f"line {bad}: not valid JSON (")
             assert path.read_bytes() == b'{"before":true}\n'
 
 
 @pytest.mark.parametrize(("body", "detail"), [
-    (b'{"a":1}\n\n{"b":2}\n', "line 2: not valid JSON"),  # empty line
-    (b'{"a":1}\n{"b":\n', "line 2: not valid JSON"),
-    (b"\xff\n", "line 1: not valid JSON"),  # not UTF-8
+    (b'{"a":1}\n\n{"b":2}\n', "line 2: not valid JSON (an empty line)"),
+    (b'{"a":1}\n{"b":\n', "line 2: not valid JSON (unexpected end of data at column 6)"),
+    (b"\xff\n", "line 1: not valid JSON (str is not valid UTF-8: surrogates not allowed at column 1)"),
     (b'"' + b"x" * MAX_RECORD_BYTES + b'"\n', f"line 1: longer than {MAX_RECORD_BYTES} bytes"),
 ])
 def test_bad_ndjson_is_400_and_file_unchanged(tmp_path: Path, body: bytes, detail: str) -> None:
@@ -317,7 +317,7 @@ def test_bad_ndjson_is_400_and_file_unchanged(tmp_path: Path, body: bytes, detai
     result = run(main)
     assert result.status == 400
     assert str(result.error) == detail
-    assert result.receipt["error"] == "bad_request"
+    assert (result.receipt["error"], result.receipt["detail"]) == ("bad_request", detail)
     assert path.read_bytes() == b"[0]\n"
     assert names_in_dir(path) == ["archive.ndjson"]
 
@@ -337,7 +337,7 @@ def test_bad_line_after_staging_to_disk(tmp_path: Path) -> None:
 
     result = run(main)
     assert result.status == 400
-    assert str(result.error) == f"line {lines}: not valid JSON"
+    assert str(result.error) == f"line {lines}: not valid JSON (unexpected character, expected a string key at column 2)"
     assert names_in_dir(path) == []  # neither the target nor a staging file
 
 

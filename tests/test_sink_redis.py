@@ -118,9 +118,10 @@ def test_body_mode_adds_the_whole_body_as_one_entry(server: RedisServer) -> None
 
 
 @pytest.mark.parametrize(("pieces", "detail"), [
-    ([b'{"ok": 1}\n', b"{not json}\n"], "line 2: not valid JSON"),
-    ([b'{"ok": 1}\n\n{"ok": 3}\n'], "line 2: not valid JSON"),
-    ([b'{"ok": 1}\n{"ok": 2}\n{"cut'], "line 3: not valid JSON"),  # found at finish
+    ([b'{"ok": 1}\n', b"{not json}\n"],
+     "line 2: not valid JSON (unexpected character, expected a string key at column 2)"),
+    ([b'{"ok": 1}\n\n{"ok": 3}\n'], "line 2: not valid JSON (an empty line)"),
+    ([b'{"ok": 1}\n{"ok": 2}\n{"cut'], "line 3: not valid JSON (unexpected end of data at column 6)"),  # at finish
 ], ids=["bad-line", "empty-line", "bad-last-line"])
 def test_a_bad_line_is_400_naming_it_and_nothing_is_added(server: RedisServer, pieces: list[bytes],
                                                            detail: str) -> None:

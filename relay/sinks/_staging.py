@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from relay.errors import BadRequest
+from relay.errors import InvalidBody
 
 #: bytes of one request held in memory; the rest is staged in a temporary file
 STAGE_BYTES = 1024 * 1024
@@ -49,7 +49,7 @@ class NdjsonChecker:
         self._partial = bytearray()  # the current line so far, when it spans reads
 
     def feed(self, data: bytes) -> None:
-        """Check every line ``data`` completes; raises ``BadRequest`` at the first bad one."""
+        """Check every line ``data`` completes; raises ``InvalidBody`` at the first bad one."""
         end = data.find(b"\n")
         if end < 0:
             self._hold(data)
@@ -77,17 +77,18 @@ class NdjsonChecker:
 
     def _hold(self, piece: bytes | memoryview) -> None:
         if len(self._partial) + len(piece) > MAX_RECORD_BYTES:
-            raise BadRequest(f"line {self.records + 1}: longer than {MAX_RECORD_BYTES} bytes")
+            raise InvalidBody(f"line {self.records + 1}: longer than {MAX_RECORD_BYTES} bytes")
         self._partial += piece
 
     def _check(self, line: bytes | bytearray | memoryview) -> None:
         self.records += 1
         if len(line) > MAX_RECORD_BYTES:
-            raise BadRequest(f"line {self.records}: longer than {MAX_RECORD_BYTES} bytes")
+            raise InvalidBody(f"line {self.records}: longer than {MAX_RECORD_BYTES} bytes")
         try:
             orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise BadRequest(f"line {self.records}: not valid JSON") from None
+        except orjson.JSONDecodeError as exc:
+            why = "an empty line" if not bytes(line).strip() else f"{exc.msg} at column {exc.colno}"
+            raise InvalidBody(f"line {self.records}: not valid JSON ({why})") from None
 
 
 class Staging:
