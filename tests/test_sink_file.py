@@ -38,6 +38,7 @@ from relay.fastpath import scan_headers
 from relay.flowcontrol import ClientGone, ReadGate, RequestBody
 from relay.reply import Reply
 from relay.request import Request
+from relay.sinks._repair import COMMITTED
 from relay.sinks.file import (
     INLINE_BYTES, MAX_RECORD_BYTES, STAGE_BYTES, FileSink, disk_error, rotated_name,
 )
@@ -203,6 +204,14 @@ def ndjson(records: Iterable[Any]) -> bytes:
     return b"".join(orjson.dumps(r) + b"\n" for r in records)
 
 
+def committed(path: Path) -> int | None:
+    """The file's committed length, as relay recorded it."""
+    try:
+        return int(os.getxattr(path, COMMITTED))
+    except OSError:
+        return None
+
+
 def names_in_dir(path: Path) -> list[str]:
     """Every name in the sink's directory (temporary staging files would show here)."""
     return sorted(os.listdir(path.parent))
@@ -337,7 +346,10 @@ def test_bad_line_after_staging_to_disk(tmp_path: Path) -> None:
     result = run(main)
     assert result.status == 400
     assert str(result.error) == f"line {lines}: not valid JSON"
-    assert names_in_dir(path) == []  # neither the target nor a staging file
+    # the body streamed into the file, and was cut off; no staging file either
+    assert names_in_dir(path) == ["archive.ndjson"]
+    assert path.read_bytes() == b""
+    assert committed(path) == 0
 
 
 def test_receipt_and_raw_format(tmp_path: Path) -> None:
@@ -448,6 +460,7 @@ def test_waits_for_another_writer_holding_the_lock(tmp_path: Path, fsync: str) -
             done, _ = await asyncio.wait([task], timeout=0.2)
             assert not done
             os.write(fd, other)
+            os.setxattr(fd, COMMITTED, b"%d" % (4 + len(other)))  # as a worker ends its append
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -683,7 +696,8 @@ def test_body_over_limit_is_413_and_leaves_nothing(tmp_path: Path) -> None:
     result = run(main)
     assert result.status == 413
     assert result.receipt["error"] == "body_too_large"
-    assert names_in_dir(path) == []
+    assert names_in_dir(path) == ["archive.raw"]
+    assert path.read_bytes() == b"" and committed(path) == 0
 
 
 def test_closed_sink_refuses(tmp_path: Path) -> None:

@@ -137,6 +137,10 @@ class Staging:
             raise
         return fd
 
+    def clear(self) -> None:
+        """Forget the bytes held in memory: someone else wrote them."""
+        self.pieces, self._buffered, self.size = [], 0, 0
+
     def take_file(self) -> int:
         """Hand the temporary file (or -1) to whoever appends it; they close it."""
         fd, self.temp_fd = self.temp_fd, -1
