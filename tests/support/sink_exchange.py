@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import os
 import socket
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -89,11 +89,21 @@ class _RelaySide(asyncio.Protocol):
         self.body.fail(ClientGone())
 
 
-def _request(body: RequestBody, length: int) -> Request:
+@dataclass(frozen=True)
+class _Flow:
+    name: str = "archive"  # what idempotency keys are scoped by
+
+
+def make_request(body: RequestBody, length: int, key: bytes | None = None, chunked: bool = False) -> Request:
+    """The request the sink sees: ``length`` announced (or ``chunked``), an Idempotency-Key if given."""
     rid = f"req-{next(_ids)}"
-    headers = scan_headers([(b"host", b"relay.test"), (b"content-length", b"%d" % length)], frozenset())
+    framing = (b"transfer-encoding", b"chunked") if chunked else (b"content-length", b"%d" % length)
+    pairs = [(b"host", b"relay.test"), framing]
+    if key is not None:
+        pairs.append((b"idempotency-key", key))
+    headers = scan_headers(pairs, frozenset())
     loop = asyncio.get_running_loop()
-    return Request(rid, "POST", "1.1", "/archive", b"/archive", headers, cast(Any, None), "127.0.0.1",
+    return Request(rid, "POST", "1.1", "/archive", b"/archive", headers, cast(Any, _Flow()), "127.0.0.1",
                    body, False, loop.time())
 
 
@@ -141,11 +151,14 @@ async def _read_answer(sock: socket.socket, result: Result) -> None:
 
 
 async def post(
-    sink: FileSink, pieces: Iterable[bytes], length: int, max_bytes: int = NO_LIMIT, hang_up: bool = False,
+    sink: FileSink, pieces: Iterable[bytes] | AsyncIterable[bytes], length: int, max_bytes: int = NO_LIMIT,
+    hang_up: bool = False, key: bytes | None = None, chunked: bool = False,
 ) -> Result:
     """Send ``pieces`` (``length`` bytes announced) through a socket pair to ``sink``.
 
     ``hang_up`` closes the client's end once the pieces are sent, as a client that goes away.
+    ``key`` is sent as the Idempotency-Key; ``chunked``: the length is not announced (the
+    sink is told the body is chunked; its bytes arrive as they are).
     """
     loop = asyncio.get_running_loop()
     ours, theirs = socket.socketpair()
@@ -156,15 +169,19 @@ async def post(
 
     async def send() -> None:
         try:
-            for piece in pieces:
-                await loop.sock_sendall(ours, piece)
+            if isinstance(pieces, AsyncIterable):
+                async for piece in pieces:
+                    await loop.sock_sendall(ours, piece)
+            else:
+                for piece in pieces:
+                    await loop.sock_sendall(ours, piece)
         except OSError:
             return  # relay answered early and closed
         if hang_up:
             ours.close()
 
     reading = loop.create_task(_read_answer(ours, result)) if not hang_up else None
-    await asyncio.gather(send(), _serve(sink, _request(side.body, length), transport, result))
+    await asyncio.gather(send(), _serve(sink, make_request(side.body, length, key, chunked), transport, result))
     if reading is not None:
         await reading
     return result
@@ -182,7 +199,7 @@ async def post_pieces(sink: FileSink, pieces: list[bytes]) -> Result:
     body.feed_eof()
     result = Result()
     await asyncio.gather(
-        _serve(sink, _request(body, sum(map(len, pieces))), transport, result), _read_answer(ours, result)
+        _serve(sink, make_request(body, sum(map(len, pieces))), transport, result), _read_answer(ours, result)
     )
     return result
 
