@@ -94,7 +94,7 @@ class FileSink:
         self._directory, self._basename = os.path.split(config.path)
         self._staging_prefix = f".{self._basename}."
         self._lock = asyncio.Lock()  # appends queue here rather than each holding a thread
-        self._users = 0  # appends and held bodies holding self._lock or queued for it
+        self._holding = False  # a HeldBody holds self._lock or is queued for it
         self._closed = False
         #: receipts by Idempotency-Key, so a retried request is not appended twice
         self.recent = RecentReceipts(IDEMPOTENCY_KEYS, config.idempotency_ttl)
@@ -119,32 +119,29 @@ class FileSink:
         try:
             offset = self._append_now(staging)
             if offset is None:
-                self._users += 1
-                try:
-                    async with self._lock:
-                        if self._closed:
-                            raise ServiceUnavailable("file sink is closed", self.name)
-                        # the append we queued behind is done: often no thread is needed now
-                        offset = self._append_now(staging)
-                        if offset is None:
-                            offset = await self._loop.run_in_executor(
-                                None, self._target.append, staging.pieces, staging.take_file(), staging.temp_size
-                            )
-                finally:
-                    self._users -= 1
+                async with self._lock:
+                    if self._closed:
+                        raise ServiceUnavailable("file sink is closed", self.name)
+                    # the append we queued behind is done: often no thread is needed now
+                    offset = self._append_now(staging)
+                    if offset is None:
+                        offset = await self._loop.run_in_executor(
+                            None, self._target.append, staging.pieces, staging.take_file(), staging.temp_size
+                        )
         except OSError as exc:
             raise self.disk_failure(exc) from None
         return self.accepted(offset)
 
     def hold(self) -> HeldBody | None:
-        """A ``HeldBody`` to stream a body into, if nobody uses the file's end (else None)."""
-        if self._users or self._closed:
+        """A ``HeldBody`` to stream a body into; None while another one holds or awaits the
+        file's end (waiting for it could close a cycle: that one may await a file we hold)."""
+        if self._holding or self._closed:
             return None
-        self._users += 1
+        self._holding = True
         return HeldBody(self._loop, self._target, self._lock, self._let_go)
 
     def _let_go(self) -> None:
-        self._users -= 1
+        self._holding = False
 
     def accepted(self, offset: int) -> Receipt:
         """A body was appended at ``offset``: its receipt (and the periodic fsync is due)."""
@@ -201,7 +198,7 @@ class HeldBody:
     """
 
     __slots__ = ("_loop", "_target", "_lock", "_on_release", "offset", "_pending", "_pending_size", "_job",
-                 "_ending", "_released")
+                 "_ending", "_locked", "_released")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, target: Target, lock: asyncio.Lock,
                  on_release: Callable[[], None]) -> None:
@@ -214,11 +211,14 @@ class HeldBody:
         self._pending_size = 0
         self._job: asyncio.Future[Any] | None = None  # the latest disk step
         self._ending = False  # committed or aborted: nothing more may be done
-        self._released = False  # the sink's lock given back
+        self._locked = False  # the sink's lock is ours
+        self._released = False  # ... and given back
 
     async def start(self, length: int | None, pieces: Sequence[bytes]) -> bool:
         """Take the file's end and write ``pieces``; False (nothing done) if that would wait."""
-        await self._lock.acquire()  # free, and nobody queued for it (FileSink.hold)
+        # behind complete bodies at most, which never wait for a file while holding one
+        await self._lock.acquire()
+        self._locked = True
         try:
             self.offset = await self._step(self._target.hold, length, pieces)
         except OSError:
@@ -285,7 +285,8 @@ class HeldBody:
         self._ending = True
         if not self._released:
             self._released = True
-            self._lock.release()
+            if self._locked:
+                self._lock.release()
             self._on_release()
 
 
