@@ -17,7 +17,8 @@ Modules: ``cli`` (entry points), ``config`` (validated, frozen configuration),
 ``identity`` (tokens, keys, authorization), ``exchange`` (one request's delivery),
 ``reply`` (response framing), ``sinks`` (destinations), ``fastpath`` (the compiled hot
 path or its pure-Python twin), ``audit`` and ``audit_verify``, ``admin``, ``control``
-and ``ctl`` (the admin socket and relayctl), ``metrics``, ``timers``, ``notify``.
+and ``ctl`` (the admin socket and relayctl), ``metrics``, ``timers``, ``notify``, ``heap``
+(allocator settings for streamed bodies).
 """
 
 __version__ = "0.1.0"
