@@ -23,6 +23,7 @@ import pytest
 from support import Relayd, Response, free_port, poll_until
 from support.procs import ROOT, child_env
 from support.rawhttp import Address, ConnectionClosed, RawConnection, exchange, request_bytes
+from support.tmpfs import small_tmpfs as tmpfs
 
 from relay.sinks._repair import COMMITTED
 
@@ -262,17 +263,9 @@ def test_a_worker_killed_mid_append_never_costs_the_others_a_byte(workdir: Path)
 
 @pytest.fixture
 def small_tmpfs(workdir: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs of our own, when this process may mount one."""
-    mount = workdir / "full"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    """An 8 MiB tmpfs of our own."""
+    with tmpfs(workdir / "full", "8m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_full_file_system_is_a_5xx_and_the_sink_recovers(workdir: Path, small_tmpfs: Path) -> None:

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from support.sink_exchange import (
     MiB, Result, committed, make_sink, names_in_dir, ndjson, post, post_pieces, run,
 )
+from support.tmpfs import small_tmpfs as tmpfs
 
 from relay.config import FileSinkConfig
 from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
@@ -613,17 +614,9 @@ def test_device_full_is_507() -> None:
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs of our own, when this process may mount one."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    """A 256 KiB tmpfs of our own."""
+    with tmpfs(tmp_path / "small", "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.mark.parametrize("size", [200 * 1024, 2 * STAGE_BYTES])  # fails in the append / while staging
