@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import fcntl
 import hashlib
 import os
@@ -487,6 +488,7 @@ def test_client_gone_midway_leaves_nothing(tmp_path: Path, size: int) -> None:
     path = tmp_path / "archive.raw"
     path.write_bytes(b"kept")
     body = payload(1, size)
+    gc.collect()  # earlier tests' unreachable files and sockets must not close while we count
     fds_before = _open_fds()
 
     async def main() -> Result:
