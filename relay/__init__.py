@@ -21,7 +21,7 @@ Modules: ``cli`` (entry points), ``config`` (validated, frozen configuration),
 path or its pure-Python twin), ``audit`` and ``audit_verify``, ``admin``, ``control``
 and ``ctl`` with ``admin_client`` and ``ctl_top`` (the admin socket and relayctl), ``metrics``,
 ``timers``, ``notify``, ``durable`` (files written whole or not at all, e.g. the revocations
-state file).
+state file), ``heap`` (allocator settings for streamed bodies).
 """
 
 __version__ = "0.1.0"

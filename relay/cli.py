@@ -62,9 +62,12 @@ def relayd_main(argv: list[str] | None = None) -> None:
     # imported here so that 'check' works without the event loop libraries loaded
     import uvloop
 
+    from relay.heap import keep_body_buffers_on_heap
     from relay.server import Server
     from relay.supervisor import Supervisor
     from relay.workers import WorkerRole
+
+    keep_body_buffers_on_heap()
 
     if args.command == "worker":
         main = Server(config, WorkerRole.from_environment()).run()

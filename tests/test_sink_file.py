@@ -1,213 +1,42 @@
 """The file sink, driven through its delivery (open, write, finish, answer) with real files
-and real sockets.
-
-Each exchange runs on a real socket pair: the test writes the request body into one end,
-a small protocol on the other feeds it to a ``RequestBody`` (with the real ``ReadGate``
-back-pressure) and the ``Reply`` writes the answer back through the same connection, which
-the test reads to its end. Where read boundaries must be exact (the NDJSON split tests) the
-body is fed to ``RequestBody`` piece by piece and only the answer crosses a socket.
+and real sockets (``support.sink_exchange``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import fcntl
 import hashlib
-import itertools
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import tracemalloc
-from collections.abc import Callable, Coroutine, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import orjson
 import pytest
-import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.sink_exchange import (
+    MiB, Result, committed, make_sink, names_in_dir, ndjson, post, post_pieces, run,
+)
+from support.tmpfs import small_tmpfs as tmpfs
 
 from relay.config import FileSinkConfig
 from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
-from relay.fastpath import scan_headers
-from relay.flowcontrol import ClientGone, ReadGate, RequestBody
-from relay.reply import Reply
-from relay.request import Request
+from relay.flowcontrol import ClientGone
+from relay.sinks._repair import COMMITTED
 from relay.sinks.file import (
     INLINE_BYTES, MAX_RECORD_BYTES, STAGE_BYTES, FileSink, disk_error, rotated_name,
 )
 from relay.timers import Deadlines
 
-T = TypeVar("T")
-MiB = 1024 * 1024
-NO_LIMIT = 1 << 40
 ROTATED = re.compile(r"^archive\.(\d{8}T\d{6}Z)(?:\.(\d+))?\.ndjson$")
-_ids = itertools.count()
-
-
-def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``main`` on a fresh uvloop loop (relayd's loop); the default executor is joined on exit."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
-
-
-def make_sink(path: Path, **options: Any) -> FileSink:
-    options.setdefault("fsync", "never")
-    config = FileSinkConfig(name="archive", path=str(path), **options)
-    return FileSink(config, Deadlines(asyncio.get_running_loop()))
-
-
-@dataclass
-class Result:
-    status: int = 0  # 0: no answer reached the client
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-    receipt: dict[str, Any] = field(default_factory=dict)
-    error: BaseException | None = None  # what the delivery raised
-
-
-class _RelaySide(asyncio.Protocol):
-    """relayd's end of a test connection: everything received is the body of one request."""
-
-    def __init__(self, length: int, max_bytes: int) -> None:
-        self._length = length
-        self._max_bytes = max_bytes
-        self.body: RequestBody | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        gate = ReadGate(transport, asyncio.get_running_loop().time)
-        self.body = RequestBody(gate, self._max_bytes, complete=self._length == 0)
-
-    def data_received(self, data: bytes) -> None:
-        assert self.body is not None
-        try:
-            self.body.feed(data)
-        except RelayError as err:
-            self.body.fail(err)
-            return
-        if self.body.received >= self._length:
-            self.body.feed_eof()
-
-    def eof_received(self) -> bool:
-        assert self.body is not None
-        self.body.fail(ClientGone())  # a no-op once the body is complete
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        assert self.body is not None
-        self.body.fail(ClientGone())
-
-
-def _request(body: RequestBody, length: int) -> Request:
-    rid = f"req-{next(_ids)}"
-    headers = scan_headers([(b"host", b"relay.test"), (b"content-length", b"%d" % length)], frozenset())
-    loop = asyncio.get_running_loop()
-    return Request(rid, "POST", "1.1", "/archive", b"/archive", headers, cast(Any, None), "127.0.0.1",
-                   body, False, loop.time())
-
-
-async def _serve(sink: FileSink, request: Request, transport: asyncio.BaseTransport, result: Result) -> None:
-    """What ``Exchange`` does for a flow's only sink, turning a RelayError into the answer."""
-    reply = Reply(cast(asyncio.WriteTransport, transport), request.request_id, False, False, False, False)
-    try:
-        delivery = sink.open(request, True, reply)
-        try:
-            while data := await request.body.read():
-                await delivery.write(data)
-            receipts = {sink.name: await delivery.finish()}
-        except BaseException:
-            delivery.abort()
-            raise
-        await delivery.answer(reply, receipts)
-    except RelayError as err:
-        result.error = err
-        reply.fail(err)
-    except ClientGone as exc:
-        result.error = exc
-    finally:
-        transport.close()
-
-
-async def _read_answer(sock: socket.socket, result: Result) -> None:
-    loop = asyncio.get_running_loop()
-    raw = bytearray()
-    try:
-        while data := await loop.sock_recv(sock, 65536):
-            raw += data
-    except ConnectionResetError:
-        pass  # relay closed with part of the body unread: what it answered came first
-    sock.close()
-    if not raw:
-        return
-    head, _, body = bytes(raw).partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    result.status = int(lines[0].split()[1])
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        result.headers[name.strip().lower()] = value.strip()
-    assert int(result.headers[b"content-length"]) == len(body)
-    result.receipt = orjson.loads(body)
-
-
-async def post(
-    sink: FileSink, pieces: Iterable[bytes], length: int, max_bytes: int = NO_LIMIT, hang_up: bool = False,
-) -> Result:
-    """Send ``pieces`` (``length`` bytes announced) through a socket pair to ``sink``.
-
-    ``hang_up`` closes the client's end once the pieces are sent, as a client that goes away.
-    """
-    loop = asyncio.get_running_loop()
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    transport, side = await loop.connect_accepted_socket(lambda: _RelaySide(length, max_bytes), theirs)
-    assert side.body is not None
-    result = Result()
-
-    async def send() -> None:
-        try:
-            for piece in pieces:
-                await loop.sock_sendall(ours, piece)
-        except OSError:
-            return  # relay answered early and closed
-        if hang_up:
-            ours.close()
-
-    reading = loop.create_task(_read_answer(ours, result)) if not hang_up else None
-    await asyncio.gather(send(), _serve(sink, _request(side.body, length), transport, result))
-    if reading is not None:
-        await reading
-    return result
-
-
-async def post_pieces(sink: FileSink, pieces: list[bytes]) -> Result:
-    """Deliver ``pieces`` to the sink as exactly these reads; the answer crosses a socket."""
-    loop = asyncio.get_running_loop()
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, theirs)
-    body = RequestBody(None, NO_LIMIT, complete=False)
-    for piece in pieces:
-        body.feed(piece)
-    body.feed_eof()
-    result = Result()
-    await asyncio.gather(
-        _serve(sink, _request(body, sum(map(len, pieces))), transport, result), _read_answer(ours, result)
-    )
-    return result
-
-
-def ndjson(records: Iterable[Any]) -> bytes:
-    return b"".join(orjson.dumps(r) + b"\n" for r in records)
-
-
-def names_in_dir(path: Path) -> list[str]:
-    """Every name in the sink's directory (temporary staging files would show here)."""
-    return sorted(os.listdir(path.parent))
-
 
 # --- NDJSON across read boundaries ----------------------------------------------------------
 
@@ -338,7 +167,10 @@ def test_bad_line_after_staging_to_disk(tmp_path: Path) -> None:
     result = run(main)
     assert result.status == 400
     assert str(result.error) == f"line {lines}: not valid JSON (unexpected character, expected a string key at column 2)"
-    assert names_in_dir(path) == []  # neither the target nor a staging file
+    # the body streamed into the file, and was cut off; no staging file either
+    assert names_in_dir(path) == ["archive.ndjson"]
+    assert path.read_bytes() == b""
+    assert committed(path) == 0
 
 
 def test_receipt_and_raw_format(tmp_path: Path) -> None:
@@ -449,6 +281,7 @@ def test_waits_for_another_writer_holding_the_lock(tmp_path: Path, fsync: str) -
             done, _ = await asyncio.wait([task], timeout=0.2)
             assert not done
             os.write(fd, other)
+            os.setxattr(fd, COMMITTED, b"%d" % (4 + len(other)))  # as a worker ends its append
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -655,6 +488,7 @@ def test_client_gone_midway_leaves_nothing(tmp_path: Path, size: int) -> None:
     path = tmp_path / "archive.raw"
     path.write_bytes(b"kept")
     body = payload(1, size)
+    gc.collect()  # earlier tests' unreachable files and sockets must not close while we count
     fds_before = _open_fds()
 
     async def main() -> Result:
@@ -684,7 +518,8 @@ def test_body_over_limit_is_413_and_leaves_nothing(tmp_path: Path) -> None:
     result = run(main)
     assert result.status == 413
     assert result.receipt["error"] == "body_too_large"
-    assert names_in_dir(path) == []
+    assert names_in_dir(path) == ["archive.raw"]
+    assert path.read_bytes() == b"" and committed(path) == 0
 
 
 def test_closed_sink_refuses(tmp_path: Path) -> None:
@@ -781,17 +616,9 @@ def test_device_full_is_507() -> None:
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs of our own, when this process may mount one."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    """A 256 KiB tmpfs of our own."""
+    with tmpfs(tmp_path / "small", "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.mark.parametrize("size", [200 * 1024, 2 * STAGE_BYTES])  # fails in the append / while staging

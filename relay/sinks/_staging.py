@@ -2,7 +2,8 @@
 
 ``NdjsonChecker`` checks a body as NDJSON while it streams in, whatever the read
 boundaries. ``Staging`` keeps a request's bytes in memory up to ``STAGE_BYTES`` and past
-that in an unlinked temporary file in the target's directory.
+that, for a body that cannot be written into the end of the file as it streams (see
+``relay.sinks.file``), in an unlinked temporary file in the target's directory.
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ class Staging:
             os.close(fd)
             raise
         return fd
+
+    def clear(self) -> None:
+        """Forget the bytes held in memory: someone else wrote them."""
+        self.pieces, self._buffered, self.size = [], 0, 0
 
     def take_file(self) -> int:
         """Hand the temporary file (or -1) to whoever appends it; they close it."""

@@ -1,27 +1,22 @@
 """The ``file`` sink: appends each request's body to one local file.
 
 A 2xx means the whole body is in the file as one contiguous run that no other request's
-bytes interrupt (and on disk when ``fsync = "always"``). The body is staged first, in
-memory up to ``STAGE_BYTES`` and past that in an unlinked temporary file in the target's
-directory, so a slow client never holds the file. Only a complete, valid body is appended,
-under an exclusive ``flock`` that also serialises the workers of a multi-process relayd and
-an old and a new sink during a reload. An append that fails halfway is truncated away.
+bytes interrupt, within the file's committed length (and on disk when ``fsync =
+"always"``). A body is held in memory up to ``STAGE_BYTES``; one that ends there is
+appended whole (``relay.sinks._target``). A larger one is written once, into the end of the
+file as it streams in (``HeldBody``): it holds the file's lock and end until it is complete
+and its length committed, while other appends wait; an aborted or failed body is cut off.
+A large body that finds the end taken (another large body streaming in, in this process or
+another worker) does not wait: it is staged in an unlinked temporary file in the target's
+directory and copied in when complete, so no request ever waits for the file while holding
+one. So is a body with an ``Idempotency-Key``: it may have to wait for an earlier request
+with the same key, which may itself be waiting for the file. A crash mid-append leaves
+bytes past the committed length, which the next writer to take the lock moves to
+``PATH.torn`` before it appends (``relay.sinks._repair``); relayd does so at start.
 
 ``format = "ndjson"`` checks each line as one JSON value while the body streams in; a
 final line without "\\n" gets one; empty lines and lines over ``MAX_RECORD_BYTES`` are
 errors (400). ``format = "raw"`` appends the bytes as they come.
-
-Rotation comes before an append that would take the file past ``rotate`` bytes, or the first
-append once ``rotate_interval`` has passed since this process opened the file. An empty
-file is never rotated, so a body larger than ``rotate`` gets a file of its own rather than
-being split. ``DIR/NAME.EXT`` is renamed, with the UTC time of the rotation, to::
-
-    DIR/NAME.YYYYmmddTHHMMSSZ.EXT       e.g. archive.20240102T030405Z.ndjson
-    DIR/NAME.YYYYmmddTHHMMSSZ.N.EXT     N = 1, 2, ... while the name above is taken
-
-EXT is what follows the basename's last dot; a name without one (or a dot-file) has no
-``.EXT``. A writer that finds the path renamed under it (another worker rotated it, an
-operator moved it) reopens the path.
 
 Disk errors are ``InsufficientStorage`` (507) for a full disk or quota, ``ServiceUnavailable``
 (503) otherwise. Disk work runs in the default executor, except a small append from memory
@@ -41,33 +36,32 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import logging
 import os
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from relay.config import FileSinkConfig
 from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
 from relay.idempotency import RecentReceipts, Reservation
 from relay.reply import Reply
 from relay.request import Request
-from relay.sinks._staging import MAX_RECORD_BYTES, STAGE_BYTES, NdjsonChecker, Staging, write_all
+from relay.sinks._staging import MAX_RECORD_BYTES, STAGE_BYTES, NdjsonChecker, Staging
+from relay.sinks._target import INLINE_BYTES, Target, rotated_name
 from relay.sinks.base import Receipt, SinkSlots, send_receipt
 from relay.timers import Deadlines
 
 __all__ = [
-    "FileSink", "IDEMPOTENCY_KEYS", "INLINE_BYTES", "MAX_RECORD_BYTES", "STAGE_BYTES", "disk_error", "rotated_name",
+    "FileSink", "IDEMPOTENCY_KEYS", "INLINE_BYTES", "MAX_RECORD_BYTES", "STAGE_BYTES", "WRITE_BYTES", "disk_error",
+    "rotated_name",
 ]
 
 log = logging.getLogger("relay.sinks.file")
 
-#: the largest body appended from the event loop itself
-INLINE_BYTES = 64 * 1024
 #: Idempotency-Keys a file sink remembers (about 0.5 KiB of memory each)
 IDEMPOTENCY_KEYS = 10_000
-_COPY_BYTES = 1024 * 1024  # buffer copying a staged file into the target
+#: bytes of a held body gathered into one write (one more write's worth gathers meanwhile)
+WRITE_BYTES = 1024 * 1024
 _FULL = frozenset((errno.ENOSPC, errno.EDQUOT))
 
 
@@ -79,231 +73,13 @@ def disk_error(exc: OSError, sink: str) -> RelayError:
     return ServiceUnavailable(f"file sink cannot write: {reason}", sink)
 
 
-def rotated_name(path: str, when: float, taken: int = 0) -> str:
-    """The name ``path`` is rotated to at UTC time ``when``; ``taken`` > 0 adds ``.N``."""
-    directory, base = os.path.split(path)
-    name, ext = os.path.splitext(base)
-    parts = [name, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))]
-    if taken:
-        parts.append(str(taken))
-    return os.path.join(directory, ".".join(parts) + ext)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make a file's creation or renaming durable: that is recorded in its directory."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Target:
-    """The file at ``config.path``, used by one thread at a time (``_mutex``).
-
-    ``append`` runs in the executor; ``try_append`` is its non-blocking form for the loop.
-    """
-
-    def __init__(self, config: FileSinkConfig) -> None:
-        self._config = config
-        self._path = config.path
-        self._directory = os.path.dirname(config.path)
-        # besides the sink's asyncio lock: a cancelled request's append may still be running
-        self._mutex = threading.Lock()
-        self._fd = -1
-        self._identity = (0, 0)  # (st_dev, st_ino) of the file self._fd refers to
-        self._opened_at = 0.0
-        self._unsynced = False
-        self.fsyncs = 0
-        self.rotations = 0
-
-    def append(self, pieces: Sequence[bytes], temp_fd: int, temp_size: int) -> int:
-        """Append the staged file's content, then ``pieces``; returns the start offset.
-
-        Closes ``temp_fd`` (if >= 0) whatever happens. On failure the file is cut back
-        to where it was, so it never holds part of a request.
-        """
-        length = temp_size + sum(map(len, pieces))
-        try:
-            with self._mutex:
-                self._lock_current()
-                try:
-                    offset = os.fstat(self._fd).st_size
-                    if offset and self._rotation_due(offset + length):
-                        self._rotate()
-                        offset = 0
-                    self._write(pieces, temp_fd, temp_size, offset)
-                finally:
-                    # self._fd is the locked file, or -1 when a rotation failed halfway
-                    if self._fd >= 0:
-                        fcntl.flock(self._fd, fcntl.LOCK_UN)
-                return offset
-        finally:
-            if temp_fd >= 0:
-                os.close(temp_fd)
-
-    def try_append(self, pieces: Sequence[bytes], length: int) -> int | None:
-        """``append`` a small body if no step would wait: else None, and nothing was done.
-
-        Waiting steps are: taking a lock someone holds, opening, rotating, fsync.
-        """
-        if self._fd < 0 or length > INLINE_BYTES or self._config.fsync == "always":
-            return None
-        if not self._mutex.acquire(blocking=False):
-            return None
-        try:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return None
-            try:
-                offset = os.fstat(self._fd).st_size
-                if not self._is_current() or (offset and self._rotation_due(offset + length)):
-                    return None
-                self._write(pieces, -1, 0, offset)
-                return offset
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._mutex.release()
-
-    def sync(self) -> None:
-        """fsync what was appended since the last sync, without holding up appends."""
-        with self._mutex:
-            if not self._unsynced or self._fd < 0:
-                return
-            # a duplicate stays valid even if an append rotates and closes self._fd meanwhile
-            fd = os.dup(self._fd)
-            self._unsynced = False
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        with self._mutex:
-            self.fsyncs += 1
-
-    def close(self) -> None:
-        with self._mutex:
-            if self._fd >= 0:
-                self._retire(self._fd)
-                self._fd = -1
-
-    # --- with self._mutex held ----------------------------------------------------------
-
-    def _write(self, pieces: Sequence[bytes], temp_fd: int, temp_size: int, offset: int) -> None:
-        if not (pieces or temp_size):
-            return
-        fd = self._fd
-        try:
-            if temp_fd >= 0:
-                buffer = bytearray(_COPY_BYTES)
-                view = memoryview(buffer)
-                copied = 0
-                while copied < temp_size:
-                    got = os.preadv(temp_fd, [buffer], copied)
-                    if not got:
-                        raise OSError(errno.EIO, "staged body shorter than written")
-                    write_all(fd, [view[:got]])
-                    copied += got
-            write_all(fd, pieces)
-            if self._config.fsync == "always":
-                os.fsync(fd)
-                self.fsyncs += 1
-            else:
-                self._unsynced = True
-        except OSError:
-            try:
-                os.ftruncate(fd, offset)
-            except OSError as exc:
-                log.error("file sink %s: cannot remove a failed append from %s: %s",
-                          self._config.name, self._path, exc)
-            raise
-
-    def _lock_current(self) -> None:
-        """``flock`` the file now at the path, following the path if it was renamed."""
-        while True:
-            if self._fd < 0:
-                self._open()
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                if self._is_current():
-                    return
-            except BaseException:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-                raise
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            self._retire(self._fd)
-            self._fd = -1
-
-    def _is_current(self) -> bool:
-        try:
-            st = os.stat(self._path)
-        except FileNotFoundError:
-            return False
-        return (st.st_dev, st.st_ino) == self._identity
-
-    def _open(self) -> None:
-        os.makedirs(self._directory, mode=0o750, exist_ok=True)
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            st = os.fstat(fd)
-            if self._config.fsync != "never":
-                _fsync_dir(self._directory)
-        except OSError:
-            os.close(fd)
-            raise
-        self._fd = fd
-        self._identity = (st.st_dev, st.st_ino)
-        self._opened_at = time.monotonic()
-
-    def _rotation_due(self, size_after: int) -> bool:
-        rotate, interval = self._config.rotate, self._config.rotate_interval
-        if rotate is not None and size_after > rotate:
-            return True
-        return interval is not None and time.monotonic() - self._opened_at >= interval
-
-    def _rotate(self) -> None:
-        """Rename the locked current file away and open a new one, locked.
-
-        If it fails after the rename, ``self._fd`` is -1 and nothing is locked.
-        """
-        fd = self._fd
-        now = time.time()
-        taken = 0
-        target = rotated_name(self._path, now)
-        # only the holder of the current file's lock renames it, so no other worker can
-        # take the name between this check and the rename
-        while os.path.lexists(target):
-            taken += 1
-            target = rotated_name(self._path, now, taken)
-        os.rename(self._path, target)
-        self.rotations += 1
-        self._fd = -1
-        try:
-            self._open()  # which also makes the rename durable
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            self._retire(fd)
-        log.info("file sink %s: rotated %s to %s", self._config.name, self._path, target)
-
-    def _retire(self, fd: int) -> None:
-        """Close a file no longer appended to, synced first unless fsync = "never"."""
-        try:
-            if self._unsynced and self._config.fsync != "never":
-                os.fsync(fd)
-                self.fsyncs += 1
-            self._unsynced = False
-        finally:
-            os.close(fd)
-
-
 class FileSink:
     """Appends each request's body to ``config.path`` and answers with a JSON receipt.
 
     The receipt is ``{"request_id", "bytes", "records" (ndjson only), "sinks": {NAME:
     {"file": basename, "offset": start offset}}}``; ``file`` names the active file the
-    body went to (a later rotation renames it). The file is opened at the first request.
+    body went to (a later rotation renames it). An existing file is repaired when the
+    sink starts (if no other worker holds it); a missing one is created by the first request.
     """
 
     remembers_keys = True
@@ -314,10 +90,16 @@ class FileSink:
         self.config = config
         self._loop = asyncio.get_running_loop()
         self._deadlines = deadlines
-        self._target = _Target(config)
+        self._target = Target(config)
+        try:
+            # before serving: a restarted relayd never shows what its crash left
+            self._target.prepare()
+        except OSError as exc:
+            log.warning("file sink %s: cannot check %s: %s", self.name, config.path, exc)
         self._directory, self._basename = os.path.split(config.path)
         self._staging_prefix = f".{self._basename}."
         self._lock = asyncio.Lock()  # appends queue here rather than each holding a thread
+        self._holding = False  # a HeldBody holds self._lock or is queued for it
         self._closed = False
         #: receipts by Idempotency-Key scope, so a retried request is not appended twice
         self.recent = RecentReceipts(IDEMPOTENCY_KEYS, config.idempotency_ttl)
@@ -353,6 +135,21 @@ class FileSink:
                         )
         except OSError as exc:
             raise self.disk_failure(exc) from None
+        return self.accepted(offset)
+
+    def hold(self) -> HeldBody | None:
+        """A ``HeldBody`` to stream a body into; None while another one holds or awaits the
+        file's end (waiting for it could close a cycle: that one may await a file we hold)."""
+        if self._holding or self._closed:
+            return None
+        self._holding = True
+        return HeldBody(self._loop, self._target, self._lock, self._let_go)
+
+    def _let_go(self) -> None:
+        self._holding = False
+
+    def accepted(self, offset: int) -> Receipt:
+        """A body was appended at ``offset``: its receipt (and the periodic fsync is due)."""
         if self.config.fsync == "interval" and not self.deadline:
             self.deadline = self._loop.time() + self.config.fsync_interval
         return {"file": self._basename, "offset": offset}
@@ -396,10 +193,113 @@ class FileSink:
             await self._loop.run_in_executor(None, self._target.close)
 
 
-class FileDelivery:
-    """One request's body staged for ``FileSink``; appended when the body is complete."""
+class HeldBody:
+    """One body written into the end of the sink's file as it streams in.
 
-    __slots__ = ("_sink", "_request", "_reservation", "_checker", "_staging")
+    It holds the sink's lock, and the file's, from ``start`` until ``commit`` or
+    ``abort``. One disk write is in flight at a time while the next ``WRITE_BYTES`` gather,
+    so the client keeps sending while the disk writes. Every disk step runs in the executor
+    and cannot be stopped, so a cancelled request's step runs on and ``abort`` follows it.
+    """
+
+    __slots__ = ("_loop", "_target", "_lock", "_on_release", "offset", "_pending", "_pending_size", "_job",
+                 "_ending", "_locked", "_released")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: Target, lock: asyncio.Lock,
+                 on_release: Callable[[], None]) -> None:
+        self._loop = loop
+        self._target = target
+        self._lock = lock
+        self._on_release = on_release
+        self.offset = -1
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._job: asyncio.Future[Any] | None = None  # the latest disk step
+        self._ending = False  # committed or aborted: nothing more may be done
+        self._locked = False  # the sink's lock is ours
+        self._released = False  # ... and given back
+
+    async def start(self, length: int | None, pieces: Sequence[bytes]) -> bool:
+        """Take the file's end and write ``pieces``; False (nothing done) if that would wait."""
+        # behind complete bodies at most, which never wait for a file while holding one
+        await self._lock.acquire()
+        self._locked = True
+        try:
+            self.offset = await self._step(self._target.hold, length, pieces)
+        except OSError:
+            self._end()  # hold() let go of the file itself
+            raise
+        if self.offset < 0:
+            self._end()
+            return False
+        return True
+
+    async def add(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= WRITE_BYTES:
+            await self._write()
+
+    async def commit(self) -> None:
+        """The body is complete: write the rest and commit its length (or cut it off)."""
+        try:
+            if self._pending:
+                await self._write()
+            if self._job is not None:
+                await asyncio.shield(self._job)
+            await self._step(self._target.commit_held)
+        except BaseException:
+            self.abort()
+            raise
+        self._end()
+
+    def abort(self) -> None:
+        """Cut the body off (after the disk step in flight, if any) and let go. Idempotent."""
+        if self._ending:
+            return
+        self._ending = True
+        job = self._job
+        if job is None or job.done():
+            self._drop(job)
+        else:
+            job.add_done_callback(self._drop)
+
+    async def _write(self) -> None:
+        if self._job is not None:
+            await asyncio.shield(self._job)  # one write at a time; raises if it failed
+        pieces, self._pending, self._pending_size = self._pending, [], 0
+        self._job = self._loop.run_in_executor(None, self._target.write_held, pieces)
+
+    async def _step(self, step: Callable[..., Any], *args: Any) -> Any:
+        self._job = job = self._loop.run_in_executor(None, step, *args)
+        return await asyncio.shield(job)
+
+    def _drop(self, job: asyncio.Future[Any] | None) -> None:
+        if job is not None and not job.cancelled():
+            job.exception()  # whoever awaited it has been told; nobody else must be
+        dropping = self._loop.run_in_executor(None, self._target.drop_held)
+        dropping.add_done_callback(self._dropped)
+
+    def _dropped(self, job: asyncio.Future[None]) -> None:
+        exc = None if job.cancelled() else job.exception()
+        if exc is not None:
+            log.error("cannot remove an aborted body from the end of a file: %s", exc)
+        self._end()
+
+    def _end(self) -> None:
+        self._ending = True
+        if not self._released:
+            self._released = True
+            if self._locked:
+                self._lock.release()
+            self._on_release()
+
+
+class FileDelivery:
+    """One request's body for ``FileSink``: held in memory, then streamed into the end of
+    the file (``HeldBody``) or staged; appended when the body is complete."""
+
+    __slots__ = ("_sink", "_request", "_reservation", "_checker", "_staging", "_held")
 
     stopped = False  # a file takes the whole body
 
@@ -410,19 +310,48 @@ class FileDelivery:
         self._reservation: Reservation | None = None if claim is None else sink.recent.reserve(claim)  # or 409
         self._checker = NdjsonChecker() if sink.config.format == "ndjson" else None
         self._staging = sink.new_staging()
+        self._held: HeldBody | None = None
 
     async def write(self, data: bytes) -> None:
         if self._checker is not None:
             self._checker.feed(data)
         try:
-            await self._staging.add(data)
+            held = self._held
+            if held is not None:
+                await held.add(data)
+                return
+            staging = self._staging
+            if staging.temp_fd < 0 and staging.size + len(data) >= STAGE_BYTES and await self._hold(data):
+                return
+            await staging.add(data)
         except OSError as exc:
             raise self._sink.disk_failure(exc) from None
 
+    async def _hold(self, data: bytes) -> bool:
+        """Stream the body into the end of the file from now on, if that needs no waiting."""
+        if self._reservation is not None:
+            return False  # a keyed body is staged: a retry of it must write nothing at all
+        held = self._sink.hold()
+        if held is None:
+            return False
+        self._held = held
+        headers = self._request.headers
+        # NDJSON may gain a final newline; unknown length: rotation cannot be decided now
+        length = headers.content_length + 1 if headers.content_length >= 0 and not headers.chunked else None
+        if await held.start(length, [*self._staging.pieces, data]):
+            self._staging.clear()
+            return True
+        self._held = None
+        return False
+
     async def finish(self) -> Receipt:
+        held = self._held
         try:
             if self._checker is not None and self._checker.finish():
-                await self._staging.add(b"\n")
+                await (held.add(b"\n") if held is not None else self._staging.add(b"\n"))
+            if held is not None:
+                await held.commit()
+                return self._sink.accepted(held.offset)
             if self._reservation is None:
                 return await self._sink.append(self._staging)
             return await self._reservation.once(lambda: self._sink.append(self._staging))
@@ -436,6 +365,8 @@ class FileDelivery:
         send_receipt(reply, self._request, receipts, records)
 
     def abort(self) -> None:
+        if self._held is not None:
+            self._held.abort()
         self._staging.discard()
         if self._reservation is not None:
             self._reservation.release()
