@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from relay.config import FileSinkConfig
 from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
-from relay.fastpath import scan_headers
+from relay.fastpath import HeaderRules, scan_headers
 from relay.flowcontrol import ClientGone, ReadGate, RequestBody
 from relay.reply import Reply
 from relay.request import Request
@@ -48,6 +48,7 @@ MiB = 1024 * 1024
 NO_LIMIT = 1 << 40
 ROTATED = re.compile(r"^archive\.(\d{8}T\d{6}Z)(?:\.(\d+))?\.ndjson$")
 _ids = itertools.count()
+NO_RULES = HeaderRules((), (), underscores=False)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -103,7 +104,7 @@ class _RelaySide(asyncio.Protocol):
 
 def _request(body: RequestBody, length: int) -> Request:
     rid = f"req-{next(_ids)}"
-    headers = scan_headers([(b"host", b"relay.test"), (b"content-length", b"%d" % length)], frozenset())
+    headers = scan_headers([(b"host", b"relay.test"), (b"content-length", b"%d" % length)], NO_RULES)
     loop = asyncio.get_running_loop()
     return Request(rid, "POST", "1.1", "/archive", b"/archive", headers, cast(Any, None), "127.0.0.1",
                    body, False, loop.time())

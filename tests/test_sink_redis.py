@@ -21,7 +21,7 @@ import uvloop
 
 from relay.config import FileSinkConfig, FlowConfig, RedisStreamSinkConfig, ServerConfig, SinkConfig
 from relay.errors import BadGateway, BadRequest, ServiceUnavailable
-from relay.fastpath import scan_headers
+from relay.fastpath import HeaderRules, scan_headers
 from relay.flowcontrol import RequestBody
 from relay.identity import Identity
 from relay.policy import Flow
@@ -37,6 +37,7 @@ pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is no
 
 T = TypeVar("T")
 _ids = itertools.count()
+NO_RULES = HeaderRules((), (), underscores=False)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -78,7 +79,7 @@ def request_for(sink: Sink, flow: str = "ingest", key: bytes | None = None, subj
                        ServerConfig(listen=()), None)
     identity = None if subject is None else Identity(subject, "dev", (), (), {"sub": subject}, None, "k1", 1 << 40)
     loop = asyncio.get_running_loop()
-    return Request(f"req-{next(_ids)}", "POST", "1.1", "/ingest/x", b"/ingest/x", scan_headers(headers, frozenset()),
+    return Request(f"req-{next(_ids)}", "POST", "1.1", "/ingest/x", b"/ingest/x", scan_headers(headers, NO_RULES),
                    flow_object, "127.0.0.1", RequestBody(None, 1 << 40, complete=True), False, loop.time(), identity)
 
 
