@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from relay import _fastpath_py
+from relay.config import DEFAULT_STRIP
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,26 @@ PROXIED_HEADERS = [
     (b"Connection", b"close"),
 ]
 # A flow that neither forwards the token nor the cookies, and strips a spoofable header.
-PROXIED_DROP = frozenset({b"authorization", b"cookie", b"x-forwarded-user"})
+PROXIED_DROP = (b"authorization", b"cookie", b"x-forwarded-user")
+# A flow under the default strip list plus the prefix conf/relay.toml suggests; and the same
+# request carrying three names with `_` (ignored, as by default).
+DEFAULT_DROP = (*(name.encode() for name in DEFAULT_STRIP), b"authorization")
+UNDERSCORED_HEADERS = [*PROXIED_HEADERS, (b"X_Forwarded_User", b"admin"), (b"X-Relay_Subject", b"admin"),
+                       (b"X_Trace", b"1")]
 SMALL_HEADERS = [(b"Host", b"127.0.0.1:8081"), (b"User-Agent", b"wrk"), (b"Accept", b"*/*")]
 
 BEARER = dict(PROXIED_HEADERS)[b"Authorization"]
+
+
+def scanning(names: tuple[bytes, ...], prefixes: tuple[bytes, ...] = ()) -> Callable[[ModuleType], Callable[..., object]]:
+    """scan_headers with rules built once, as a flow's are."""
+
+    def prepare(module: ModuleType) -> Callable[..., object]:
+        rules = module.HeaderRules(names, prefixes, underscores=False)
+        scan = module.scan_headers
+        return lambda headers: scan(headers, rules)
+
+    return prepare
 
 
 def token_cache_hit(module: ModuleType) -> Callable[..., object]:
@@ -90,8 +107,11 @@ def chunked_decode(module: ModuleType) -> Callable[..., object]:
 
 
 CASES = [
-    Case("scan_headers proxied (12 headers, 800 B token)", "scan_headers", (PROXIED_HEADERS, PROXIED_DROP)),
-    Case("scan_headers small (3 headers)", "scan_headers", (SMALL_HEADERS, frozenset())),
+    Case("scan_headers proxied (12 headers, 800 B token)", "scan_headers", (PROXIED_HEADERS,), scanning(PROXIED_DROP)),
+    Case("scan_headers proxied, default strip list + prefix", "scan_headers", (PROXIED_HEADERS,),
+         scanning(DEFAULT_DROP, (b"x-auth-request-",))),
+    Case("scan_headers proxied + 3 names with _", "scan_headers", (UNDERSCORED_HEADERS,), scanning(DEFAULT_DROP)),
+    Case("scan_headers small (3 headers)", "scan_headers", (SMALL_HEADERS,), scanning(())),
     Case("TokenCache.get hit (800 B token)", "TokenCache", (BEARER, 1, 1e9), token_cache_hit),
     Case("ChunkedDecoder 1 MiB (64 KiB chunks, 16 KiB reads)", "ChunkedDecoder", (CHUNKED_READS,),
          chunked_decode),

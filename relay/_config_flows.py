@@ -13,7 +13,7 @@ from typing import Any
 
 from relay._config_read import HEADER_NAME, NAME, NAME_RULE, Table, label
 from relay._toml_locate import join_key
-from relay.config import FlowConfig, FlowHeaders, Rule
+from relay.config import FlowConfig, FlowHeaders, Rule, strips
 
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
@@ -174,19 +174,14 @@ def _headers(t: Table) -> FlowHeaders:
         else:
             pairs.append((header, value))
         seen.add(lower)
-    strip = []
-    for i, header in enumerate(h.strings("strip", (), allow_empty=True)):
-        if HEADER_NAME.fullmatch(header):
-            strip.append(header.lower())
-        else:
-            h.report(f"{h.path('strip')}[{i}]", f"'{header}' is not a header name")
+    strip = h.header_patterns("strip", ())
     default = FlowHeaders()
     forward = h.boolean("forward_authorization", default.forward_authorization)
-    if forward and "authorization" in strip:
+    if forward and any(strips(pattern, "authorization") for pattern in strip):
         h.problem("forward_authorization", "contradicts strip = [..., \"Authorization\"]")
     return FlowHeaders(
         set=tuple(pairs),
-        strip=tuple(strip),
+        strip=strip,
         identity=h.choice("identity", default.identity, ("none", "plain", "signed")),
         forward_authorization=forward,
     )

@@ -137,6 +137,16 @@ class Table:
         value = self._typed(name, lambda v: isinstance(v, bool), "true or false")
         return default if value is None else bool(value)
 
+    def header_patterns(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """Header names, lowercased; a trailing "*" makes one a prefix ("x-foo-*")."""
+        out = []
+        for i, header in enumerate(self.strings(name, default, allow_empty=True)):
+            if HEADER_NAME.fullmatch(header.removesuffix("*")):
+                out.append(header.lower())
+            else:
+                self.report(f"{self.path(name)}[{i}]", f"'{header}' is not a header name or prefix")
+        return tuple(out)
+
     def integer(self, name: str, default: D, lo: int, hi: int) -> int | D:
         value = self._typed(
             name, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"

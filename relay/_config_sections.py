@@ -18,7 +18,6 @@ from urllib.parse import SplitResult, urlsplit
 
 from relay._config_flows import build_flows
 from relay._config_read import (
-    HEADER_NAME,
     NAME,
     NAME_RULE,
     Problems,
@@ -91,7 +90,7 @@ def _server(root: Table) -> ServerConfig:
         "listen", "workers", "admin_socket", "socket_mode", "max_header_bytes", "header_timeout",
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
         "identity_key", "state_dir", "max_in_flight", "max_loop_lag", "metrics_listen", "min_body_rate",
-        "body_rate_window", "request_timeout", "send_timeout",
+        "body_rate_window", "request_timeout", "send_timeout", "underscores_in_headers",
     ))
     workers = t.integer("workers", _SERVER.workers, 1, 64)
     if workers > 1 and not t.has("admin_socket"):
@@ -113,7 +112,8 @@ def _server(root: Table) -> ServerConfig:
         max_in_flight=t.integer("max_in_flight", _SERVER.max_in_flight, 1, 1_000_000),
         max_loop_lag=t.duration("max_loop_lag", _SERVER.max_loop_lag, 0.0, 60.0),
         trusted_proxies=_trusted_proxies(t),
-        strip_headers=_strip_headers(t, "strip_headers", _SERVER.strip_headers),
+        strip_headers=t.header_patterns("strip_headers", _SERVER.strip_headers),
+        underscores_in_headers=t.boolean("underscores_in_headers", _SERVER.underscores_in_headers),
         identity_key=t.file_path("identity_key", os.path.abspath(_SERVER.identity_key)),
         state_dir=t.file_path("state_dir", os.path.abspath(_SERVER.state_dir)),
         metrics_listen=_metrics_listen(t),
@@ -189,17 +189,6 @@ def _trusted_proxies(t: Table) -> tuple[str, ...]:
             out.append(str(ipaddress.ip_address(entry)))
         except ValueError:
             t.report(f"{t.path('trusted_proxies')}[{i}]", f"'{entry}' is neither \"unix\" nor an IP address")
-    return tuple(out)
-
-
-def _strip_headers(t: Table, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    """Header names to remove, lowercased; a trailing "*" makes a prefix."""
-    out = []
-    for i, header in enumerate(t.strings(name, default, allow_empty=True)):
-        if HEADER_NAME.fullmatch(header.removesuffix("*")):
-            out.append(header.lower())
-        else:
-            t.report(f"{t.path(name)}[{i}]", f"'{header}' is not a header name")
     return tuple(out)
 
 

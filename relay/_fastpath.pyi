@@ -1,18 +1,31 @@
 """Types of the compiled fast path (relay/_fastpath.pyx); the twin relay/_fastpath_py.py
 has the same API. Import it through relay.fastpath."""
 
-from collections.abc import Iterable, Set
+from collections.abc import Iterable
 from typing import TypeAlias, TypeVar, final
 
 from relay.identity.claims import Identity
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderScan", "TokenCache", "encode_chunk",
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "encode_chunk",
            "encode_chunks", "scan_headers"]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 _Payload = TypeVar("_Payload", bytes, bytearray, memoryview)
 
 # 1. Header scanning
+
+@final
+class HeaderRules:
+    """Which headers scan_headers strips: whole names, prefixes, and whether names with `_`
+    are kept at all. Names and prefixes are stored folded (lowercase, `_` as `-`)."""
+
+    def __init__(self, names: Iterable[bytes], prefixes: Iterable[bytes], *, underscores: bool) -> None: ...
+    @property
+    def names(self) -> frozenset[bytes]: ...
+    @property
+    def prefixes(self) -> tuple[bytes, ...]: ...
+    @property
+    def underscores(self) -> bool: ...
 
 @final
 class HeaderScan:
@@ -41,7 +54,7 @@ class HeaderScan:
     @property
     def forward(self) -> bytes: ...
 
-def scan_headers(headers: Iterable[tuple[BytesLike, BytesLike]], drop: Set[bytes]) -> HeaderScan: ...
+def scan_headers(headers: Iterable[tuple[BytesLike, BytesLike]], rules: HeaderRules) -> HeaderScan: ...
 
 
 # 2. Verified-token cache

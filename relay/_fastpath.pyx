@@ -19,7 +19,7 @@ from libc.string cimport memcpy
 
 from relay.errors import BadRequest
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderScan", "TokenCache", "encode_chunk",
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "encode_chunk",
            "encode_chunks", "scan_headers"]
 
 

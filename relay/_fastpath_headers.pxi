@@ -1,5 +1,5 @@
-# 1. Header scanning: scan_headers and HeaderScan. Included by _fastpath.pyx, whose shared
-# helpers (character classes, _is_token, _is_field_value, _lower_equals, ...) it uses.
+# 1. Header scanning: scan_headers, HeaderRules and HeaderScan. Included by _fastpath.pyx,
+# whose shared helpers (character classes, _is_field_value, _lower_equals, ...) it uses.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -29,48 +29,87 @@ cdef enum:
     MAX_CONTENT_LENGTH_DIGITS = 18
 
 
+# Header names compared folded, as CGI, WSGI, Rack and PHP upstreams read them: ASCII case
+# and `_` versus `-` ignored. One table lookup per byte, like _lower.
+cdef unsigned char _FOLD[256]
+
+
+cdef void _init_fold() noexcept:
+    cdef int c
+    for c in range(256):
+        _FOLD[c] = _lower(c)
+    _FOLD[95] = 45  # `_` reads as `-`
+
+
+_init_fold()
+
+
+cdef inline bint _fold_equals(const unsigned char* s, const char* folded, Py_ssize_t n) noexcept:
+    """s[:n] folded == folded[:n]; the caller has checked both are n long."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if _FOLD[s[i]] != <unsigned char>folded[i]:
+            return False
+    return True
+
+
+cdef inline int _check_name(const unsigned char* s, Py_ssize_t n) noexcept:
+    """-1 unless s[:n] is a token; else 1 when it holds a `_`, 0 when not (one pass)."""
+    cdef Py_ssize_t i
+    cdef int underscore = 0
+    if n == 0:
+        return -1
+    for i in range(n):
+        if not (_CHAR_CLASS[s[i]] & TCHAR):
+            return -1
+        if s[i] == 95:
+            underscore = 1
+    return underscore
+
+
 cdef Kind _classify(const unsigned char* s, Py_ssize_t n) noexcept:
-    """The kind of a header from its (token) name; a switch on the length keeps it short."""
-    if n >= 8 and _lower_equals(s, b"x-relay-", 8):
+    """The kind of a header from its (token) name, folded; a switch on the length keeps it
+    short. A name with `_` gets the kind of the name it imitates."""
+    if n >= 8 and _fold_equals(s, b"x-relay-", 8):
         return DROPPED
     if n == 2:
-        if _lower_equals(s, b"te", 2):
+        if _fold_equals(s, b"te", 2):
             return DROPPED
     elif n == 4:
-        if _lower_equals(s, b"host", 4):
+        if _fold_equals(s, b"host", 4):
             return HOST
     elif n == 6:
-        if _lower_equals(s, b"expect", 6):
+        if _fold_equals(s, b"expect", 6):
             return EXPECT
     elif n == 7:
-        if _lower_equals(s, b"upgrade", 7):
+        if _fold_equals(s, b"upgrade", 7):
             return UPGRADE
-        if _lower_equals(s, b"trailer", 7):
+        if _fold_equals(s, b"trailer", 7):
             return DROPPED
     elif n == 10:
-        if _lower_equals(s, b"connection", 10):
+        if _fold_equals(s, b"connection", 10):
             return CONNECTION
-        if _lower_equals(s, b"keep-alive", 10):
+        if _fold_equals(s, b"keep-alive", 10):
             return DROPPED
     elif n == 13:
-        if _lower_equals(s, b"authorization", 13):
+        if _fold_equals(s, b"authorization", 13):
             return AUTHORIZATION
     elif n == 14:
-        if _lower_equals(s, b"content-length", 14):
+        if _fold_equals(s, b"content-length", 14):
             return CONTENT_LENGTH
     elif n == 15:
-        if _lower_equals(s, b"idempotency-key", 15):
+        if _fold_equals(s, b"idempotency-key", 15):
             return IDEMPOTENCY_KEY
-        if _lower_equals(s, b"x-forwarded-for", 15):
+        if _fold_equals(s, b"x-forwarded-for", 15):
             return FORWARDED_FOR
     elif n == 16:
-        if _lower_equals(s, b"proxy-connection", 16):
+        if _fold_equals(s, b"proxy-connection", 16):
             return DROPPED
     elif n == 17:
-        if _lower_equals(s, b"transfer-encoding", 17):
+        if _fold_equals(s, b"transfer-encoding", 17):
             return TRANSFER_ENCODING
     elif n == 19:
-        if _lower_equals(s, b"proxy-authorization", 19):
+        if _fold_equals(s, b"proxy-authorization", 19):
             return DROPPED
     return OTHER
 
@@ -82,6 +121,73 @@ cdef struct Field:
     const unsigned char* value   # OWS-trimmed
     Py_ssize_t value_len
     Kind kind
+
+
+cdef struct Pattern:
+    # A folded name or prefix, borrowed from a bytes object its HeaderRules holds.
+    const char* name
+    Py_ssize_t len
+    bint prefix
+
+
+@cython.final
+cdef class HeaderRules:
+    """Which headers scan_headers strips; see relay/_fastpath_py.py."""
+
+    cdef readonly frozenset names
+    cdef readonly tuple prefixes
+    cdef readonly bint underscores
+    # names, then prefixes, as C pointers: a request's scan reads no Python object here
+    cdef Pattern* _patterns
+    cdef Py_ssize_t _count
+
+    def __init__(self, names, prefixes, *, underscores):
+        cdef tuple folded_prefixes = tuple([_fold(_checked(prefix)) for prefix in prefixes])
+        cdef frozenset folded_names = frozenset([_fold(_checked(name)) for name in names])
+        cdef Py_ssize_t count = len(folded_names) + len(folded_prefixes)
+        cdef Pattern* patterns
+        cdef Py_ssize_t i = 0
+        cdef bytes pattern
+        if b"" in folded_prefixes:
+            raise ValueError("an empty prefix would strip every header")
+        patterns = <Pattern*>PyMem_Malloc((count or 1) * sizeof(Pattern))
+        if patterns == NULL:
+            raise MemoryError()
+        for pattern in folded_names:
+            patterns[i] = Pattern(PyBytes_AS_STRING(pattern), PyBytes_GET_SIZE(pattern), False)
+            i += 1
+        for pattern in folded_prefixes:
+            patterns[i] = Pattern(PyBytes_AS_STRING(pattern), PyBytes_GET_SIZE(pattern), True)
+            i += 1
+        PyMem_Free(self._patterns)
+        self._patterns = patterns
+        self._count = count
+        self.names = folded_names
+        self.prefixes = folded_prefixes
+        self.underscores = underscores
+
+    def __dealloc__(self):
+        PyMem_Free(self._patterns)
+
+    cdef bint _strips(self, const unsigned char* name, Py_ssize_t n) noexcept:
+        """Whether a header of this name is stripped: the length rules out most at once."""
+        cdef Py_ssize_t i
+        cdef Pattern* p
+        for i in range(self._count):
+            p = &self._patterns[i]
+            if (n == p.len or (p.prefix and n > p.len)) and _fold_equals(name, p.name, p.len):
+                return True
+        return False
+
+
+cdef bytes _fold(bytes name):
+    return name.lower().replace(b"_", b"-")
+
+
+cdef bytes _checked(object name):
+    if type(name) is not bytes:
+        raise TypeError("header rules hold bytes")
+    return <bytes>name
 
 
 cdef struct Span:
@@ -228,18 +334,18 @@ cdef class HeaderScan:
         return 0
 
 
-def scan_headers(headers, drop):
+def scan_headers(headers, HeaderRules rules not None):
     """Check one request's headers and extract what relay needs; see relay/_fastpath_py.py."""
     cdef HeaderScan scan
     if type(headers) is list:
-        scan = _scan(<list>headers, drop)
+        scan = _scan(<list>headers, rules)
         if scan is not None:
             return scan
     # Rare: the caller passed bytearray / memoryview or another iterable. Normalise once.
-    return _scan([(_as_bytes(name), _as_bytes(value)) for name, value in headers], drop)
+    return _scan([(_as_bytes(name), _as_bytes(value)) for name, value in headers], rules)
 
 
-cdef HeaderScan _scan(list headers, object drop):
+cdef HeaderScan _scan(list headers, HeaderRules rules):
     """Does the work; returns None, having raised nothing, on a pair that is not two bytes."""
     cdef Py_ssize_t n = len(headers)
     cdef Field small[SMALL_HEADER_COUNT]
@@ -249,23 +355,24 @@ cdef HeaderScan _scan(list headers, object drop):
         if fields == NULL:
             raise MemoryError()
     try:
-        return _scan_fields(headers, drop, fields)
+        return _scan_fields(headers, rules, fields)
     finally:
         if fields != small:
             PyMem_Free(fields)
 
 
-cdef HeaderScan _scan_fields(list headers, object drop, Field* fields):
+cdef HeaderScan _scan_fields(list headers, HeaderRules rules, Field* fields):
     """Reads the headers into fields (scratch space for as many) and scans them."""
     cdef Py_ssize_t n = len(headers)
     cdef HeaderScan scan = HeaderScan.__new__(HeaderScan)
     cdef bint has_connection = False
+    cdef int underscore
     cdef Py_ssize_t i
     cdef object pair
     cdef Field* f
     scan.content_length = -1
 
-    # Pass 1: check every header and read the ones relay needs.
+    # Check every header, read the ones relay needs, mark the ones not forwarded.
     for i in range(n):
         pair = headers[i]
         if (type(pair) is not tuple or PyTuple_GET_SIZE(pair) != 2
@@ -273,40 +380,30 @@ cdef HeaderScan _scan_fields(list headers, object drop, Field* fields):
             return None
         f = &fields[i]
         _read_field(<tuple>pair, f)
-        if not _is_token(f.name, f.name_len):
+        underscore = _check_name(f.name, f.name_len)
+        if underscore < 0:
             raise BadRequest("bad header name")
         if not _is_field_value(f.value, f.value_len):
             raise BadRequest("bad header value")
         f.kind = _classify(f.name, f.name_len)
-        if f.kind != OTHER and f.kind != DROPPED:
+        if underscore:
+            # never read; kept only when allowed and not imitating a header relay knows
+            if not rules.underscores or f.kind != OTHER:
+                f.kind = DROPPED
+        elif f.kind != OTHER and f.kind != DROPPED:
             scan._take(<tuple>pair, f)
             has_connection = has_connection or f.kind == CONNECTION
+        if f.kind <= LAST_FORWARDABLE and rules._strips(f.name, f.name_len):
+            f.kind = DROPPED
     if scan.content_length >= 0 and scan.chunked:
         raise BadRequest("Content-Length with Transfer-Encoding")
 
-    # Pass 2, only when needed: drop what the caller and the Connection options name.
-    if drop:
-        _mark_dropped(fields, n, drop)
+    # Only when needed, a second look: drop what the Connection options name.
     if has_connection:
         _mark_connection_options(fields, n)
 
     scan.forward = _join_forwarded(fields, n)
     return scan
-
-
-cdef int _mark_dropped(Field* fields, Py_ssize_t n, object drop) except -1:
-    cdef Py_ssize_t i
-    cdef Py_ssize_t drop_len
-    for name in drop:
-        if type(name) is not bytes:
-            raise TypeError("drop must hold bytes")
-        drop_len = PyBytes_GET_SIZE(name)
-        for i in range(n):
-            # drop holds lowercase names: lower only the header's side, like the twin
-            if (fields[i].kind <= LAST_FORWARDABLE and fields[i].name_len == drop_len
-                    and _lower_equals(fields[i].name, PyBytes_AS_STRING(name), drop_len)):
-                fields[i].kind = DROPPED
-    return 0
 
 
 cdef void _mark_connection_options(Field* fields, Py_ssize_t n) noexcept:

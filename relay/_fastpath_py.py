@@ -7,7 +7,8 @@ differential property test holds them to each other, so change the two together.
 Sections (one per fast-path job):
 
 1. header scanning: ``scan_headers`` checks the header pairs httptools delivered,
-   pulls out what relay needs and builds the header block forwarded upstream.
+   pulls out what relay needs and builds the header block forwarded upstream, leaving out
+   what a ``HeaderRules`` (built once per flow) strips.
 2. verified-token cache: ``TokenCache`` maps tokens already verified to their identity,
    bounded, so a repeated token costs one lookup instead of a signature check.
 3. chunked transfer coding: ``ChunkedDecoder`` takes a chunked body apart as it arrives,
@@ -21,7 +22,7 @@ bottom, and each section is short because Python states the rules without the sp
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Set
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, NoReturn, TypeVar
@@ -31,7 +32,7 @@ from relay.errors import BadRequest
 if TYPE_CHECKING:
     from relay.identity.claims import Identity
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderScan", "TokenCache", "encode_chunk",
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "encode_chunk",
            "encode_chunks", "scan_headers"]
 
 #: What httptools may hand over; results are always plain bytes.
@@ -66,9 +67,52 @@ _NOT_FORWARDED = frozenset(
         b"x-forwarded-for",
     }
 )
+#: Names relay reads itself: a header spelled like one of them with `_` is never forwarded.
+_READ = _NOT_FORWARDED | {b"authorization", b"idempotency-key"}
 #: relay owns this namespace downstream; inbound values would be spoofed identity.
 _RELAY_PREFIX = b"x-relay-"
 _MAX_CONTENT_LENGTH_DIGITS = 18  # fits a signed 64-bit integer
+
+
+def _fold(name: bytes) -> bytes:
+    """The name as CGI, WSGI, Rack and PHP upstreams read it: case and `_` versus `-` ignored."""
+    return name.lower().replace(b"_", b"-")
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class HeaderRules:
+    """Which headers ``scan_headers`` keeps from ``forward`` besides those it always drops.
+
+    ``names`` are stripped whole and ``prefixes`` strip every name that starts with one;
+    both are given in any case and spelling, and kept folded (lowercase, `_` as `-`), since
+    a header is compared folded too. ``underscores`` False (nginx's default,
+    ``underscores_in_headers off``) ignores every header whose name holds a `_`, as if it
+    had not been sent; True forwards them unless their folded name is stripped, relay's
+    own (``X-Relay-*``) or one relay reads (Content-Length, X-Forwarded-For, ...).
+    Built once (per flow), used for every request.
+    """
+
+    names: frozenset[bytes]
+    prefixes: tuple[bytes, ...]
+    underscores: bool
+
+    def __init__(self, names: Iterable[bytes], prefixes: Iterable[bytes], *, underscores: bool) -> None:
+        folded = tuple(_fold(_checked(prefix)) for prefix in prefixes)
+        if b"" in folded:
+            raise ValueError("an empty prefix would strip every header")
+        object.__setattr__(self, "names", frozenset(_fold(_checked(name)) for name in names))
+        object.__setattr__(self, "prefixes", folded)
+        object.__setattr__(self, "underscores", bool(underscores))
+
+    def _strips(self, folded: bytes) -> bool:
+        """Whether a header of this folded name is stripped."""
+        return folded in self.names or folded.startswith(self.prefixes)
+
+
+def _checked(name: bytes) -> bytes:
+    if type(name) is not bytes:
+        raise TypeError("header rules hold bytes")
+    return name
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -97,12 +141,12 @@ class HeaderScan:
     forward: bytes
 
 
-def scan_headers(headers: Iterable[tuple[BytesLike, BytesLike]], drop: Set[bytes]) -> HeaderScan:
+def scan_headers(headers: Iterable[tuple[BytesLike, BytesLike]], rules: HeaderRules) -> HeaderScan:
     """Check one request's headers and extract what relay needs, in one pass.
 
     ``headers`` are the (name, value) pairs of httptools' ``on_header`` in arrival order.
     Values lose surrounding spaces and tabs first (RFC 9110 §5.5; llhttp strips only the
-    leading ones). ``drop`` holds lowercase names (bytes) the caller wants kept from upstream.
+    leading ones).
 
     Raises BadRequest (whose text names the rule) for a name that is not a token, a value
     with a control character, a second Host, Authorization, Idempotency-Key, Content-Length or
@@ -110,9 +154,14 @@ def scan_headers(headers: Iterable[tuple[BytesLike, BytesLike]], drop: Set[bytes
     than ``chunked``, both Content-Length and Transfer-Encoding, or a Connection option that
     is not a token.
 
-    ``forward`` keeps every header, in order and original case, except those in ``drop``,
-    those relay sets itself (hop-by-hop, framing, Host, Expect, X-Forwarded-For), those named
-    by a Connection option (RFC 9110 §7.6.1) and every ``X-Relay-*``.
+    A name holding `_` is checked like any other, then, unless ``rules.underscores``, ignored
+    entirely: it is never read as Host, Authorization, Content-Length or any other header, nor
+    forwarded (upstreams that read `_` as `-` would take it for the header it imitates).
+
+    ``forward`` keeps every header, in order and original case, except those ``rules``
+    strip, those relay sets itself (hop-by-hop, framing, Host, Expect, X-Forwarded-For), those
+    named by a Connection option (RFC 9110 §7.6.1), every ``X-Relay-*`` and, when kept at
+    all, a name with `_` that folds onto one of those or onto a name relay reads.
     """
     host = authorization = expect = idempotency_key = forwarded_for = None
     content_length = -1
@@ -129,6 +178,14 @@ def scan_headers(headers: Iterable[tuple[BytesLike, BytesLike]], drop: Set[bytes
         if len(value.translate(None, _FORBIDDEN_IN_VALUE)) != len(value):
             raise BadRequest("bad header value")
         lname = name.lower()
+        if b"_" in lname:
+            if not rules.underscores:
+                continue
+            folded = _fold(lname)
+            if folded in _READ or folded.startswith(_RELAY_PREFIX) or rules._strips(folded):
+                continue
+            candidates.append((lname, name, value))
+            continue
         if lname == b"host":
             if host is not None:
                 raise BadRequest("duplicate Host")
@@ -167,7 +224,7 @@ def scan_headers(headers: Iterable[tuple[BytesLike, BytesLike]], drop: Set[bytes
             # Only the element the nearest proxy appended is trustworthy; an empty one means
             # the chain is malformed, so trust none rather than an earlier, client-made one.
             forwarded_for = value.rpartition(b",")[2].strip(_OWS) or None
-        if lname in drop or lname in _NOT_FORWARDED or lname.startswith(_RELAY_PREFIX):
+        if lname in _NOT_FORWARDED or lname.startswith(_RELAY_PREFIX) or rules._strips(lname):
             continue
         candidates.append((lname, name, value))
 

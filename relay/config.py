@@ -15,8 +15,8 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from relay.errors import ConfigError, ConfigProblem
@@ -47,6 +47,23 @@ DEFAULT_IDEMPOTENCY_TTL = 86400.0
 SIGNING_ALGORITHMS: tuple[str, ...] = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 )
+
+
+def split_patterns(patterns: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Header patterns as (whole names, prefixes): "x-foo-*" is the prefix "x-foo-"."""
+    patterns = tuple(patterns)
+    return (tuple(p for p in patterns if not p.endswith("*")),
+            tuple(p[:-1] for p in patterns if p.endswith("*")))  # fmt: skip
+
+
+def strips(pattern: str, name: str) -> bool:
+    """Whether a header pattern covers the header ``name`` (case and `_` / `-` ignored)."""
+    folded, stem = _fold(name), _fold(pattern.removesuffix("*"))
+    return folded.startswith(stem) if pattern.endswith("*") else folded == stem
+
+
+def _fold(name: str) -> str:
+    return name.lower().replace("_", "-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +110,8 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ("unix",)
     #: lowercase header names removed from every inbound request; "x-foo-*" is a prefix
     strip_headers: tuple[str, ...] = DEFAULT_STRIP
-    #: ``strip_headers`` split for the hot path: exact names and "*" prefixes
-    strip_exact: frozenset[str] = field(init=False, repr=False, compare=False)
-    strip_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        exact = frozenset(h for h in self.strip_headers if not h.endswith("*"))
-        prefixes = tuple(h[:-1] for h in self.strip_headers if h.endswith("*"))
-        object.__setattr__(self, "strip_exact", exact)
-        object.__setattr__(self, "strip_prefixes", prefixes)
+    #: keep header fields whose names hold "_" (nginx's underscores_in_headers); off, they are ignored
+    underscores_in_headers: bool = False
 
 
 #: when appended data is flushed to the disk: after every write, periodically, or never

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from relay import _fastpath_py
 
-__all__ = ["COMPILED", "LAST_CHUNK", "ChunkedDecoder", "HeaderScan", "TokenCache", "encode_chunk",
+__all__ = ["COMPILED", "LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "encode_chunk",
            "encode_chunks", "scan_headers"]
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,11 @@ COMPILED: bool = _impl is not _fastpath_py
 
 if TYPE_CHECKING:
     # Both implementations share one API; type-check callers against the compiled stub.
-    from relay._fastpath import (LAST_CHUNK, ChunkedDecoder, HeaderScan, TokenCache, encode_chunk,
-                                 encode_chunks, scan_headers)
+    from relay._fastpath import (LAST_CHUNK, ChunkedDecoder, HeaderRules, HeaderScan, TokenCache,
+                                 encode_chunk, encode_chunks, scan_headers)
 else:
     # 1. header scanning
+    HeaderRules = _impl.HeaderRules
     HeaderScan = _impl.HeaderScan
     scan_headers = _impl.scan_headers
     # 2. verified-token cache

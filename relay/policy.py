@@ -8,9 +8,10 @@ one assignment; requests in flight keep the one they started with.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from relay.config import Config, FlowConfig, FlowHeaders, ServerConfig
+from relay.config import Config, FlowConfig, FlowHeaders, ServerConfig, split_patterns
+from relay.fastpath import HeaderRules
 from relay.identity import FlowAuthorizer, IdentitySigner
 from relay.routing import FlowTable
 from relay.sinks import Sink
@@ -46,13 +47,12 @@ class Flow:
         self.authorizer = FlowAuthorizer(config) if self.requires_token else None
         self.sends_identity = self.requires_token and config.headers.identity != "none"
         self.signer = signer if config.headers.identity == "signed" else None
-        drop = {name.encode("latin-1") for name in server.strip_exact}
-        drop.update(name.encode("latin-1") for name in config.headers.strip)
         # headers the flow sets replace whatever the client sent under the same name
-        drop.update(name.lower().encode("latin-1") for name, _ in config.headers.set)
+        also = [name for name, _ in config.headers.set]
         if not config.headers.forward_authorization:
-            drop.add(b"authorization")
-        self.drop = frozenset(drop)
+            also.append("authorization")
+        #: what scan_headers strips from this flow's requests
+        self.drop = header_rules(server, (*config.headers.strip, *also))
         self.extra_headers = b"".join(
             [b"X-Relay-Flow: " + config.name.encode("latin-1") + b"\r\n"]
             + [f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers.set]
@@ -73,9 +73,16 @@ class Policy:
         if signer is not None and all(flow.path != JWKS_PATH for flow in config.flows):
             routed += (_jwks_flow(signer, config.server),)
         self.table: FlowTable[Flow] = FlowTable(routed)
-        self.default_drop = frozenset(
-            {name.encode("latin-1") for name in config.server.strip_exact} | {b"authorization"}
-        )
+        #: the rules for requests that match no flow (only their framing is looked at)
+        self.default_drop = header_rules(config.server, ("authorization",))
+
+
+def header_rules(server: ServerConfig, patterns: Iterable[str]) -> HeaderRules:
+    """The server's strip_headers and underscore rule, plus ``patterns``, for scan_headers."""
+    names, prefixes = split_patterns((*server.strip_headers, *patterns))
+    return HeaderRules([name.encode("latin-1") for name in names],
+                       [prefix.encode("latin-1") for prefix in prefixes],
+                       underscores=server.underscores_in_headers)  # fmt: skip
 
 
 def needs_signer(config: Config) -> bool:

@@ -107,6 +107,7 @@ max_connections = 500
 trusted_proxies = ["unix", "127.0.0.1", "0:0::1"]
 strip_headers = ["X-Forwarded-User", "x-auth-request-*"]
 state_dir = "state"
+underscores_in_headers = true
 
 [audit]
 path = "-"
@@ -164,7 +165,7 @@ deny = { subjects = ["svc-banned"] }
 sink = "api"
 tee = ["archive", "events"]
 max_body = "1MiB"
-headers = { set = { "X-Flow" = "orders" }, strip = ["Cookie"], identity = "signed", forward_authorization = true }
+headers = { set = { "X-Flow" = "orders" }, strip = ["Cookie", "X-Internal-*"], identity = "signed", forward_authorization = true }
 
 [[flow]]
 name = "health"
@@ -195,11 +196,10 @@ max_body = 0
         max_connections=500,
         trusted_proxies=("unix", "127.0.0.1", "::1"),
         strip_headers=("x-forwarded-user", "x-auth-request-*"),
+        underscores_in_headers=True,
         identity_key=str(here / "var/lib/relay/identity-ed25519.pem"),
         state_dir=str(here / "state"),
     )
-    assert config.server.strip_exact == frozenset({"x-forwarded-user"})
-    assert config.server.strip_prefixes == ("x-auth-request-",)
     assert config.audit == AuditConfig(path="-", chain=False, commit="batched", fsync="always",
                                        on_failure="continue")
     assert config.issuers == (
@@ -250,7 +250,8 @@ max_body = 0
             tee=("archive", "events"),
             max_body=1024 * 1024,
             headers=FlowHeaders(
-                set=(("X-Flow", "orders"),), strip=("cookie",), identity="signed", forward_authorization=True
+                set=(("X-Flow", "orders"),), strip=("cookie", "x-internal-*"), identity="signed",
+                forward_authorization=True
             ),
         ),
         FlowConfig(name="health", path="/healthz", sink="api", methods=("GET",), auth="none", max_body=0),
@@ -266,8 +267,7 @@ def test_defaults_fill_what_is_not_written(here: Path) -> None:
         state_dir=os.path.abspath("var/lib/relay"),
     )
     assert config.server.strip_headers == DEFAULT_STRIP
-    assert config.server.strip_exact == frozenset(DEFAULT_STRIP)
-    assert config.server.strip_prefixes == ()
+    assert config.server.underscores_in_headers is False
     assert config.audit == AuditConfig()
     assert config.issuers[0].algorithms == ("RS256", "ES256", "EdDSA")
     assert config.issuers[0].jwks_file == str(here / "keys/dev.json")
@@ -450,7 +450,11 @@ BAD = [
     pytest.param(doc(server=SERVER + '\ntrusted_proxies = ["lighttpd"]  # HERE'), "server.trusted_proxies[0]",
                  'neither "unix" nor an IP address', id="trusted-proxy"),
     pytest.param(doc(server=SERVER + '\nstrip_headers = ["x-ok", "bad header"]  # HERE'), "server.strip_headers[1]",
-                 "'bad header' is not a header name", id="strip-header-name"),
+                 "'bad header' is not a header name or prefix", id="strip-header-name"),
+    pytest.param(doc(server=SERVER + '\nstrip_headers = ["x-ok", "*"]  # HERE'), "server.strip_headers[1]",
+                 "'*' is not a header name or prefix", id="strip-header-star"),
+    pytest.param(doc(server=SERVER + '\nunderscores_in_headers = "off"  # HERE'), "server.underscores_in_headers",
+                 "true or false", id="underscores-in-headers"),
     pytest.param(doc(server=SERVER + f'\nadmin_socket = "{"a" * 120}.sock"  # HERE'), "server.admin_socket",
                  "longer than 107 bytes", id="admin-socket-length"),
     # [audit]
@@ -601,6 +605,10 @@ BAD = [
                  "flow[0].headers.set.x-a", "'x-a' is set twice", id="flow-set-twice"),
     pytest.param(doc(flows=FLOWS + '\nheaders = { strip = ["Authorization"], forward_authorization = true }  # HERE'),
                  "flow[0].headers.forward_authorization", "contradicts strip", id="flow-forward-stripped"),
+    pytest.param(doc(flows=FLOWS + '\nheaders = { strip = ["auth*"], forward_authorization = true }  # HERE'),
+                 "flow[0].headers.forward_authorization", "contradicts strip", id="flow-forward-stripped-prefix"),
+    pytest.param(doc(flows=FLOWS + '\nheaders = { strip = ["x-a", "x-*-b"] }  # HERE'), "flow[0].headers.strip[1]",
+                 "'x-*-b' is not a header name or prefix", id="flow-strip-star-inside"),
     pytest.param(doc(flows=FLOWS + '\nheaders = { identity = "secret" }  # HERE'), "flow[0].headers.identity",
                  "'secret' is not one of none, plain, signed", id="flow-identity"),
     pytest.param(doc(flows=FLOWS + '\nheaders = { stirp = ["a"] }  # HERE'), "flow[0].headers.stirp",

@@ -21,12 +21,13 @@ import httptools
 
 from relay.config import HttpSinkConfig
 from relay.errors import BadGateway, BadRequest, GatewayTimeout, RelayError
-from relay.fastpath import LAST_CHUNK, encode_chunk, scan_headers
+from relay.fastpath import LAST_CHUNK, HeaderRules, encode_chunk, scan_headers
 from relay.reply import Reply
 from relay.timers import Deadlines
 
-#: response headers relay does not pass on (beyond the hop-by-hop set scan_headers drops)
-_RESPONSE_DROP: frozenset[bytes] = frozenset()
+#: response headers relay does not pass on (beyond the hop-by-hop set scan_headers drops);
+#: an upstream's names with `_` pass, as nginx's proxy passes them
+_RESPONSE_DROP = HeaderRules((), (), underscores=True)
 #: bytes of an unclaimed answer buffered before the upstream is paused
 HOLD_BYTES = 256 * 1024
 

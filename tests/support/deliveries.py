@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 import uvloop
 
 from relay.config import FlowConfig, ServerConfig
-from relay.fastpath import scan_headers
+from relay.fastpath import HeaderRules, scan_headers
 from relay.flowcontrol import RequestBody
 from relay.idempotency import Claim
 from relay.identity import Identity
@@ -46,7 +46,7 @@ def request_for(sink: Sink, flow: str = "ingest", key: bytes | None = None, subj
     identity = None if subject is None else Identity(subject, issuer, (), (), {"sub": subject}, None, "k1", 1 << 40)
     loop = asyncio.get_running_loop()
     request = Request(f"req-{next(_ids)}", "POST", "1.1", target.decode(), target,
-                      scan_headers(headers, frozenset()), flow_object, "127.0.0.1",
+                      scan_headers(headers, HeaderRules((), (), underscores=False)), flow_object, "127.0.0.1",
                       RequestBody(None, 1 << 40, complete=True), False, loop.time(), identity)
     if key is not None:
         request.claim = Claim(request, key)

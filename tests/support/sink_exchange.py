@@ -24,7 +24,7 @@ import uvloop
 
 from relay.config import FileSinkConfig
 from relay.errors import RelayError
-from relay.fastpath import scan_headers
+from relay.fastpath import HeaderRules, scan_headers
 from relay.flowcontrol import ClientGone, ReadGate, RequestBody
 from relay.idempotency import Claim
 from relay.reply import Reply
@@ -103,7 +103,7 @@ def make_request(body: RequestBody, length: int, key: bytes | None = None, chunk
     pairs = [(b"host", b"relay.test"), framing]
     if key is not None:
         pairs.append((b"idempotency-key", key))
-    headers = scan_headers(pairs, frozenset())
+    headers = scan_headers(pairs, HeaderRules((), (), underscores=False))
     loop = asyncio.get_running_loop()
     request = Request(rid, "POST", "1.1", "/archive", b"/archive", headers, cast(Any, _Flow()), "127.0.0.1",
                       body, False, loop.time())

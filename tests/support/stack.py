@@ -23,10 +23,11 @@ SENTINEL_PREFIX = "/data/sentinel-"
 
 
 def relay_config(workdir: Path, upstream_url: str, *, tcp_port: int | None = None,
-                 extra: str = "") -> str:
+                 extra: str = "", server: str = "") -> str:
     """The test policy. Flows: /data/ (GET/POST/PUT, 128 MiB) and /small/ (POST, 1 KiB)
     to the upstream, /slow/ to the same upstream with a 1 s timeout, /down/ to a port
-    nothing listens on. ``extra`` is appended verbatim (more flows, or mistakes)."""
+    nothing listens on. ``extra`` is appended verbatim (more flows, or mistakes);
+    ``server`` goes at the end of the [server] table (more keys)."""
     port = tcp_port or free_port()
     return f"""\
 [server]
@@ -36,7 +37,7 @@ max_header_bytes = "16KiB"
 shutdown_grace = "10s"
 admin_socket = "{workdir / 'admin.sock'}"
 state_dir = "{workdir / 'state'}"
-
+{server}
 [audit]
 path = "{workdir / 'audit.jsonl'}"
 
@@ -120,11 +121,12 @@ class Stack:
     """Upstream, relayd with the test policy (plus ``extra``, see relay_config), and
     lighttpd in front of relayd's socket."""
 
-    def __init__(self, workdir: Path, extra: str = "") -> None:
+    def __init__(self, workdir: Path, *, extra: str = "", server: str = "") -> None:
+        """``extra`` and ``server`` add to the test policy, as in ``relay_config``."""
         self.workdir = workdir
         self.upstream = Upstream(workdir)
         try:
-            self.relayd = Relayd(workdir, relay_config(workdir, self.upstream.url, extra=extra))
+            self.relayd = Relayd(workdir, relay_config(workdir, self.upstream.url, extra=extra, server=server))
             self.lighttpd = Lighttpd(workdir, self.relayd.unix)
         except BaseException:
             self.close()
