@@ -65,15 +65,16 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _results_md(text: str, command: str, started: str, host: dict[str, str],
-                settings: dict[str, object], files: str) -> str:
+                settings: dict[str, object], files: str, png: str | None) -> str:
     machine_lines = "\n".join(f"- {key}: {value}" for key, value in host.items())
+    picture = f"\n![relay beside its peers, this run](results/{png})\n" if png else ""
     return f"""# relay benchmark results
 
 Latest full run: {started}; {settings['repeat']} runs of {settings['seconds']:g} s per
 scenario ({files}).
 
     {command}
-
+{picture}
 ## Machine
 
 {machine_lines}
@@ -155,7 +156,7 @@ def main() -> None:
         files = f"`results/{record.name}`" + (f", `results/{png.name}`" if drew else "")
         results_md = HERE / "RESULTS.md"
         kept = _kept_sections(results_md.read_text()) if results_md.exists() else ""
-        fresh = _results_md(text, command, started, host, settings, files)
+        fresh = _results_md(text, command, started, host, settings, files, png.name if drew else None)
         results_md.write_text(fresh.rstrip("\n") + "\n\n" + kept if kept else fresh)
         progress("updated benchmarks/RESULTS.md")
 
