@@ -142,8 +142,15 @@ class AuditLog:
         True when its answer waits for the record: ``exchange.committed()`` follows.
         """
         if exchange.head_noted:
-            # a streamed answer, recorded as its head went: its end is only counted
-            self._uncounted.append(_note(exchange, seconds, exchange.reply.bytes_out))
+            # a streamed answer, recorded as its head went
+            end = _note(exchange, seconds, exchange.reply.bytes_out)
+            if exchange.outcome == "relayed":
+                self._uncounted.append(end)  # it ended well: only counted
+            else:
+                # cut short (send_timeout, client_gone, a sink failing mid-answer): a second
+                # record, same request_id, says how it ended and how much was sent
+                self._pending.append(end)
+                self._schedule()
             return exchange.reply.held is not None
         pending = self._pending
         pending.append(_note(exchange, seconds, exchange.reply.bytes_out))
