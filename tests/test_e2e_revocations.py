@@ -23,23 +23,9 @@ import pytest
 from support import Relayd, Service, Upstream, exchange, poll_until, relay_config, request_bytes
 from support.procs import ROOT, child_env
 from support.rawhttp import Address
+from support.stack import token_flow
 from test_identity_support import AUD, ISS, Key, ec_key, good_claims, jwks
 
-FLOW = """
-[[issuer]]
-name = "idp"
-issuer = "{iss}"
-audiences = ["{aud}"]
-jwks_file = "{jwks_file}"
-algorithms = ["ES256"]
-
-[[flow]]
-name = "secure"
-path = "/secure/"
-methods = ["GET"]
-allow = {{ groups = ["writers"] }}
-sink = "up"
-"""
 LOOP = 60  # requests per loop: with two workers, 2**-60 that one of them sees none
 
 
@@ -57,7 +43,7 @@ def tokens(key: Key) -> dict[str, bytes]:
 def config_text(workdir: Path, upstream: Upstream, key: Key, workers: int = 2) -> str:
     jwks_file = workdir / "jwks.json"
     jwks_file.write_bytes(jwks(key))
-    text = relay_config(workdir, upstream.url, extra=FLOW.format(iss=ISS, aud=AUD, jwks_file=jwks_file))
+    text = relay_config(workdir, upstream.url, extra=token_flow(jwks_file, ISS, AUD, "ES256"))
     return text.replace("[server]\n", f"[server]\nworkers = {workers}\n", 1)
 
 

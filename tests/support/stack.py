@@ -198,16 +198,17 @@ sink = "up"
 
 
 
-def token_flow(jwks_file: Path, issuer: str = "https://idp.example.test/", audience: str = "relay") -> str:
+def token_flow(jwks_file: Path, issuer: str = "https://idp.example.test/", audience: str = "relay",
+               algorithm: str = "RS256") -> str:
     """One more flow for ``relay_config``'s ``extra``: /secure/ (GET) for tokens of the
-    "idp" issuer (keys in ``jwks_file``) in group "writers"."""
+    "idp" issuer (keys in ``jwks_file``, signed with ``algorithm``) in group "writers"."""
     return f"""
 [[issuer]]
 name = "idp"
 issuer = "{issuer}"
 audiences = ["{audience}"]
 jwks_file = "{jwks_file}"
-algorithms = ["RS256"]
+algorithms = ["{algorithm}"]
 
 [[flow]]
 name = "secure"
