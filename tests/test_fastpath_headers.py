@@ -739,7 +739,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
 
 
-REPORT = "import relay.fastpath as f; print(f.COMPILED, f.scan_headers.__module__)"
+REPORT = "import relay.fastpath as f; print(f.COMPILED, f._impl.__name__)"
 
 
 def test_fastpath_prefers_compiled() -> None:
