@@ -11,6 +11,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from relay._config_ratelimit import build_rate_limits
 from relay._config_read import HEADER_NAME, NAME, NAME_RULE, Table, label
 from relay._toml_locate import join_key
 from relay.config import FlowConfig, FlowHeaders, Rule, strips
@@ -18,7 +19,7 @@ from relay.config import FlowConfig, FlowHeaders, Rule, strips
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
     "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body",
-    "headers",
+    "headers", "rate_limit",
 )
 _HEADERS_KEYS = ("set", "strip", "identity", "forward_authorization")
 _RULE_KEYS = ("subjects", "groups", "scopes")
@@ -88,18 +89,20 @@ def _flow(t: Table, sinks: Collection[str], issuer_names: Collection[str]) -> Fl
     for i, issuer in enumerate(issuers):
         if issuer not in issuer_names:
             t.report(f"{t.path('issuers')}[{i}]", _unknown("issuer", issuer, issuer_names))
+    auth = t.choice("auth", _FLOW.auth, ("jwt", "none"))
     return FlowConfig(
         name=name,
         path=path,
         sink=sink,
         methods=_methods(t),
-        auth=t.choice("auth", _FLOW.auth, ("jwt", "none")),
+        auth=auth,
         issuers=issuers,
         allow=_rule(t, "allow"),
         deny=_rule(t, "deny"),
         tee=tee,
         max_body=t.size("max_body", _FLOW.max_body, 0, _TiB),
         headers=_headers(t),
+        rate_limits=build_rate_limits(t, "rate_limit", auth == "jwt"),
     )
 
 

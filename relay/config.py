@@ -218,6 +218,18 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One limit of a flow: ``count`` requests per ``period`` seconds for each key ``per``
+    names, with up to ``burst`` at once; ``name`` labels it in answers and audit records."""
+
+    name: str
+    per: Literal["subject", "group", "client", "flow"]
+    count: int
+    period: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
 class FlowHeaders:
     set: tuple[tuple[str, str], ...] = ()  # header name → value, overwritten downstream
     strip: tuple[str, ...] = ()  # lowercase names removed before forwarding
@@ -238,6 +250,7 @@ class FlowConfig:
     tee: tuple[str, ...] = ()
     max_body: int = 64 * 1024 * 1024
     headers: FlowHeaders = FlowHeaders()
+    rate_limits: tuple[RateLimit, ...] = ()  # every one must admit a request (AND)
 
     @property
     def is_prefix(self) -> bool:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from relay.config import Config, FlowConfig, FlowHeaders, ServerConfig, split_patterns
+from relay.config import Config, FlowConfig, FlowHeaders, RateLimit, ServerConfig, split_patterns
 from relay.fastpath import HeaderRules
 from relay.identity import FlowAuthorizer, IdentitySigner
+from relay.ratelimit import Buckets, build_limiter
 from relay.routing import FlowTable
 from relay.sinks import Sink
 from relay.sinks.static import StaticSink
@@ -26,11 +27,12 @@ class Flow:
 
     __slots__ = (
         "config", "name", "sink", "sinks", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
-        "issuers", "authorizer", "signer", "sends_identity", "remembers_keys",
+        "issuers", "authorizer", "signer", "sends_identity", "remembers_keys", "limiter",
     )
 
     def __init__(
-        self, config: FlowConfig, sinks: Mapping[str, Sink], server: ServerConfig, signer: IdentitySigner | None
+        self, config: FlowConfig, sinks: Mapping[str, Sink], server: ServerConfig, signer: IdentitySigner | None,
+        buckets: Mapping[tuple[str, RateLimit], Buckets] = {},
     ) -> None:
         self.config = config
         self.name = config.name
@@ -45,6 +47,8 @@ class Flow:
         self.requires_token = config.auth == "jwt"
         self.issuers = config.issuers
         self.authorizer = FlowAuthorizer(config) if self.requires_token else None
+        #: checked once the caller is authorized, before its body is read
+        self.limiter = build_limiter(config.name, config.rate_limits, config.allow.groups, buckets)
         self.sends_identity = self.requires_token and config.headers.identity != "none"
         self.signer = signer if config.headers.identity == "signed" else None
         # headers the flow sets replace whatever the client sent under the same name
@@ -63,18 +67,29 @@ class Policy:
     """An immutable routing snapshot: flows, their table, the sinks they use."""
 
     def __init__(
-        self, config: Config, sinks: Mapping[str, Sink], version: int, signer: IdentitySigner | None
+        self, config: Config, sinks: Mapping[str, Sink], version: int, signer: IdentitySigner | None,
+        previous: Policy | None = None,
     ) -> None:
         self.config = config
         self.version = version
         self.sinks = sinks
-        self.flows = tuple(Flow(flow, sinks, config.server, signer) for flow in config.flows)
+        # a limit a reload leaves unchanged (same flow name, same limit) keeps its counts
+        kept = previous.rate_buckets() if previous is not None else {}
+        self.flows = tuple(Flow(flow, sinks, config.server, signer, kept) for flow in config.flows)
         routed = self.flows
         if signer is not None and all(flow.path != JWKS_PATH for flow in config.flows):
             routed += (_jwks_flow(signer, config.server),)
         self.table: FlowTable[Flow] = FlowTable(routed)
         #: the rules for requests that match no flow (only their framing is looked at)
         self.default_drop = header_rules(config.server, ("authorization",))
+
+    def rate_buckets(self) -> dict[tuple[str, RateLimit], Buckets]:
+        """Every flow's rate-limit buckets by flow name and limit."""
+        return {
+            (flow.name, buckets.config): buckets
+            for flow in self.flows if flow.limiter is not None
+            for buckets in flow.limiter.limits
+        }
 
 
 def header_rules(server: ServerConfig, patterns: Iterable[str]) -> HeaderRules:

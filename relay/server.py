@@ -256,7 +256,7 @@ class Server:
         await self._close_listeners(keep=frozenset(config.server.listen))
         ctx.apply(config.server)
         ctx.authenticator.update(config.issuers)
-        ctx.policy = Policy(config, sinks, old_policy.version + 1, signer)
+        ctx.policy = Policy(config, sinks, old_policy.version + 1, signer, old_policy)
         self._config = config
         retired = [s for name, s in old_policy.sinks.items() if sinks.get(name) is not s]
         if retired:
