@@ -8,15 +8,13 @@ The limits are hourly, so no token refills while a test runs and every count is 
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from support import RawConnection, Response, Stack, exchange, poll_until, request_bytes
+from support import RawConnection, Response, Stack, exchange, request_bytes
+from test_e2e_refusals import audited
 
 LIMITED = """
 [[flow]]
@@ -58,15 +56,6 @@ def get_from(stack: Stack, path: str, source: str = "127.0.0.1") -> Response:
     status_line, *lines = head.decode("latin-1").split("\r\n")
     fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
     return Response("HTTP/1.1", int(status_line.split()[1]), "", list(fields.items()), body)
-
-
-def audited(workdir: Path, request_id: str) -> dict[str, Any]:
-    def find() -> dict[str, Any] | None:
-        path = workdir / "audit.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return next((r for r in map(json.loads, lines) if r["request_id"] == request_id), None)
-
-    return poll_until(find, 10, f"the audit record of {request_id}")
 
 
 def test_exactly_the_burst_is_relayed_and_the_rest_refused_with_the_ratelimit_fields(stack: Stack) -> None:
