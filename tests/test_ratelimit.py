@@ -11,8 +11,10 @@ import pytest
 from relay.config import RateLimit, load_config
 from relay.errors import ConfigError, RateLimited
 from relay.identity import Identity
+from relay.policy import Policy
 from relay.ratelimit import Buckets, RateLimiter, build_limiter
 from relay.responses import error_response
+from relay.sinks.static import StaticSink
 
 
 class Clock:
@@ -182,3 +184,20 @@ def test_rates_and_their_default_bursts(tmp_path: Path) -> None:
 def test_a_bad_rate_limit_is_named_by_file_and_key(tmp_path: Path, flow: str, problem: str) -> None:
     problems = load(tmp_path, flow)
     assert len(problems) == 1 and isinstance(problems[0], str) and problems[0].startswith(problem), problems
+
+
+def test_a_reloaded_policy_keeps_the_counts_of_unchanged_limits_only(tmp_path: Path) -> None:
+    def policy(limits: str, previous: Policy | None = None) -> Policy:
+        path = tmp_path / "relay.toml"
+        path.write_text(HEAD + limits)
+        config = load_config(str(path))
+        return Policy(config, {"api": StaticSink("api", b"", b"text/plain")}, 1, None, previous)
+
+    first = policy('rate_limit = [{ per = "subject", rate = "1/h" }, { per = "flow", rate = "5/h" }]')
+    limiter = first.flows[0].limiter
+    assert limiter is not None and limiter.check(caller("ann"), None) is None
+    assert isinstance(limiter.check(caller("ann"), None), RateLimited)  # ann's one an hour is spent
+    second = policy('rate_limit = [{ per = "subject", rate = "1/h" }, { per = "flow", rate = "6/h" }]', first)
+    reloaded = second.flows[0].limiter
+    assert reloaded is not None and reloaded.limits[0] is limiter.limits[0] and len(reloaded.limits[1]) == 0
+    assert isinstance(reloaded.check(caller("ann"), None), RateLimited)
