@@ -1,7 +1,7 @@
 """Rate limits end to end, through lighttpd: of a fast run of requests exactly the burst
 is relayed and the rest are answered 429 with Retry-After and the RateLimit fields, each
-with its audit record naming the limit; clients (as lighttpd forwards them) are counted
-apart; a refused upload is answered without relay reading its body.
+with its audit record naming the limit; clients (as lighttpd forwards them) and token
+subjects are counted apart, each group of callers together; a refused upload is answered without relay reading its body.
 
 The limits are hourly, so no token refills while a test runs and every count is exact.
 """
@@ -15,6 +15,7 @@ import pytest
 
 from support import RawConnection, Response, Stack, exchange, request_bytes
 from test_e2e_refusals import audited
+from test_identity_support import AUD, ISS, ec_key, good_claims, jwks
 
 LIMITED = """
 [[flow]]
@@ -32,14 +33,38 @@ methods = ["GET"]
 auth = "none"
 sink = "up"
 rate_limit = [{ per = "client", rate = "10/h", burst = 2 }, { name = "all", per = "flow", rate = "10/h", burst = 3 }]
+
+[[issuer]]
+name = "idp"
+issuer = "ISSUER"
+audiences = ["AUDIENCE"]
+jwks_file = "JWKS"
+algorithms = ["ES256"]
+
+[[flow]]
+name = "per-caller"
+path = "/per-caller/"
+methods = ["GET"]
+allow = { groups = ["writers", "readers"] }
+sink = "up"
+rate_limit = [{ per = "subject", rate = "10/h", burst = 2 }, { per = "group", rate = "10/h", burst = 3 }]
 """
+KEY = ec_key("ec-ratelimit")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("ratelimit"), extra=LIMITED)
+    workdir = tmp_path_factory.mktemp("ratelimit")
+    (workdir / "jwks.json").write_bytes(jwks(KEY))
+    extra = LIMITED.replace("ISSUER", ISS).replace("AUDIENCE", AUD).replace("JWKS", str(workdir / "jwks.json"))
+    running = Stack(workdir, extra=extra)
     yield running
     running.close()
+
+
+def token(subject: str, group: str) -> str:
+    claims = good_claims(sub=subject, groups=[group], exp=good_claims()["iat"] + 3600)
+    return KEY.token(claims).decode("ascii")
 
 
 def get_from(stack: Stack, path: str, source: str = "127.0.0.1") -> Response:
@@ -92,3 +117,13 @@ def test_a_refused_upload_is_answered_without_its_body_being_read(stack: Stack) 
         assert answer.status == 429 and answer.json()["error"] == "rate_limited"
         # the rest of the body is never read: relay ends its side, as for any refused upload
         assert conn.sock.recv(1) == b""
+
+
+def test_subjects_are_counted_apart_within_their_groups_limit(stack: Stack) -> None:
+    def get(subject: str, group: str) -> int:
+        auth = [("Authorization", f"Bearer {token(subject, group)}")]
+        return exchange(stack.via_lighttpd, request_bytes("GET", "/per-caller/x", auth)).status
+
+    assert [get("ann", "writers") for _ in range(3)] == [200, 200, 429]  # ann's own burst of 2
+    assert [get("bob", "writers") for _ in range(2)] == [200, 429]  # the writers' 3 are spent
+    assert [get("cat", "readers") for _ in range(3)] == [200, 200, 429]  # another group, cat's own 2
