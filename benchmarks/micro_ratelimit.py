@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
-import timeit
 from collections.abc import Callable
 
+from benchmarks.micro_heads import cpu_ns
 from relay.config import RateLimit
 from relay.identity import Identity
 from relay.ratelimit import Buckets, RateLimiter
@@ -30,16 +29,12 @@ def _checking(limiter: RateLimiter, callers: list[Identity]) -> Callable[[], obj
     return lambda: limiter.check(next(turn), "127.0.0.1")
 
 
-def _ns(fn: Callable[[], object], repeat: int, number: int = 200_000) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=repeat, timer=time.process_time)) / number * 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.micro_ratelimit")
     parser.add_argument("--repeat", type=int, default=7)
     repeat = parser.parse_args().repeat
     turn = itertools.cycle(CALLERS)
-    baseline = _ns(lambda: next(turn), repeat)
+    baseline = cpu_ns(lambda: next(turn), repeat)
     cases = [
         ("one limit per subject, 1,000 callers", _checking(RateLimiter((Buckets(SUBJECT),), ()), CALLERS)),
         ("subject AND flow", _checking(RateLimiter((Buckets(SUBJECT), Buckets(FLOW)), ()), CALLERS)),
@@ -48,7 +43,7 @@ def main() -> None:
     ]
     print(f"{'case':<42} {'ns/call':>8}  (the loop alone, {baseline:.0f} ns, subtracted)")
     for name, fn in cases:
-        print(f"{name:<42} {_ns(fn, repeat) - baseline:>8.0f}")
+        print(f"{name:<42} {cpu_ns(fn, repeat) - baseline:>8.0f}")
 
 
 if __name__ == "__main__":
