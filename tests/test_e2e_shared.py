@@ -1,0 +1,119 @@
+"""Revocations shared by three relayd through one redis-server: a revoke on one is refused
+by all within a second; with Redis killed (SIGKILL) or stopped, the revoking instance
+refuses at once, says the others do not know yet, and they learn it once Redis is back.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import Relayd, Upstream, poll_until, relay_config
+from support.procs import ROOT, child_env
+from support.redis import REDIS_SERVER, RedisServer
+from support.stack import token_flow
+from test_e2e_revocations import status
+from test_identity_support import AUD, ISS, Key, ec_key, good_claims, jwks
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+INSTANCES = 3
+#: how soon every instance must refuse what one revoked
+PROPAGATION = 1.0
+
+
+@pytest.fixture(scope="module")
+def key() -> Key:
+    return ec_key("ec-shared")
+
+
+@pytest.fixture(scope="module")
+def tokens(key: Key) -> dict[str, bytes]:
+    return {sub: key.token(good_claims(sub=sub, jti=f"jti-{sub}", groups=["writers"], exp=good_claims()["iat"] + 3600))
+            for sub in ("wanda", "bob", "carol")}
+
+
+@pytest.fixture
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    running = RedisServer(workdir)
+    yield running
+    running.stop()
+
+
+def shared_config(workdir: Path, upstream: Upstream, key: Key, redis_url: str) -> str:
+    jwks_file = workdir / "jwks.json"
+    jwks_file.write_bytes(jwks(key))
+    text = relay_config(workdir, upstream.url, extra=token_flow(jwks_file, ISS, AUD, "ES256"))
+    return text + f'\n[shared]\nredis = "{redis_url}"\nreconnect_max = "0.2s"\n'
+
+
+@pytest.fixture
+def relays(workdir: Path, upstream: Upstream, key: Key, redis_server: RedisServer) -> Iterator[list[Relayd]]:
+    running: list[Relayd] = []
+    try:
+        for n in range(INSTANCES):
+            home = workdir / f"relay{n}"
+            home.mkdir()
+            running.append(Relayd(home, shared_config(home, upstream, key, redis_server.url)))
+        for relayd in running:  # serving is not yet holding the snapshot
+            poll_until(lambda: shared_status(relayd)["in_sync"] or None, 10, "relayd to be in sync with Redis")
+        yield running
+    finally:
+        for relayd in running:
+            relayd.stop()
+
+
+def relayctl(relayd: Relayd, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "relay.ctl", "--socket", str(relayd.config_path.parent / "admin.sock"),
+                           "--json", *args], capture_output=True, text=True, timeout=30, cwd=ROOT, env=child_env())
+
+
+def shared_status(relayd: Relayd) -> dict[str, object]:
+    result = relayctl(relayd, "status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    shared = json.loads(result.stdout)["shared"]
+    assert isinstance(shared, dict)
+    return shared
+
+
+def refused_everywhere(relays: list[Relayd], token: bytes) -> bool:
+    return all(status(relayd.tcp, token) == 401 for relayd in relays)
+
+
+def test_a_revoke_on_one_instance_is_refused_by_all_within_a_second(relays: list[Relayd],
+                                                                    tokens: dict[str, bytes]) -> None:
+    assert [status(relayd.tcp, tokens["wanda"]) for relayd in relays] == [200] * INSTANCES
+    result = relayctl(relays[0], "revoke", "sub", "wanda", "--ttl", "1h")
+    assert result.returncode == 0, result.stdout + result.stderr
+    revoked = time.monotonic()
+    poll_until(lambda: refused_everywhere(relays, tokens["wanda"]) or None, PROPAGATION, "every instance to refuse")
+    assert time.monotonic() - revoked < PROPAGATION
+    assert [status(relayd.tcp, tokens["bob"]) for relayd in relays] == [200] * INSTANCES
+
+
+@pytest.mark.parametrize("outage", ["kill", "stop"])
+def test_a_revoke_while_redis_is_away_holds_here_and_reaches_the_others_when_it_returns(
+        relays: list[Relayd], tokens: dict[str, bytes], redis_server: RedisServer, outage: str) -> None:
+    relayctl(relays[0], "revoke", "sub", "carol", "--ttl", "1h")
+    poll_until(lambda: refused_everywhere(relays, tokens["carol"]) or None, 5, "carol refused everywhere")
+    redis_server.kill() if outage == "kill" else redis_server.stop()
+    for relayd in relays:
+        poll_until(lambda: not shared_status(relayd)["in_sync"] or None, 10, "relayd to see Redis gone")
+
+    result = relayctl(relays[1], "revoke", "sub", "wanda", "--ttl", "1h")
+    assert result.returncode != 0 and "not yet on the other instances" in result.stdout + result.stderr
+    assert status(relays[1].tcp, tokens["wanda"]) == 401
+    # what every instance learned before the outage still holds (kept locally)
+    assert [status(relayd.tcp, tokens["carol"]) for relayd in relays] == [401] * INSTANCES
+    assert status(relays[0].tcp, tokens["wanda"]) == 200
+
+    redis_server.restart()  # empty: nothing was saved, every instance pushes back what it holds
+    poll_until(lambda: refused_everywhere(relays, tokens["wanda"]) or None, 10, "wanda refused everywhere")
+    assert all(shared_status(relayd)["in_sync"] for relayd in relays)
+    assert [status(relayd.tcp, tokens["bob"]) for relayd in relays] == [200] * INSTANCES
