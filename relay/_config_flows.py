@@ -17,7 +17,7 @@ from relay.config import FlowConfig, FlowHeaders, Rule, strips
 
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
-    "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body",
+    "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body", "shared_state",
     "headers",
 )
 _HEADERS_KEYS = ("set", "strip", "identity", "forward_authorization")
@@ -100,6 +100,7 @@ def _flow(t: Table, sinks: Collection[str], issuer_names: Collection[str]) -> Fl
         tee=tee,
         max_body=t.size("max_body", _FLOW.max_body, 0, _TiB),
         headers=_headers(t),
+        shared_state=t.choice("shared_state", _FLOW.shared_state, ("fail-closed", "fail-open")),
     )
 
 

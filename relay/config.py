@@ -248,6 +248,8 @@ class FlowConfig:
     tee: tuple[str, ...] = ()
     max_body: int = 64 * 1024 * 1024
     headers: FlowHeaders = FlowHeaders()
+    #: while out of sync with ``[shared] redis``: 503 (fail-closed) or local state only (fail-open)
+    shared_state: Literal["fail-closed", "fail-open"] = "fail-closed"
 
     @property
     def is_prefix(self) -> bool:

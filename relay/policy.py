@@ -26,7 +26,7 @@ class Flow:
 
     __slots__ = (
         "config", "name", "sink", "sinks", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
-        "issuers", "authorizer", "signer", "sends_identity", "remembers_keys",
+        "shared_fail_closed", "issuers", "authorizer", "signer", "sends_identity", "remembers_keys",
     )
 
     def __init__(
@@ -43,6 +43,8 @@ class Flow:
         self.remembers_keys = any(sink.remembers_keys for sink in self.sinks)
         self.max_body = config.max_body
         self.requires_token = config.auth == "jwt"
+        #: out of sync with the shared state, its token requests answer 503
+        self.shared_fail_closed = config.shared_state == "fail-closed"
         self.issuers = config.issuers
         self.authorizer = FlowAuthorizer(config) if self.requires_token else None
         self.sends_identity = self.requires_token and config.headers.identity != "none"

@@ -83,7 +83,7 @@ class Server:
         await authenticator.start()
         self._ctx = ctx = ServerContext(loop, config.server, policy, audit, self.metrics, deadlines, authenticator)
         if config.shared.redis is not None:
-            self.shared = self._share(authenticator)
+            self.shared = ctx.shared = self._share(authenticator)
             self.shared.start()
         admin = None
         if config.server.admin_socket is not None:
@@ -174,6 +174,10 @@ class Server:
         self.metrics.watch("relay_policy_version", lambda: ctx.policy.version)
         self.metrics.watch("relay_audit_pending_records", lambda: ctx.audit.pending)
         self.metrics.watch("relay_audit_write_failures", lambda: ctx.audit.write_failures)
+        if (shared := self.shared) is not None:
+            self.metrics.watch("relay_shared_state_in_sync", lambda: float(shared.in_sync))
+            self.metrics.watch("relay_shared_state_disconnects", lambda: shared.disconnects)
+            self.metrics.watch("relay_shared_state_unsynced_requests", lambda: shared.unsynced_requests)
         self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
         # requests are counted from their audit notes, as those are flushed: flush them now
         self.metrics.on_snapshot(lambda metrics: ctx.audit.flush())

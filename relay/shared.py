@@ -86,11 +86,13 @@ class SharedState:
         #: sessions that ended (Redis lost or unanswered)
         self.disconnects = 0
         self.since = time.time()  # when in_sync last changed
+        #: requests of fail-open flows served while not in sync
+        self.unsynced_requests = 0
 
     def status(self) -> dict[str, object]:
         """For ``relayctl status`` and the metrics: whether in sync, since when, how often lost."""
         return {"redis": self._config.redis, "in_sync": self.in_sync, "since": round(self.since, 3),
-                "disconnects": self.disconnects}
+                "disconnects": self.disconnects, "unsynced_requests": self.unsynced_requests}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="shared-state")
@@ -189,6 +191,8 @@ class SharedState:
             if in_sync:
                 log.info("shared state in sync with Redis at %s", self._config.redis)
             else:
-                log.warning("shared state out of sync: Redis at %s lost", self._config.redis)
+                log.warning("shared state out of sync: Redis at %s lost; flows with shared_state = "
+                            "\"fail-closed\" answer 503, \"fail-open\" ones serve on local state",
+                            self._config.redis)
             if not in_sync:
                 self.disconnects += 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Relayd, Upstream, poll_until, relay_config
+from support import Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
 from support.procs import ROOT, child_env
 from support.redis import REDIS_SERVER, RedisServer
 from support.stack import token_flow
@@ -26,6 +26,8 @@ pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is no
 INSTANCES = 3
 #: how soon every instance must refuse what one revoked
 PROPAGATION = 1.0
+#: the instance whose token flow has shared_state = "fail-open" (the others fail closed)
+FAIL_OPEN = 2
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +48,12 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
     running.stop()
 
 
-def shared_config(workdir: Path, upstream: Upstream, key: Key, redis_url: str) -> str:
+def shared_config(workdir: Path, upstream: Upstream, key: Key, redis_url: str, fail_open: bool) -> str:
     jwks_file = workdir / "jwks.json"
     jwks_file.write_bytes(jwks(key))
     text = relay_config(workdir, upstream.url, extra=token_flow(jwks_file, ISS, AUD, "ES256"))
+    if fail_open:
+        text = text.replace('path = "/secure/"\n', 'path = "/secure/"\nshared_state = "fail-open"\n', 1)
     return text + f'\n[shared]\nredis = "{redis_url}"\nreconnect_max = "0.2s"\n'
 
 
@@ -60,7 +64,7 @@ def relays(workdir: Path, upstream: Upstream, key: Key, redis_server: RedisServe
         for n in range(INSTANCES):
             home = workdir / f"relay{n}"
             home.mkdir()
-            running.append(Relayd(home, shared_config(home, upstream, key, redis_server.url)))
+            running.append(Relayd(home, shared_config(home, upstream, key, redis_server.url, n == FAIL_OPEN)))
         for relayd in running:  # serving is not yet holding the snapshot
             poll_until(lambda: shared_status(relayd)["in_sync"] or None, 10, "relayd to be in sync with Redis")
         yield running
@@ -106,12 +110,18 @@ def test_a_revoke_while_redis_is_away_holds_here_and_reaches_the_others_when_it_
     for relayd in relays:
         poll_until(lambda: not shared_status(relayd)["in_sync"] or None, 10, "relayd to see Redis gone")
 
+    # fail-closed: not sure what is revoked elsewhere, so no token is served
+    refused = exchange(relays[0].tcp, request_bytes("GET", "/secure/x", [("Authorization", "Bearer " + tokens["bob"].decode())]))
+    assert refused.status == 503 and refused.get("Retry-After") == "1", refused
+    assert b"shared_state_unavailable" in refused.body
+    # fail-open: served on what this instance knows, and counted
+    assert status(relays[FAIL_OPEN].tcp, tokens["bob"]) == 200
+    assert status(relays[FAIL_OPEN].tcp, tokens["carol"]) == 401
+    assert shared_status(relays[FAIL_OPEN])["unsynced_requests"] == 2
+
     result = relayctl(relays[1], "revoke", "sub", "wanda", "--ttl", "1h")
     assert result.returncode != 0 and "not yet on the other instances" in result.stdout + result.stderr
-    assert status(relays[1].tcp, tokens["wanda"]) == 401
-    # what every instance learned before the outage still holds (kept locally)
-    assert [status(relayd.tcp, tokens["carol"]) for relayd in relays] == [401] * INSTANCES
-    assert status(relays[0].tcp, tokens["wanda"]) == 200
+    assert status(relays[FAIL_OPEN].tcp, tokens["wanda"]) == 200  # it cannot know yet
 
     redis_server.restart()  # empty: nothing was saved, every instance pushes back what it holds
     poll_until(lambda: refused_everywhere(relays, tokens["wanda"]) or None, 10, "wanda refused everywhere")
