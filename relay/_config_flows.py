@@ -18,7 +18,7 @@ from relay.config import FlowConfig, FlowHeaders, Rule, strips
 
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
-    "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body",
+    "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body", "shared_state",
     "headers", "rate_limit",
 )
 _HEADERS_KEYS = ("set", "strip", "identity", "forward_authorization")
@@ -103,6 +103,7 @@ def _flow(t: Table, sinks: Collection[str], issuer_names: Collection[str]) -> Fl
         max_body=t.size("max_body", _FLOW.max_body, 0, _TiB),
         headers=_headers(t),
         rate_limits=build_rate_limits(t, "rate_limit", auth == "jwt"),
+        shared_state=t.choice("shared_state", _FLOW.shared_state, ("fail-closed", "fail-open")),
     )
 
 

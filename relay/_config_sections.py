@@ -40,6 +40,7 @@ from relay.config import (
     ListenAddress,
     RedisStreamSinkConfig,
     ServerConfig,
+    SharedConfig,
     SinkConfig,
     parse_listen,
     unix_socket_path,
@@ -59,23 +60,25 @@ _ISSUER = IssuerConfig(name="", issuer="", audiences=())
 _HTTP = HttpSinkConfig(name="", url="", host="", port=0, base_path="")
 _FILE = FileSinkConfig(name="", path="")
 _REDIS = RedisStreamSinkConfig(name="", url="", stream="")
+_SHARED = SharedConfig()
 
 
 def build(data: dict[str, Any], text: str, path: str) -> Config:
     """Validate parsed TOML ``data`` (from ``text`` in file ``path``) as a whole."""
     problems = Problems(path, text)
-    root = Table(problems, data, "", ("server", "audit", "issuer", "sink", "flow"))
+    root = Table(problems, data, "", ("server", "audit", "issuer", "sink", "flow", "shared"))
     server = _server(root)
     audit = _audit(root)
     issuers = _issuers(root)
     sinks = _sinks(root)
+    shared = _shared(root, server.workers)
     declared_sinks = list(root.table("sink") or ())
     declared_issuers = [i.name for i in issuers]
     flows = build_flows(root, array_of_tables(root, "flow"), declared_sinks, declared_issuers)
     check_flows(problems, flows, bool(issuers))
     if problems.items:
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 1 << 30))
-    return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows)
+    return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows, shared)
 
 
 def _section(root: Table, name: str, allowed: tuple[str, ...]) -> Table:
@@ -349,7 +352,7 @@ def _http_sink(t: Table, name: str) -> HttpSinkConfig:
     )
 
 
-def _split_url(t: Table, url: str) -> SplitResult | None:
+def _split_url(t: Table, url: str, key: str = "url") -> SplitResult | None:
     """``url`` split, with a host and a valid port; None (and a problem) otherwise."""
     if not url:
         return None
@@ -357,10 +360,10 @@ def _split_url(t: Table, url: str) -> SplitResult | None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port out of range
     except ValueError as e:
-        t.problem("url", f"cannot read '{url}': {e}")
+        t.problem(key, f"cannot read '{url}': {e}")
         return None
     if not parts.hostname and parts.scheme != "unix":
-        t.problem("url", f"'{url}' has no host")
+        t.problem(key, f"'{url}' has no host")
         return None
     return parts
 
@@ -382,16 +385,25 @@ def _file_sink(t: Table, name: str) -> FileSinkConfig:
     )
 
 
+def _shared(root: Table, workers: int) -> SharedConfig:
+    t = _section(root, "shared", ("redis", "key_prefix", "timeout", "reconnect_max"))
+    redis = t.string("redis", None)
+    if redis is not None:
+        _check_redis_url(t, "redis", redis)
+        if workers > 1:
+            t.problem("redis", "shared state with server.workers > 1 is not supported yet: run one "
+                      "relayd per core behind lighttpd instead (see conf/lighttpd-balance.conf)")
+    return SharedConfig(
+        redis=redis,
+        key_prefix=t.string("key_prefix", _SHARED.key_prefix) or _SHARED.key_prefix,
+        timeout=t.duration("timeout", _SHARED.timeout, 0.001, 60.0),
+        reconnect_max=t.duration("reconnect_max", _SHARED.reconnect_max, 0.01, 300.0),
+    )
+
+
 def _redis_sink(t: Table, name: str) -> RedisStreamSinkConfig:
     url = t.require_str("url")
-    parts = _split_url(t, url)
-    if parts is not None:
-        if parts.scheme == "rediss":
-            t.problem("url", "TLS to Redis (rediss://) is not supported yet")
-        elif parts.scheme not in ("redis", "unix"):
-            t.problem("url", f"'{url}' must start with redis:// or unix://")
-        elif parts.scheme == "redis" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
-            t.problem("url", f"database '{parts.path.strip('/')}' in '{url}' is not a number")
+    _check_redis_url(t, "url", url)
     return RedisStreamSinkConfig(
         name=name,
         url=url,
@@ -402,6 +414,18 @@ def _redis_sink(t: Table, name: str) -> RedisStreamSinkConfig:
         max_in_flight=_max_in_flight(t),
         idempotency_ttl=_idempotency_ttl(t),
     )
+
+
+def _check_redis_url(t: Table, key: str, url: str) -> None:
+    parts = _split_url(t, url, key)
+    if parts is None:
+        return
+    if parts.scheme == "rediss":
+        t.problem(key, "TLS to Redis (rediss://) is not supported yet")
+    elif parts.scheme not in ("redis", "unix"):
+        t.problem(key, f"'{url}' must start with redis:// or unix://")
+    elif parts.scheme == "redis" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        t.problem(key, f"database '{parts.path.strip('/')}' in '{url}' is not a number")
 
 
 def _max_in_flight(t: Table) -> int:

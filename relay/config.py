@@ -204,6 +204,16 @@ SinkConfig = HttpSinkConfig | FileSinkConfig | RedisStreamSinkConfig
 
 
 @dataclass(frozen=True, slots=True)
+class SharedConfig:
+    """``[shared]``: state every relayd behind one proxy must agree on, kept in one Redis."""
+
+    redis: str | None = None  # redis://host[:port][/db] or unix:///path; None: nothing is shared
+    key_prefix: str = "relay"  # names the hash (PREFIX:revocations) and the channel (PREFIX:changes)
+    timeout: float = 2.0  # a connect or a command to Redis
+    reconnect_max: float = 5.0  # the longest wait between reconnect attempts (backoff doubles to it)
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     """An allow or deny rule: every key must match (AND), any listed value does (OR)."""
 
@@ -251,6 +261,8 @@ class FlowConfig:
     max_body: int = 64 * 1024 * 1024
     headers: FlowHeaders = FlowHeaders()
     rate_limits: tuple[RateLimit, ...] = ()  # every one must admit a request (AND)
+    #: while out of sync with ``[shared] redis``: 503 (fail-closed) or local state only (fail-open)
+    shared_state: Literal["fail-closed", "fail-open"] = "fail-closed"
 
     @property
     def is_prefix(self) -> bool:
@@ -265,6 +277,7 @@ class Config:
     issuers: tuple[IssuerConfig, ...]
     sinks: Mapping[str, SinkConfig]  # read-only
     flows: tuple[FlowConfig, ...]
+    shared: SharedConfig = SharedConfig()
 
 
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL

@@ -172,6 +172,13 @@ class Overloaded(ServiceUnavailable):
     code = "overloaded"
 
 
+class SharedStateUnavailable(ServiceUnavailable):
+    """Out of sync with the shared state (``[shared] redis``) on a flow with
+    ``shared_state = "fail-closed"``: a revocation made elsewhere might be missed."""
+
+    code = "shared_state_unavailable"
+
+
 class AuditUnavailable(ServiceUnavailable):
     """The audit log cannot be written (``audit.on_failure = "refuse"``): nothing is relayed
     or acknowledged without its record."""

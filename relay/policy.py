@@ -27,7 +27,7 @@ class Flow:
 
     __slots__ = (
         "config", "name", "sink", "sinks", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
-        "issuers", "authorizer", "signer", "sends_identity", "remembers_keys", "limiter",
+        "shared_fail_closed", "issuers", "authorizer", "signer", "sends_identity", "remembers_keys", "limiter",
     )
 
     def __init__(
@@ -45,6 +45,8 @@ class Flow:
         self.remembers_keys = any(sink.remembers_keys for sink in self.sinks)
         self.max_body = config.max_body
         self.requires_token = config.auth == "jwt"
+        #: out of sync with the shared state, its token requests answer 503
+        self.shared_fail_closed = config.shared_state == "fail-closed"
         self.issuers = config.issuers
         self.authorizer = FlowAuthorizer(config) if self.requires_token else None
         #: checked once the caller is authorized, before its body is read

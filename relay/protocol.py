@@ -404,6 +404,8 @@ class ClientConnection(asyncio.Protocol):
         if overload is not None:
             # shed before any token is verified or body read: the cheapest answer there is
             refusal = overload
+        elif flow.requires_token and (unshared := ctx.unshared(flow.shared_fail_closed)) is not None:
+            refusal = unshared
         elif flow.requires_token:
             try:
                 if _QUERY_TOKEN in query:
