@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
+from nats.js import JetStreamContext
 
 from .procs import Service, free_port
 
 #: the nats-server binary, None when it is not installed
 NATS_SERVER = shutil.which("nats-server")
+
+T = TypeVar("T")
 
 
 class NatsServer:
@@ -59,34 +63,27 @@ class NatsServer:
             self.service.stop()
             self.service = None
 
+    def _with_jetstream(self, use: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+        """``use``'s answer, given a JetStream context on a connection of its own."""
+        async def connected() -> T:
+            client = await nats.connect(self.url, connect_timeout=5, allow_reconnect=False)
+            try:
+                return await use(client.jetstream())
+            finally:
+                await client.close()
+        return asyncio.run(connected())
+
     def messages(self, stream: str) -> list[Any]:
         """Every message the stream holds, oldest first (each with .data, .headers, .seq)."""
-        async def read() -> list[Any]:
-            client = await nats.connect(self.url, connect_timeout=5, allow_reconnect=False)
-            try:
-                js = client.jetstream()
-                state = (await js.stream_info(stream)).state
-                if not state.messages:
-                    return []
-                return [await js.get_msg(stream, seq) for seq in range(state.first_seq, state.last_seq + 1)]
-            finally:
-                await client.close()
-        return asyncio.run(read())
+        async def read(js: JetStreamContext) -> list[Any]:
+            state = (await js.stream_info(stream)).state
+            if not state.messages:
+                return []
+            return [await js.get_msg(stream, seq) for seq in range(state.first_seq, state.last_seq + 1)]
+        return self._with_jetstream(read)
 
     def stream_info(self, stream: str) -> Any:
-        async def read() -> Any:
-            client = await nats.connect(self.url, connect_timeout=5, allow_reconnect=False)
-            try:
-                return await client.jetstream().stream_info(stream)
-            finally:
-                await client.close()
-        return asyncio.run(read())
+        return self._with_jetstream(lambda js: js.stream_info(stream))
 
     def add_stream(self, **config: Any) -> None:
-        async def add() -> None:
-            client = await nats.connect(self.url, connect_timeout=5, allow_reconnect=False)
-            try:
-                await client.jetstream().add_stream(**config)
-            finally:
-                await client.close()
-        asyncio.run(add())
+        self._with_jetstream(lambda js: js.add_stream(**config))
