@@ -38,6 +38,7 @@ from relay.config import (
     HttpSinkConfig,
     IssuerConfig,
     ListenAddress,
+    NatsJetStreamSinkConfig,
     RedisStreamSinkConfig,
     ServerConfig,
     SharedConfig,
@@ -61,6 +62,9 @@ _HTTP = HttpSinkConfig(name="", url="", host="", port=0, base_path="")
 _FILE = FileSinkConfig(name="", path="")
 _REDIS = RedisStreamSinkConfig(name="", url="", stream="")
 _SHARED = SharedConfig()
+_NATS = NatsJetStreamSinkConfig(name="", urls=(), stream="", subject="")
+_NATS_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a stream name: no dots, wildcards or spaces
+_NATS_SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")  # literal: no wildcards
 
 
 def build(data: dict[str, Any], text: str, path: str) -> Config:
@@ -428,6 +432,39 @@ def _check_redis_url(t: Table, key: str, url: str) -> None:
         t.problem(key, f"database '{parts.path.strip('/')}' in '{url}' is not a number")
 
 
+def _nats_sink(t: Table, name: str) -> NatsJetStreamSinkConfig:
+    urls = t.strings("url", ()) if isinstance(t.data.get("url"), list) else (t.require_str("url"),)
+    for url in urls:
+        parts = _split_url(t, url) if url else None
+        if parts is not None and (parts.scheme != "nats" or parts.path.strip("/") or parts.query):
+            t.problem("url", f"'{url}' must be nats://host[:port]")
+    stream, subject = t.require_str("stream"), t.require_str("subject")
+    if stream and not _NATS_NAME.fullmatch(stream):
+        t.problem("stream", f"'{stream}' is not a stream name (letters, digits, '-', '_')")
+    if subject and not _NATS_SUBJECT.fullmatch(subject):
+        t.problem("subject", f"'{subject}' is not a literal subject (dot-separated tokens, no wildcards)")
+    auth = [key for key in ("credentials_file", "nkey_file", "token", "user") if t.has(key)]
+    if len(auth) > 1:
+        t.problem(auth[1], f"set only one of {', '.join(auth)}")
+    if t.has("user") != t.has("password"):
+        t.problem("user" if t.has("user") else "password", "user and password go together")
+    return NatsJetStreamSinkConfig(
+        name=name, urls=urls, stream=stream, subject=subject,
+        timeout=t.duration("timeout", _NATS.timeout, 0.001, 3600.0),
+        connect_timeout=t.duration("connect_timeout", _NATS.connect_timeout, 0.001, 600.0),
+        duplicate_window=t.duration("duplicate_window", _NATS.duplicate_window, 1.0, 30 * _DAY),
+        max_bytes=t.size("max_bytes", _NATS.max_bytes, _KiB, 2**63 - 1),
+        max_msgs=t.integer("max_msgs", _NATS.max_msgs, 1, 2**63 - 1),
+        credentials_file=t.file_path("credentials_file", None),
+        nkey_file=t.file_path("nkey_file", None),
+        token=t.string("token", None),
+        user=t.string("user", None),
+        password=t.string("password", None),
+        max_in_flight=_max_in_flight(t),
+        idempotency_ttl=_idempotency_ttl(t),
+    )
+
+
 def _max_in_flight(t: Table) -> int:
     """Every sink type's ``max_in_flight``: deliveries open at once before 503."""
     return t.integer("max_in_flight", DEFAULT_MAX_IN_FLIGHT, 1, 1_000_000)
@@ -445,4 +482,7 @@ _SINK_TYPES: dict[str, tuple[tuple[str, ...], _SinkBuilder]] = {
               "idempotency_ttl"), _file_sink),
     "redis-stream": (("url", "stream", "maxlen", "timeout", "entry", "max_in_flight", "idempotency_ttl"),
                      _redis_sink),
+    "nats-jetstream": (("url", "stream", "subject", "timeout", "connect_timeout", "duplicate_window", "max_bytes",
+                        "max_msgs", "credentials_file", "nkey_file", "token", "user", "password", "max_in_flight",
+                        "idempotency_ttl"), _nats_sink),
 }

@@ -200,7 +200,28 @@ class RedisStreamSinkConfig:
     type: Literal["redis-stream"] = "redis-stream"
 
 
-SinkConfig = HttpSinkConfig | FileSinkConfig | RedisStreamSinkConfig
+@dataclass(frozen=True, slots=True)
+class NatsJetStreamSinkConfig:
+    name: str
+    urls: tuple[str, ...]  # nats://host:port, one per server of a cluster
+    stream: str
+    subject: str
+    timeout: float = 5.0  # the whole publish, PubAck included → 503/504
+    connect_timeout: float = 2.0
+    duplicate_window: float = 86400.0  # of a stream relay creates: Nats-Msg-Id de-duplication
+    max_bytes: int | None = None  # of a stream relay creates (discard = new: a full stream → 503)
+    max_msgs: int | None = None
+    credentials_file: str | None = None  # at most one of these four ways to authenticate
+    nkey_file: str | None = None
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+    type: Literal["nats-jetstream"] = "nats-jetstream"
+
+
+SinkConfig = HttpSinkConfig | FileSinkConfig | RedisStreamSinkConfig | NatsJetStreamSinkConfig
 
 
 @dataclass(frozen=True, slots=True)
