@@ -18,7 +18,7 @@ from relay.config import FlowConfig, FlowHeaders, Rule, strips
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
     "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body",
-    "headers",
+    "headers", "max_token_ttl", "actor_must_be_allowed",
 )
 _HEADERS_KEYS = ("set", "strip", "identity", "forward_authorization")
 _RULE_KEYS = ("subjects", "groups", "scopes")
@@ -35,6 +35,7 @@ _UNSETTABLE = frozenset({
 _BAD_VALUE = re.compile(r"[^\t\x20-\x7e]")  # header values relay sets are printable ASCII
 _BAD_PATH = re.compile(r"[\x00-\x20\x7f%#?\\]")
 _TiB = 1024**4
+_DAY = 86400.0
 
 
 def build_flows(
@@ -100,6 +101,8 @@ def _flow(t: Table, sinks: Collection[str], issuer_names: Collection[str]) -> Fl
         tee=tee,
         max_body=t.size("max_body", _FLOW.max_body, 0, _TiB),
         headers=_headers(t),
+        max_token_ttl=t.duration("max_token_ttl", _FLOW.max_token_ttl, 1.0, _DAY),
+        actor_must_be_allowed=t.boolean("actor_must_be_allowed", _FLOW.actor_must_be_allowed),
     )
 
 

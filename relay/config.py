@@ -238,10 +238,27 @@ class FlowConfig:
     tee: tuple[str, ...] = ()
     max_body: int = 64 * 1024 * 1024
     headers: FlowHeaders = FlowHeaders()
+    #: the longest life of a token relay issues for this flow; None: no token exchange for it
+    max_token_ttl: float | None = None
+    #: a token exchanged with an actor_token needs the actor allowed by the flow's rules too
+    actor_must_be_allowed: bool = False
 
     @property
     def is_prefix(self) -> bool:
         return self.path.endswith("/")
+
+
+@dataclass(frozen=True, slots=True)
+class TokensConfig:
+    """relay as an OAuth authorization server: token exchange and introspection."""
+
+    #: relay's issuer identifier (RFC 8414 §2): the ``iss`` of the tokens it issues
+    issuer: str
+    metadata_path: str = "/.well-known/oauth-authorization-server"
+    token_path: str = "/oauth/token"
+    introspection_path: str = "/oauth/introspect"
+    #: the configured issuers whose tokens may be exchanged (() = every one)
+    subject_issuers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +269,7 @@ class Config:
     issuers: tuple[IssuerConfig, ...]
     sinks: Mapping[str, SinkConfig]  # read-only
     flows: tuple[FlowConfig, ...]
+    tokens: TokensConfig | None = None  # None: relay issues no tokens
 
 
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL

@@ -9,6 +9,7 @@ one assignment; requests in flight keep the one they started with.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from relay.config import Config, FlowConfig, FlowHeaders, ServerConfig, split_patterns
 from relay.fastpath import HeaderRules
@@ -16,6 +17,9 @@ from relay.identity import FlowAuthorizer, IdentitySigner
 from relay.routing import FlowTable
 from relay.sinks import Sink
 from relay.sinks.static import StaticSink
+
+if TYPE_CHECKING:
+    from relay.tokens.endpoints import TokenService
 
 #: where relay publishes the public key downstream services verify X-Relay-Identity with
 JWKS_PATH = "/.well-known/relay-jwks.json"
@@ -63,8 +67,10 @@ class Policy:
     """An immutable routing snapshot: flows, their table, the sinks they use."""
 
     def __init__(
-        self, config: Config, sinks: Mapping[str, Sink], version: int, signer: IdentitySigner | None
+        self, config: Config, sinks: Mapping[str, Sink], version: int, signer: IdentitySigner | None,
+        tokens: TokenService | None = None,
     ) -> None:
+        """``tokens``: relay's OAuth endpoints are served too (the [tokens] table)."""
         self.config = config
         self.version = version
         self.sinks = sinks
@@ -72,6 +78,8 @@ class Policy:
         routed = self.flows
         if signer is not None and all(flow.path != JWKS_PATH for flow in config.flows):
             routed += (_jwks_flow(signer, config.server),)
+        if tokens is not None:
+            routed += tokens.flows(self.flows, config.server)
         self.table: FlowTable[Flow] = FlowTable(routed)
         #: the rules for requests that match no flow (only their framing is looked at)
         self.default_drop = header_rules(config.server, ("authorization",))
@@ -86,7 +94,8 @@ def header_rules(server: ServerConfig, patterns: Iterable[str]) -> HeaderRules:
 
 
 def needs_signer(config: Config) -> bool:
-    return any(flow.headers.identity == "signed" and flow.auth == "jwt" for flow in config.flows)
+    """relay's key signs identities for a flow, or the tokens it issues."""
+    return config.tokens is not None or any(flow.headers.identity == "signed" and flow.auth == "jwt" for flow in config.flows)
 
 
 def _jwks_flow(signer: IdentitySigner, server: ServerConfig) -> Flow:
