@@ -14,7 +14,7 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from support import Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
+from support import Relayd, Upstream, exchange, relay_config, request_bytes
 from support.procs import Lighttpd
 from support.rawhttp import Address
 from support.stack import token_flow
@@ -71,7 +71,10 @@ def front(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, key: Key
     relayd.stop()
 
 
-def post(front: tuple[Address, Path], path: str, form: dict[str, str], token: str | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+
+def post(front: tuple[Address, Path], path: str, form: dict[str, str], token: str | None = None) -> Answer:
     body = urlencode(form).encode()
     headers = [("Content-Type", "application/x-www-form-urlencoded")]
     if token is not None:
@@ -84,8 +87,8 @@ def get(front: tuple[Address, Path], path: str, token: str) -> int:
     return exchange(front[0], request_bytes("GET", path, [("Authorization", "Bearer " + token)])).status
 
 
-def swap(front: tuple[Address, Path], subject: str, scope: str, actor: str | None = None, **more: str) -> tuple[int, dict[str, Any], dict[str, str]]:
-    form = {"grant_type": EXCHANGE, "subject_token": subject, "subject_token_type": ACCESS, "scope": scope} | more
+def swap(front: tuple[Address, Path], subject: str, scope: str, actor: str | None = None) -> Answer:
+    form = {"grant_type": EXCHANGE, "subject_token": subject, "subject_token_type": ACCESS, "scope": scope}
     if actor is not None:
         form |= {"actor_token": actor, "actor_token_type": ACCESS}
     return post(front, "/oauth/token", form)
@@ -164,6 +167,7 @@ def test_the_smallest_lifetime_wins_and_relay_tokens_cannot_widen(front: tuple[A
     ("an unknown flow", {"scope": "flow:nope"}, "invalid_scope"),
     ("a flow without max_token_ttl", {"scope": "flow:secure"}, "invalid_scope"),
     ("a built-in flow", {"scope": "flow:relay-oauth-token"}, "invalid_scope"),
+    ("another audience", {"audience": "https://elsewhere.test"}, "invalid_target"),
 ])
 def test_bad_requests_are_refused(front: tuple[Address, Path], key: Key, why: str, form: dict[str, str],
                                   error: str) -> None:

@@ -82,6 +82,8 @@ def test_scope_values_name_flows() -> None:
       "actor_token_type": ACCESS_TOKEN_TYPE}, "invalid_request"),
     ({"grant_type": EXCHANGE_GRANT, "subject_token": "t", "subject_token_type": ACCESS_TOKEN_TYPE,
       "requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"}, "invalid_request"),
+    ({"grant_type": EXCHANGE_GRANT, "subject_token": "t", "subject_token_type": ACCESS_TOKEN_TYPE,
+      "audience": "https://elsewhere"}, "invalid_target"),
 ])
 def test_exchange_requests_are_checked(form: dict[str, str], code: str) -> None:
     with pytest.raises(OAuthError) as caught:

@@ -60,6 +60,10 @@ def check_request(form: Mapping[str, str]) -> None:
         raise OAuthError("invalid_request", "actor_token_type is given without actor_token")
     if "requested_token_type" in form:
         _check_type(form, "requested_token_type")
+    for name in ("resource", "audience"):
+        if name in form:
+            # silently ignoring it would let a client believe the token is limited to it
+            raise OAuthError("invalid_target", f"relay issues tokens for its flows only: use scope, not {name}")
 
 
 def _check_type(form: Mapping[str, str], name: str) -> None:
@@ -76,6 +80,8 @@ def decide(form: Mapping[str, str], subject: Identity, actor: Identity | None, f
         raise OAuthError("invalid_scope", f"scope must list the flows wanted as {FLOW_SCOPE}NAME", "bad_scope")
     lifetimes = [_lifetime(flows.get(name), name, subject, actor) for name in names]
     exp = int(min(now + min(lifetimes), subject.expires_at, actor.expires_at if actor else subject.expires_at))
+    if exp <= int(now):
+        raise OAuthError("invalid_request", "the subject or actor token has no life left", "token_expiring")
     granted = " ".join(FLOW_SCOPE + name for name in names)
     jti = secrets.token_urlsafe(16)
     claims: dict[str, object] = {

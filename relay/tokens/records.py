@@ -25,7 +25,8 @@ def _who(identity: Identity | None) -> dict[str, Any] | None:
 
 
 def exchange_record(request_id: str, reason: str, subject: Identity | None, actor: Identity | None,
-                    flows: tuple[str, ...], jti: str | None = None, exp: int | None = None) -> dict[str, Any]:  # fmt: skip
+                    flows: tuple[str, ...], jti: str | None = None,
+                    exp: int | None = None) -> dict[str, Any]:  # fmt: skip
     """``reason`` "issued" when a token was issued, else why not."""
     return {
         "ts": int(time.time() * 1000) / 1000, "request_id": request_id, "event": "token_exchange",
