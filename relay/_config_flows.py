@@ -19,7 +19,7 @@ from relay.config import FlowConfig, FlowHeaders, Rule, strips
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
     "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body", "shared_state",
-    "headers", "rate_limit",
+    "headers", "rate_limit", "max_token_ttl", "actor_must_be_allowed",
 )
 _HEADERS_KEYS = ("set", "strip", "identity", "forward_authorization")
 _RULE_KEYS = ("subjects", "groups", "scopes")
@@ -36,6 +36,7 @@ _UNSETTABLE = frozenset({
 _BAD_VALUE = re.compile(r"[^\t\x20-\x7e]")  # header values relay sets are printable ASCII
 _BAD_PATH = re.compile(r"[\x00-\x20\x7f%#?\\]")
 _TiB = 1024**4
+_DAY = 86400.0
 
 
 def build_flows(
@@ -104,6 +105,8 @@ def _flow(t: Table, sinks: Collection[str], issuer_names: Collection[str]) -> Fl
         headers=_headers(t),
         rate_limits=build_rate_limits(t, "rate_limit", auth == "jwt"),
         shared_state=t.choice("shared_state", _FLOW.shared_state, ("fail-closed", "fail-open")),
+        max_token_ttl=t.duration("max_token_ttl", _FLOW.max_token_ttl, 1.0, _DAY),
+        actor_must_be_allowed=t.boolean("actor_must_be_allowed", _FLOW.actor_must_be_allowed),
     )
 
 

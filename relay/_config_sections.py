@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from relay._config_flows import build_flows
+from relay._config_tokens import build_tokens
 from relay._config_read import (
     NAME,
     NAME_RULE,
@@ -70,7 +71,7 @@ _NATS_SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")  # literal: n
 def build(data: dict[str, Any], text: str, path: str) -> Config:
     """Validate parsed TOML ``data`` (from ``text`` in file ``path``) as a whole."""
     problems = Problems(path, text)
-    root = Table(problems, data, "", ("server", "audit", "issuer", "sink", "flow", "shared"))
+    root = Table(problems, data, "", ("server", "audit", "issuer", "sink", "flow", "shared", "tokens"))
     server = _server(root)
     audit = _audit(root)
     issuers = _issuers(root)
@@ -80,9 +81,10 @@ def build(data: dict[str, Any], text: str, path: str) -> Config:
     declared_issuers = [i.name for i in issuers]
     flows = build_flows(root, array_of_tables(root, "flow"), declared_sinks, declared_issuers)
     check_flows(problems, flows, bool(issuers))
+    tokens = build_tokens(root, issuers, flows)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 1 << 30))
-    return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows, shared)
+    return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows, shared, tokens)
 
 
 def _section(root: Table, name: str, allowed: tuple[str, ...]) -> Table:

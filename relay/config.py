@@ -284,10 +284,27 @@ class FlowConfig:
     rate_limits: tuple[RateLimit, ...] = ()  # every one must admit a request (AND)
     #: while out of sync with ``[shared] redis``: 503 (fail-closed) or local state only (fail-open)
     shared_state: Literal["fail-closed", "fail-open"] = "fail-closed"
+    #: the longest life of a token relay issues for this flow; None: no token exchange for it
+    max_token_ttl: float | None = None
+    #: a token exchanged with an actor_token needs the actor allowed by the flow's rules too
+    actor_must_be_allowed: bool = False
 
     @property
     def is_prefix(self) -> bool:
         return self.path.endswith("/")
+
+
+@dataclass(frozen=True, slots=True)
+class TokensConfig:
+    """relay as an OAuth authorization server: token exchange and introspection."""
+
+    #: relay's issuer identifier (RFC 8414 §2): the ``iss`` of the tokens it issues
+    issuer: str
+    metadata_path: str = "/.well-known/oauth-authorization-server"
+    token_path: str = "/oauth/token"
+    introspection_path: str = "/oauth/introspect"
+    #: the configured issuers whose tokens may be exchanged (() = every one)
+    subject_issuers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +316,7 @@ class Config:
     sinks: Mapping[str, SinkConfig]  # read-only
     flows: tuple[FlowConfig, ...]
     shared: SharedConfig = SharedConfig()
+    tokens: TokensConfig | None = None  # None: relay issues no tokens
 
 
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL

@@ -9,6 +9,7 @@ one assignment; requests in flight keep the one they started with.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from relay.config import Config, FlowConfig, FlowHeaders, RateLimit, ServerConfig, split_patterns
 from relay.fastpath import HeaderRules
@@ -17,6 +18,9 @@ from relay.ratelimit import Buckets, build_limiter
 from relay.routing import FlowTable
 from relay.sinks import Sink
 from relay.sinks.static import StaticSink
+
+if TYPE_CHECKING:
+    from relay.tokens.endpoints import TokenService
 
 #: where relay publishes the public key downstream services verify X-Relay-Identity with
 JWKS_PATH = "/.well-known/relay-jwks.json"
@@ -71,7 +75,9 @@ class Policy:
     def __init__(
         self, config: Config, sinks: Mapping[str, Sink], version: int, signer: IdentitySigner | None,
         previous: Policy | None = None,
+        tokens: TokenService | None = None,
     ) -> None:
+        """``tokens``: relay's OAuth endpoints are served too (the [tokens] table)."""
         self.config = config
         self.version = version
         self.sinks = sinks
@@ -81,6 +87,8 @@ class Policy:
         routed = self.flows
         if signer is not None and all(flow.path != JWKS_PATH for flow in config.flows):
             routed += (_jwks_flow(signer, config.server),)
+        if tokens is not None:
+            routed += tokens.flows(self.flows, config.server)
         self.table: FlowTable[Flow] = FlowTable(routed)
         #: the rules for requests that match no flow (only their framing is looked at)
         self.default_drop = header_rules(config.server, ("authorization",))
@@ -103,7 +111,8 @@ def header_rules(server: ServerConfig, patterns: Iterable[str]) -> HeaderRules:
 
 
 def needs_signer(config: Config) -> bool:
-    return any(flow.headers.identity == "signed" and flow.auth == "jwt" for flow in config.flows)
+    """relay's key signs identities for a flow, or the tokens it issues."""
+    return config.tokens is not None or any(flow.headers.identity == "signed" and flow.auth == "jwt" for flow in config.flows)
 
 
 def _jwks_flow(signer: IdentitySigner, server: ServerConfig) -> Flow:

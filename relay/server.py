@@ -33,6 +33,7 @@ from relay.protocol import ClientConnection
 from relay.shared import SharedState
 from relay.sinks import Sink, build_sink
 from relay.timers import Deadlines
+from relay.tokens.endpoints import token_service
 from relay.unixsock import bind_unix_socket
 from relay.workers import WorkerRole
 
@@ -77,8 +78,9 @@ class Server:
         deadlines = Deadlines(loop)
         audit = AuditLog(config.audit, loop, self.metrics.count_exchanges)
         sinks = {name: build_sink(sink, deadlines) for name, sink in config.sinks.items()}
-        policy = Policy(config, sinks, 1, self._signer_for(config))
+        signer = self._signer_for(config)
         authenticator = Authenticator(config.issuers)
+        policy = Policy(config, sinks, 1, signer, tokens=token_service(config, signer, authenticator, audit))
         authenticator.restore(revoked)
         await authenticator.start()
         self._ctx = ctx = ServerContext(loop, config.server, policy, audit, self.metrics, deadlines, authenticator)
@@ -281,7 +283,8 @@ class Server:
         await self._close_listeners(keep=frozenset(config.server.listen))
         ctx.apply(config.server)
         ctx.authenticator.update(config.issuers)
-        ctx.policy = Policy(config, sinks, old_policy.version + 1, signer, old_policy)
+        tokens = token_service(config, signer, ctx.authenticator, ctx.audit)
+        ctx.policy = Policy(config, sinks, old_policy.version + 1, signer, old_policy, tokens)
         self._config = config
         retired = [s for name, s in old_policy.sinks.items() if sinks.get(name) is not s]
         if retired:
