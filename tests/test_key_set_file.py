@@ -40,23 +40,29 @@ def test_the_file_is_private_in_a_private_directory(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["identity-keys.json"]  # no temporary left
 
 
-def test_a_key_under_another_kid_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "identity-keys.json"
+def saved_with_edit(path: Path, member: str, value: object) -> str:
+    """A one-key set saved to ``path``, then hand-edited: ``member`` set to ``value``."""
     save_key_set(str(path), (stored(0.0, 0.0),))
     document = orjson.loads(path.read_bytes())
-    document["keys"][0]["kid"] = "someone-else"
+    document["keys"][0][member] = value
     path.write_bytes(orjson.dumps(document))
+    return str(path)
+
+
+def test_a_key_under_another_kid_is_refused(tmp_path: Path) -> None:
+    path = saved_with_edit(tmp_path / "identity-keys.json", "kid", "someone-else")
     with pytest.raises(ValueError, match="'someone-else' has the thumbprint"):
-        load_key_set(str(path))
+        load_key_set(path)
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         (b"{", "not JSON"),
-        (b'{"version": 2, "keys": []}', "not a version 1 key set"),
-        (b'{"version": 1, "keys": []}', "holds no keys"),
-        (b'{"version": 1, "keys": [{"kid": "a"}]}', "needs a kid and a private_key"),
+        (b'{"format": "relay-revocations", "version": 1, "entries": []}', "not a relay-signing-keys document"),
+        (b'{"format": "relay-signing-keys", "version": 2, "keys": []}', "this relayd reads version 1"),
+        (b'{"format": "relay-signing-keys", "version": 1, "keys": []}', "holds no keys"),
+        (b'{"format": "relay-signing-keys", "version": 1, "keys": [{"kid": "a"}]}', "needs a kid and a private_key"),
     ],
 )
 def test_a_broken_set_is_refused_with_the_file_named(tmp_path: Path, content: bytes, message: str) -> None:
@@ -68,10 +74,6 @@ def test_a_broken_set_is_refused_with_the_file_named(tmp_path: Path, content: by
 
 
 def test_a_time_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "identity-keys.json"
-    save_key_set(str(path), (stored(0.0, 0.0),))
-    document = orjson.loads(path.read_bytes())
-    document["keys"][0]["activates"] = "soon"
-    path.write_bytes(orjson.dumps(document))
+    path = saved_with_edit(tmp_path / "identity-keys.json", "activates", "soon")
     with pytest.raises(ValueError, match="activates must be a Unix time, not 'soon'"):
-        load_key_set(str(path))
+        load_key_set(path)

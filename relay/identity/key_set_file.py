@@ -5,7 +5,7 @@ through :mod:`relay.durable`, so a crash or kill -9 in the middle of a rotation 
 the set before it or after it, never a torn one, and a restart keeps the same keys and
 the same schedule. Its shape::
 
-    {"version": 1, "keys": [{"kid": ..., "created": ..., "activates": ...,
+    {"format": "relay-signing-keys", "version": 1, "keys": [{"kid": ..., "created": ..., "activates": ...,
                              "retires": ... | null, "removes": ... | null,
                              "private_key": "-----BEGIN PRIVATE KEY-----..."}]}
 
@@ -18,16 +18,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.durable import replace
 from relay.identity.key_schedule import KeyTimes
 from relay.identity.signing import public_jwk
+from relay.state_document import dump_document, parse_document
 
 __all__ = ["StoredKey", "load_key_set", "save_key_set"]
 
+_FORMAT = "relay-signing-keys"
 _VERSION = 1
 
 
@@ -69,13 +70,10 @@ def load_key_set(path: str) -> tuple[StoredKey, ...]:
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise ValueError(f"{path}: not JSON: {e}") from None
-    if not isinstance(document, dict) or document.get("version") != _VERSION:
-        raise ValueError(f"{path}: not a version {_VERSION} key set")
-    entries = document.get("keys")
-    if not isinstance(entries, list) or not entries:
+        entries = parse_document(raw, _FORMAT, _VERSION, "keys")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if not entries:
         raise ValueError(f"{path}: the key set holds no keys")
     return tuple(_parse_entry(entry, path) for entry in entries)
 
@@ -83,11 +81,11 @@ def load_key_set(path: str) -> tuple[StoredKey, ...]:
 def save_key_set(path: str, keys: tuple[StoredKey, ...]) -> None:
     """Replace ``path`` with ``keys``, durably (0600; the directory made 0700 if missing)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    entries = [{
+    entries: list[object] = [{
         "kid": k.times.kid, "created": k.times.created, "activates": k.times.activates,
         "retires": k.times.retires, "removes": k.times.removes,
         "private_key": k.private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()).decode("ascii"),
     } for k in keys]  # fmt: skip
-    replace(path, orjson.dumps({"version": _VERSION, "keys": entries}, option=orjson.OPT_INDENT_2))
+    replace(path, dump_document(_FORMAT, _VERSION, "keys", entries))
