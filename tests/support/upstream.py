@@ -22,6 +22,7 @@ answer (the options combine):
     fail=reset    reset the connection instead of answering (SO_LINGER 0)
     fail=garbage  answer bytes that are not HTTP, then close
     fail=close    close without answering
+    header=N:V    add this header field to the answer (may be given more than once)
 """
 
 from __future__ import annotations
@@ -207,7 +208,8 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
     seq = log.next_seq()
     log.write({"phase": "head", "seq": seq, "method": method, "target": target,
                "version": version, "headers": headers})
-    options = {k: v[-1] for k, v in parse_qs(urlsplit(target).query).items()}
+    query = parse_qs(urlsplit(target).query)
+    options = {k: v[-1] for k, v in query.items()}
     read_delay = float(options.get("read_delay", "0"))
     digest = hashlib.sha256()
     received: list[bytes] = []
@@ -249,7 +251,8 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
     lines = [f"HTTP/1.1 {status} Upstream", f"X-Upstream-Seq: {seq}",
              "Content-Type: application/octet-stream",
              "Transfer-Encoding: chunked" if chunked else f"Content-Length: {fill or len(body)}",
-             "Connection: keep-alive" if keep_alive else "Connection: close"]
+             "Connection: keep-alive" if keep_alive else "Connection: close",
+             *query.get("header", [])]
     conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     for piece in filled(fill, chunked) if fill else frame(body, chunked):
         conn.sendall(piece)
