@@ -1,13 +1,19 @@
 """Types of the compiled fast path (relay/_fastpath.pyx); the twin relay/_fastpath_py.py
 has the same API. Import it through relay.fastpath."""
 
-from collections.abc import Iterable
-from typing import TypeAlias, TypeVar, final
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeAlias, TypeVar, final
 
+from relay.errors import RelayError
+from relay.flowcontrol import RequestBody
 from relay.identity.claims import Identity
+from relay.request import Request
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "encode_chunk",
-           "encode_chunks", "scan_headers"]
+if TYPE_CHECKING:
+    from relay.context import ServerContext
+
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
+           "check_request_line", "encode_chunk", "encode_chunks", "scan_headers"]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 _Payload = TypeVar("_Payload", bytes, bytearray, memoryview)
@@ -94,3 +100,13 @@ LAST_CHUNK: bytes
 
 def encode_chunk(data: _Payload) -> tuple[bytes, _Payload, bytes]: ...
 def encode_chunks(pieces: Iterable[BytesLike]) -> list[BytesLike]: ...
+
+
+# 4. Admission
+
+def admit_head(
+    ctx: ServerContext, head_size: int, method: bytes, version: str, url: bytes,
+    headers: list[tuple[bytes, bytes]], keep_alive: bool, line: bytes, line_at_start: bool,
+    peer: str | None, trusted_peer: bool, make_body: Callable[[int, bool], RequestBody],
+) -> tuple[Request, RelayError | None] | RelayError: ...
+def check_request_line(line: bytes, at_start: bool, method: bytes, url: bytes) -> None: ...

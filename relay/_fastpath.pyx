@@ -10,17 +10,18 @@ One included file per fast-path job, each cimporting what it uses:
 2. verified-token cache, ``TokenCache``: _fastpath_tokencache.pxi
 3. chunked transfer coding, ``ChunkedDecoder``, ``encode_chunk``, ``encode_chunks`` and
    ``LAST_CHUNK``: _fastpath_chunked.pxi
+4. admission, ``admit_head`` and ``check_request_line``: _fastpath_admission.pxi
 
 This file holds what they share: the RFC 9110 character classes and bytes helpers.
 """
 
 from libc.stdint cimport uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 from relay.errors import BadRequest
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "encode_chunk",
-           "encode_chunks", "scan_headers"]
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
+           "check_request_line", "encode_chunk", "encode_chunks", "scan_headers"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -125,3 +126,4 @@ cdef bytes _as_bytes(object data):
 include "_fastpath_headers.pxi"
 include "_fastpath_tokencache.pxi"
 include "_fastpath_chunked.pxi"
+include "_fastpath_admission.pxi"

@@ -14,23 +14,28 @@ Sections (one per fast-path job):
 3. chunked transfer coding: ``ChunkedDecoder`` takes a chunked body apart as it arrives,
    handing back payload runs without copying them; ``encode_chunk``, ``encode_chunks`` and
    ``LAST_CHUNK`` frame outgoing payloads as pieces for ``transport.writelines``.
+4. admission: ``admit_head`` turns a parsed request head into the request to relay or
+   the refusal to answer (the sans-IO core of the request path); ``check_request_line``
+   is its check of the spaces httptools skips.
 
-Like the compiled side's one include per job, jobs 1 and 3 have a module each
-(``_fastpath_py_headers``, ``_fastpath_py_chunked``); the token cache, short, is here.
+Like the compiled side's one include per job, jobs 1, 3 and 4 have a module each
+(``_fastpath_py_headers``, ``_fastpath_py_chunked``, ``_fastpath_py_admission``); the
+token cache, short, is here.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from relay._fastpath_py_admission import admit_head, check_request_line
 from relay._fastpath_py_chunked import LAST_CHUNK, ChunkedDecoder, encode_chunk, encode_chunks
 from relay._fastpath_py_headers import HeaderRules, HeaderScan, scan_headers
 
 if TYPE_CHECKING:
     from relay.identity.claims import Identity
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "encode_chunk",
-           "encode_chunks", "scan_headers"]
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
+           "check_request_line", "encode_chunk", "encode_chunks", "scan_headers"]
 
 # ---------------------------------------------------------------------------------------
 # 2. Verified-token cache

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from relay import _fastpath_py
 
-__all__ = ["COMPILED", "LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "encode_chunk",
-           "encode_chunks", "scan_headers"]
+__all__ = ["COMPILED", "LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
+           "check_request_line", "encode_chunk", "encode_chunks", "scan_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ COMPILED: bool = _impl is not _fastpath_py
 
 if TYPE_CHECKING:
     # Both implementations share one API; type-check callers against the compiled stub.
-    from relay._fastpath import (LAST_CHUNK, ChunkedDecoder, HeaderRules, HeaderScan, TokenCache,
-                                 encode_chunk, encode_chunks, scan_headers)
+    from relay._fastpath import (LAST_CHUNK, ChunkedDecoder, HeaderRules, HeaderScan, TokenCache, admit_head,
+                                 check_request_line, encode_chunk, encode_chunks, scan_headers)
 else:
     # 1. header scanning
     HeaderRules = _impl.HeaderRules
@@ -52,3 +52,6 @@ else:
     encode_chunk = _impl.encode_chunk
     encode_chunks = _impl.encode_chunks
     LAST_CHUNK = _impl.LAST_CHUNK
+    # 4. admission
+    admit_head = _impl.admit_head
+    check_request_line = _impl.check_request_line

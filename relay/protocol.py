@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import time
 from collections import deque
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -25,33 +23,22 @@ import httptools
 from relay.errors import (
     BadRequest,
     BodyTimeout,
-    ExpectationFailed,
-    Forbidden,
     HeadersTooLarge,
-    MethodNotAllowed,
-    NotFound,
     NotImplementedMethod,
     Overloaded,
-    PayloadTooLarge,
     RelayError,
     RequestTimeout,
-    Unauthorized,
 )
 from relay.exchange import Exchange
-from relay.fastpath import HeaderScan, scan_headers
+from relay.fastpath import admit_head
 from relay.flowcontrol import NO_BODY, ClientGone, ReadGate, RequestBody
-from relay.hosts import check_host
-from relay.identity import Identity
 from relay.pacing import BodyPace, SendWatch
-from relay.paths import normalize_path, target_authority, without_params
 from relay.reply import Reply
 from relay.request import Request
 from relay.responses import error_response
 
 if TYPE_CHECKING:
     from relay.context import ServerContext
-    from relay.policy import Flow
-    from relay.routing import FlowTable
 
 log = logging.getLogger("relay.protocol")
 
@@ -59,8 +46,6 @@ log = logging.getLogger("relay.protocol")
 #: runs when the head completes
 _READ_SLACK = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: RFC 6750's query-string token: refused, it ends up in logs and caches
-_QUERY_TOKEN = b"access_token="
 #: how long relay keeps draining a half-closed connection (see _close_lingering)
 _LINGER = 2.0
 
@@ -76,30 +61,6 @@ class ParseState(IntEnum):
 # The members as module globals: an attribute lookup on an Enum class costs ≈ 0.1 µs in
 # CPython 3.11, and the request path makes dozens of them.
 IDLE, HEAD, BODY, DEAD, LINGER = ParseState
-
-
-_NOT_SPACE = re.compile(rb"[^ ]")
-
-
-def _spaced_out(data: bytes, before: bytes, after: bytes) -> bool:
-    """Whether ``before`` (ending in two spaces), more spaces and ``after`` follow each
-    other somewhere in ``data``."""
-    at = data.find(before)
-    while at >= 0:
-        next_byte = _NOT_SPACE.search(data, at + len(before))
-        if next_byte is None:
-            return False
-        if data.startswith(after, next_byte.start()):
-            return True
-        at = data.find(before, next_byte.start())
-    return False
-
-
-def _routes_alike(table: FlowTable[Flow], route_path: str, method: str, flow: Flow) -> bool:
-    try:
-        return table.match(route_path, method) is flow
-    except (NotFound, MethodNotAllowed):
-        return False
 
 
 class ClientConnection(asyncio.Protocol):
@@ -136,7 +97,7 @@ class ClientConnection(asyncio.Protocol):
         self._send_watch: SendWatch | None = None  # made when output first backs up
         #: the audit reason for exchanges cut short when the connection goes
         self._gone_as = "client_gone"
-        # The request line as sent, for the checks httptools leaves out (see _check_request_line):
+        # The request line as sent, for the checks httptools leaves out (see check_request_line):
         self._read = b""           # the bytes being parsed now
         self._read_fresh = False   # and no request began in them yet, though one may begin at their start
         self._line = b""           # the bytes the current request began in, from its start when known
@@ -357,124 +318,21 @@ class ClientConnection(asyncio.Protocol):
     def _build_request(self) -> tuple[Request, RelayError | None] | RelayError:
         """The request for the head just parsed, with the refusal to answer it with if its
         caller may not use the flow (401/403); or the routing error for a request that
-        matched no flow.
+        matched no flow (see relay.fastpath.admit_head, where the checks live).
 
         Raises a RelayError for heads that end the connection (malformed, too large, ...).
         """
-        ctx = self._ctx
         parser = self._parser
-        headers = self._headers
-        if self._head_size > ctx.max_header_bytes:
-            raise HeadersTooLarge("request head too large")
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise BadRequest(f"unsupported HTTP version {version}")
-        raw_method = parser.get_method()
-        self._check_request_line(raw_method)
-        method = raw_method.decode("ascii")
-        if method == "CONNECT":
-            raise BadRequest("CONNECT is not allowed")
-        url = self._url
-        route_path, forward_path, query = normalize_path(url)
-        policy = ctx.policy
-        try:
-            flow = policy.table.match(route_path, method)
-        except (NotFound, MethodNotAllowed) as exc:
-            # framing errors outrank routing ones: after those the connection must close
-            unrouted = scan_headers(headers, policy.default_drop)
-            self._check_framing(unrouted, version)
-            if unrouted.chunked or unrouted.content_length > 0:
-                raise  # its body would have to be read and discarded: close instead
-            return exc
-        if ";" in route_path and not _routes_alike(policy.table, without_params(route_path), method, flow):
-            # an upstream that cuts ";" parameters off (Tomcat, Jetty, Spring) would serve another flow's path
-            raise BadRequest("path parameters would route the request to another flow")
-        scan = scan_headers(headers, flow.drop)
-        self._check_framing(scan, version)
-        host = scan.host
-        if url[:1] != b"/":
-            # absolute-form: the target's authority is the Host (RFC 9112 3.2.2)
-            host = target_authority(url)
-            check_host(host)
-        if scan.content_length > flow.max_body:
-            raise PayloadTooLarge(f"body of {scan.content_length} bytes exceeds the flow's limit")
-        identity: Identity | None = None
-        refusal: RelayError | None = None
-        overload = ctx.overloaded()
-        if overload is not None:
-            # shed before any token is verified or body read: the cheapest answer there is
-            refusal = overload
-        elif flow.requires_token and (unshared := ctx.unshared(flow.shared_fail_closed)) is not None:
-            refusal = unshared
-        elif flow.requires_token:
-            try:
-                if _QUERY_TOKEN in query:
-                    raise Unauthorized("send the token in the Authorization header", reason="token_in_query")
-                identity = ctx.authenticator.authenticate(scan.authorization, flow.issuers)
-                assert flow.authorizer is not None
-                flow.authorizer.check(identity)
-            except (Unauthorized, Forbidden) as exc:
-                # answered by its exchange; the connection carries on if there is no body to skip
-                refusal = exc
-        if self._trusted_peer:
-            client = scan.forwarded_for.decode("latin-1") if scan.forwarded_for else self._peer
-        else:
-            client = self._peer
-        if refusal is None and flow.limiter is not None:
-            # before the body is read: a refused upload is answered without waiting for it
-            refusal = flow.limiter.check(identity, client)
-        has_body = scan.chunked or scan.content_length > 0
-        expects_continue = scan.expect is not None and has_body and version == "1.1"
-        body = RequestBody(
-            self._gate,
-            flow.max_body,
-            complete=False,
-            on_first_read=self._send_continue if expects_continue else None,
-        ) if has_body else NO_BODY
-        target = forward_path + b"?" + query if query else forward_path
-        request = Request(
-            ctx.next_request_id(), method, version, route_path, target, scan, flow, client,
-            body, parser.should_keep_alive() and not ctx.draining, time.monotonic(), identity, host,
+        return admit_head(
+            self._ctx, self._head_size, parser.get_method(), parser.get_http_version(), self._url,
+            self._headers, parser.should_keep_alive(), self._line, self._line_at_start,
+            self._peer, self._trusted_peer, self._make_body,
         )
-        return request, refusal
 
-    def _check_request_line(self, method: bytes) -> None:
-        """Refuse a request line with more than one space between its parts.
-
-        httptools rejects tabs, other whitespace and trailing spaces there, but skips
-        runs of spaces. When the request began at the start of a read (every request
-        through lighttpd, every one a client sends after the previous answer), two bytes
-        tell: the target's first right after the method's space, and the version's "H"
-        right where one space after the target puts it. Otherwise (pipelined behind
-        another request, after blank lines) its start is not known, so the bytes it came
-        in must nowhere hold its method, two spaces or more and its target, nor its
-        target, two spaces or more and "HTTP/".
-        """
-        line = self._line
-        after_method = len(method)
-        version_at = after_method + len(self._url) + 2
-        # the whole line is there: _line grows until it holds the line's LF
-        if (self._line_at_start and line[0] > 32 and line[after_method + 1] != 32
-                and line[version_at] == 72):
-            return
-        if _spaced_out(line, method + b"  ", self._url) or _spaced_out(line, self._url + b"  ", b"HTTP/"):
-            raise BadRequest("malformed request line")
-
-    @staticmethod
-    def _check_framing(scan: HeaderScan, version: str) -> None:
-        host = scan.host
-        if host is None:
-            if version == "1.1":
-                raise BadRequest("missing Host header")
-        else:
-            check_host(host)
-        if scan.chunked and version == "1.0":
-            # RFC 9112 6.1: an HTTP/1.0 recipient may not know chunked; the framing is not to be trusted
-            raise BadRequest("chunked transfer coding in an HTTP/1.0 request")
-        if scan.upgrade:
-            raise BadRequest("protocol upgrade is not allowed")
-        if scan.expect is not None and scan.expect != b"100-continue":
-            raise ExpectationFailed("unsupported Expect")
+    def _make_body(self, max_body: int, expects_continue: bool) -> RequestBody:
+        return RequestBody(
+            self._gate, max_body, complete=False, on_first_read=self._send_continue if expects_continue else None,
+        )
 
     def _make_reply(self, request: Request) -> Reply:
         return Reply(
