@@ -3,8 +3,9 @@
 ::
 
     client ─HTTP─▶ lighttpd ─mod_proxy─▶ relayd ──────────────────────────────▶ sinks
-                                         │ protocol   httptools + fastpath.scan_headers
-                                         │ routing    paths.normalize_path → FlowTable
+                                         │ protocol   httptools → fastpath.admit_head (sans-IO):
+                                         │ routing    paths.normalize_path → FlowTable,
+                                         │            fastpath.scan_headers, token, rules, limits
                                          │ exchange   one task per request, in order
                                          │ sinks      http (pooled), file, stream
                                          │ audit      one JSON line per decision
