@@ -435,6 +435,7 @@ class ClientConnection(asyncio.Protocol):
         request = Request(
             ctx.next_request_id(), method, version, route_path, target, scan, flow, client,
             body, parser.should_keep_alive() and not ctx.draining, time.monotonic(), identity, host,
+            self._trusted_peer,
         )
         return request, refusal
 
