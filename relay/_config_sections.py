@@ -500,10 +500,10 @@ _SINK_TYPES: dict[str, tuple[tuple[str, ...], _SinkBuilder]] = {
     "http": (("url", "timeout", "connect_timeout", "pool_size", "max_in_flight"), _http_sink),
     "file": (("path", "format", "fsync", "fsync_interval", "rotate", "rotate_interval", "max_in_flight",
               "idempotency_ttl"), _file_sink),
-    "files": (("root", "delivery", "max_in_flight"), _files_sink),
     "redis-stream": (("url", "stream", "maxlen", "timeout", "entry", "max_in_flight", "idempotency_ttl"),
                      _redis_sink),
     "nats-jetstream": (("url", "stream", "subject", "timeout", "connect_timeout", "duplicate_window", "max_bytes",
                         "max_msgs", "credentials_file", "nkey_file", "token", "user", "password", "max_in_flight",
                         "idempotency_ttl"), _nats_sink),
+    "files": (("root", "delivery", "max_in_flight"), _files_sink),
 }
