@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from support import RawConnection, Response, exchange, poll_until, request_bytes
+from support.procs import SOCKPROXY_CONF
 from support.files import MEDIUM, SMALL, FilesStack
 from test_identity_support import good_claims, jwks, rsa_key
 
@@ -199,3 +200,18 @@ def test_lighttpd_not_relayd_sends_the_bytes_of_a_large_download(files: FilesSta
                 assert written >= size  # relayd itself sent it (sendfile counts as written)
     finally:
         os.unlink(files.root / "large.bin")
+
+
+def test_behind_sockproxy_relayd_sends_the_file_itself(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # mod_sockproxy does no HTTP: whatever X-Sendfile-Type arrives is the client's own
+    running = FilesStack(tmp_path_factory.mktemp("sockproxy"), jwks(KEY), server="trusted_proxies = []",
+                         conf=SOCKPROXY_CONF)
+    try:
+        with RawConnection(running.lighttpd.address) as conn:
+            for name, content in (("medium.bin", MEDIUM), ("small.txt", SMALL)):
+                conn.send(request_bytes("GET", f"/files/{name}", [("X-Sendfile-Type", "X-Sendfile")]))
+                response = conn.read_response()
+                assert (response.status, response.body, response.get("X-Sendfile")) == (200, content, None)
+                assert _record(running, response.get("X-Relay-Request-Id"))["delivery"] == "relay"
+    finally:
+        running.close()

@@ -48,6 +48,7 @@ ESCAPES = [
     "/files/",
     "/files/pipe",
     "/files/sock",
+    "/files/zero",
     "/files/missing.txt",
 ]
 

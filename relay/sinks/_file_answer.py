@@ -17,13 +17,14 @@ client sees the same whichever of the two sends a file:
   other are merged; one range left is a 206, several are answered with the whole file
   (200), which RFC 9110 allows, where lighttpd sends multipart/byteranges. ``If-Range``
   must equal the ETag (or the Last-Modified date) exactly, else the whole file is sent.
-* The media type comes from the name's extension (the system's mime.types); ``text/*``
-  gets ``; charset=utf-8``, unknown names ``application/octet-stream``.
+* The media type comes from the name's last extension (the system's mime.types);
+  ``text/*`` gets ``; charset=utf-8``, unknown ones ``application/octet-stream``.
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
 import mimetypes
 import os
 import re
@@ -85,12 +86,21 @@ def http_date(seconds: int) -> bytes:
 
 
 def media_type(name: str) -> bytes:
-    kind, _ = mimetypes.guess_type(name, strict=False)
+    """By the last extension alone, as lighttpd's mimetype.assign: "a.tar.gz" is gzip data."""
+    return _media_type(os.path.splitext(name)[1].lower())
+
+
+@functools.lru_cache(maxsize=512)
+def _media_type(extension: str) -> bytes:
+    kind = mimetypes.types_map.get(extension) or mimetypes.common_types.get(extension)
     if kind is None:
         return b"application/octet-stream"
     if kind.startswith("text/"):
         kind += "; charset=utf-8"
     return kind.encode("ascii")
+
+
+mimetypes.init()
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,9 @@ class FilesSink:
         except RelayError as err:
             self._loop.call_soon(on_done, err)
             return _ANSWERED
+        except OSError as exc:  # the file system failed under a file relay had opened (EIO, ...)
+            self._loop.call_soon(on_done, BadGateway(f"reading the file failed: {exc.strerror or exc}", self.name))
+            return _ANSWERED
         if sender is None:
             self._loop.call_soon(on_done, None)
             return _ANSWERED

@@ -4,7 +4,7 @@
 root (relative, absolute, through a directory), a directory, a FIFO, a Unix socket and a
 link to a device; ``outside`` holds the secret none of them may reveal. ``FilesStack``
 runs relayd (flows ``/files/`` public, ``/secure-files/`` for tokens of group "readers",
-``/streamed/`` with ``delivery = "relay"``), lighttpd (the shipped conf, x-sendfile-docroot
+``/streamed/`` with ``delivery = "relay"``; the issuer is ``token_flow``'s), lighttpd (the shipped conf, x-sendfile-docroot
 set to the root) and a second lighttpd serving the root as static files, the behaviour
 relay is held to.
 """
@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
-from .procs import Lighttpd, Relayd, Service, free_port
-from .stack import relay_config
+from .procs import LIGHTTPD_CONF, Lighttpd, Relayd, Service, free_port
+from .stack import relay_config, token_flow
 
 SECRET = b"the secret outside the root\n"
 SMALL = bytes(range(32, 127)) * 43 + b"\n"  # 4086 bytes
@@ -45,6 +46,10 @@ def make_tree(root: Path, outside: Path) -> socket.socket:
     (root / "link-dev").symlink_to("/dev/zero")
     (root / "link-loop").symlink_to("link-loop")
     os.mkfifo(root / "pipe")
+    try:
+        os.mknod(root / "zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero's numbers
+    except PermissionError:
+        pass  # not allowed here: the link to /dev/zero stands in
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(root / "sock"))
     return listener
@@ -72,13 +77,6 @@ path = "/streamed/"
 auth = "none"
 sink = "files_relay"
 
-[[issuer]]
-name = "idp"
-issuer = "https://idp.example.test/"
-audiences = ["relay"]
-jwks_file = "{jwks}"
-algorithms = ["RS256"]
-
 [[flow]]
 name = "secure-files"
 path = "/secure-files/"
@@ -95,15 +93,17 @@ mimetype.assign = ( ".txt" => "text/plain; charset=utf-8", ".bin" => "applicatio
 
 
 class FilesStack:
-    def __init__(self, workdir: Path, jwks: bytes, server: str = "") -> None:
+    def __init__(self, workdir: Path, jwks: bytes, server: str = "", conf: Path = LIGHTTPD_CONF) -> None:
+        """``server`` adds keys to relayd's [server]; ``conf`` is the front lighttpd's."""
         self.workdir = workdir
         self.root = workdir / "root"
         self._listener = make_tree(self.root, workdir / "outside")
         (workdir / "jwks.json").write_bytes(jwks)
-        extra = FILES_FLOWS.format(root=self.root, jwks=workdir / "jwks.json")
+        extra = FILES_FLOWS.format(root=self.root) + token_flow(workdir / "jwks.json")
         self.relayd = Relayd(workdir, relay_config(workdir, "http://127.0.0.1:9", extra=extra, server=server))
         try:
-            self.lighttpd = Lighttpd(workdir, self.relayd.unix, extra_env={"RELAY_FILES_ROOTS": str(self.root)})
+            self.lighttpd = Lighttpd(workdir, self.relayd.unix, conf=conf,
+                                     extra_env={"RELAY_FILES_ROOTS": str(self.root)})
             port = free_port()
             conf = workdir / "static.conf"
             conf.write_text(STATIC_CONF.format(root=self.root, port=port))
