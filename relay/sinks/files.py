@@ -12,8 +12,9 @@ or any symlink, and nothing but a regular file), and then delivered one of two w
   (``server.trusted_proxies``) that says it takes one: ``X-Sendfile-Type: X-Sendfile``,
   which the shipped ``conf/lighttpd.conf`` sets on every request. A direct client, or
   lighttpd's ``mod_sockproxy`` (which does no HTTP), never gets the header. The path
-  is the one the kernel resolved for the opened file (symlinks inside the root
-  resolved), under ``root`` as configured, percent-encoded (lighttpd decodes it).
+  is the name relay opened, under ``root`` as configured, percent-encoded (lighttpd
+  decodes it); a symlink in it leads nowhere outside (only relative ones stay inside,
+  and those lighttpd resolves as the kernel did).
 * relay itself: validators, conditionals and one range as lighttpd does them
   (``relay.sinks._file_answer``); a body of up to ``_READ_WHOLE`` bytes is read and sent
   in one write, a longer one goes from the page cache to the socket with ``sendfile``
@@ -72,10 +73,8 @@ class FilesSink:
         self._x_sendfile = config.delivery == "x-sendfile"
         #: opened once: every file is resolved beneath this descriptor
         self._root_fd = os.open(config.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        #: where the kernel says the root is (symlinks resolved), to read opened files' paths against
-        self._real_root = os.fsencode(os.path.realpath(config.root)).rstrip(b"/") + b"/"
-        #: the root as configured: what lighttpd's x-sendfile-docroot names
-        self._front_root = os.fsencode(config.root).rstrip(b"/") + b"/"
+        #: the root as configured, percent-encoded: what lighttpd's x-sendfile-docroot names
+        self._front_root = quote_from_bytes(os.fsencode(config.root).rstrip(b"/") + b"/", safe="/").encode("ascii")
 
     def relay_now(self, request: Request, reply: Reply,
                   on_done: Callable[[BaseException | None], None]) -> FileSender | _Answered:
@@ -113,11 +112,12 @@ class FilesSink:
         asked = read_asked(request.headers.forward)
         if self._x_sendfile and request.from_proxy and asked.sendfile_type is not None \
                 and asked.sendfile_type.lower() == b"x-sendfile":
-            target = self._front_path(fd)
-            if target is not None:
-                request.served = (relative, info.st_size, "x-sendfile")
-                reply.send_whole(200, kind + b"X-Sendfile: " + target + b"\r\n", (), 0)
-                return None
+            # the name relay just opened beneath the root: any symlink in it stays inside
+            # (openat2 refuses absolute ones), so lighttpd following it reaches the same file
+            target = self._front_root + quote_from_bytes(relative.encode("utf-8"), safe="/").encode("ascii")
+            request.served = (relative, info.st_size, "x-sendfile")
+            reply.send_whole(200, kind + b"X-Sendfile: " + target + b"\r\n", (), 0)
+            return None
         answer = decide(asked, info, etag(info), http_date(int(info.st_mtime)), request.method,
                         request.version == "1.0")
         request.served = (relative, info.st_size, "relay")
@@ -152,14 +152,6 @@ class FilesSink:
 
         reply.when_released(head_released)
         return sender
-
-    def _front_path(self, fd: int) -> bytes | None:
-        """The opened file's path for X-Sendfile, percent-encoded; None if the kernel puts
-        it somewhere else than beneath the root (then relay sends it itself)."""
-        real = os.readlink(b"/proc/self/fd/%d" % fd)
-        if not real.startswith(self._real_root):
-            return None
-        return quote_from_bytes(self._front_root + real[len(self._real_root):], safe="/").encode("ascii")
 
     def open(self, request: Request, answers: bool, reply: Reply | None) -> FilesDelivery:
         return FilesDelivery(self, request)
