@@ -33,6 +33,9 @@ WAYS = {  # label → (path, extra request header)
 
 
 def _config(work: Path, upstream: int) -> str:
+    root = work / "htdocs/files"
+    flows = "".join(f'[[flow]]\nname = "{sink}"\npath = "{path}"\nmethods = ["GET"]\nauth = "none"\nsink = "{sink}"\n'
+                    for path, sink in (("/files/", "files"), ("/streamed/", "streamed"), ("/files-http/", "upstream")))
     return f"""\
 [server]
 listen = ["unix:{work / 'relay.sock'}"]
@@ -41,31 +44,15 @@ max_loop_lag = "0s"
 path = "{work / 'audit.jsonl'}"
 [sink.files]
 type = "files"
-root = "{work / 'htdocs/files'}"
+root = "{root}"
 [sink.streamed]
 type = "files"
-root = "{work / 'htdocs/files'}"
+root = "{root}"
 delivery = "relay"
 [sink.upstream]
 type = "http"
 url = "http://127.0.0.1:{upstream}"
-[[flow]]
-name = "files"
-path = "/files/"
-auth = "none"
-sink = "files"
-[[flow]]
-name = "streamed"
-path = "/streamed/"
-auth = "none"
-sink = "streamed"
-[[flow]]
-name = "files-http"
-path = "/files-http/"
-methods = ["GET"]
-auth = "none"
-sink = "upstream"
-"""
+{flows}"""
 
 
 def _load(sock_path: str, path: str, extra: bytes, count: int) -> None:
