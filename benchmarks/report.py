@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from benchmarks.runner import Outcome
-from benchmarks.scenarios import UPLOAD_BYTES, Comparison
+from benchmarks.scenarios import Comparison
 
 MIB = 1024 * 1024
 
@@ -163,7 +163,7 @@ def rates_table(outcomes: list[Outcome]) -> str:
                    "errors", "note"], rows, right={1, 2, 3, 4, 6})
 
 
-def uploads_table(outcomes: list[Outcome]) -> str:
+def transfers_table(outcomes: list[Outcome]) -> str:
     rows = []
     for o in outcomes:
         if not o.runs:
@@ -171,7 +171,7 @@ def uploads_table(outcomes: list[Outcome]) -> str:
             continue
         rss = o.peak_rss("relayd")
         rows.append([o.scenario.label, f"{_median(o, 'mb_s'):,.0f}", _spread([r.mb_s for r in o.runs]),
-                     f"{_median(o, 'p50_us') / 1000:.0f}", _cpu(o, 1e-3 / (UPLOAD_BYTES / 1e6), 2),
+                     f"{_median(o, 'p50_us') / 1000:.0f}", _cpu(o, 1e-3 / (o.scenario.transfer / 1e6), 2),
                      "–" if rss is None else f"{rss / MIB:.0f}", _errors(o), _note(o)])
     return _table(["scenario", "MB/s", "spread", "p50 ms", "CPU ms/MB", "relayd peak RSS MiB",
                    "errors", "note"], rows, right={1, 2, 3, 5, 6})
@@ -203,13 +203,16 @@ def warnings(outcomes: list[Outcome]) -> list[str]:
 
 
 def tables(outcomes: list[Outcome], comparisons: list[Comparison]) -> str:
-    rates = [o for o in outcomes if not o.scenario.upload]
+    rates = [o for o in outcomes if not o.scenario.transfer]
     uploads = [o for o in outcomes if o.scenario.upload]
+    downloads = [o for o in outcomes if o.scenario.download]
     parts = []
     if rates:
         parts += ["### Request rates", rates_table(rates)]
     if uploads:
-        parts += ["### 64 MiB POSTs", uploads_table(uploads)]
+        parts += ["### 64 MiB POSTs", transfers_table(uploads)]
+    if downloads:
+        parts += ["### 1 GiB GETs (files sink)", transfers_table(downloads)]
     parts += ["### Comparisons", comparisons_table(comparisons, outcomes)]
     found = warnings(outcomes)
     if found:
@@ -228,7 +231,7 @@ def to_json(outcomes: list[Outcome], comparisons: list[Comparison], *,
             "name": o.scenario.name, "label": o.scenario.label, "path": o.scenario.path,
             "script": o.scenario.load.script, "auth": o.scenario.auth,
             "pending": o.pending, "failure": o.failure,
-            "median": {"rate": o.median("rate"), "mb_s": o.median("mb_s") if o.scenario.upload else None,
+            "median": {"rate": o.median("rate"), "mb_s": o.median("mb_s") if o.scenario.transfer else None,
                        "p50_us": o.median("p50_us"), "p99_us": o.median("p99_us"),
                        "cpu_us_per_request": o.cpu_us()},
             "errors": o.errors(),

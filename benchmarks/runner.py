@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from benchmarks.loadgen import run_wrk
-from benchmarks.scenarios import UPLOAD_BYTES, Scenario
+from benchmarks.scenarios import Scenario
 from benchmarks.procs import Proc
 from benchmarks.systems import ROOT, Context, start_upstreams
 from benchmarks.tokens import KeyFiles
@@ -40,6 +40,8 @@ class Run:
     errors: dict[str, int]
     cpu_us: dict[str, float]  # role → CPU µs per request
     peak_rss: dict[str, int]  # role → bytes (VmHWM)
+    transfer: int = 0  # bytes per request, when MB/s is the figure
+
 
     @property
     def rate(self) -> float:
@@ -47,7 +49,7 @@ class Run:
 
     @property
     def mb_s(self) -> float:
-        return self.requests * UPLOAD_BYTES / self.seconds / 1e6
+        return self.requests * self.transfer / self.seconds / 1e6
 
 
 @dataclass
@@ -112,7 +114,7 @@ def _forged(token: str) -> str:
 
 
 def probe(url: str, scenario: Scenario, keys: KeyFiles) -> None:
-    method, body = ("POST", b"probe " * 200) if scenario.upload else ("GET", None)
+    method, body = ("POST", b"probe " * 200) if scenario.upload else ("HEAD" if scenario.download else "GET", None)
     if scenario.auth == "none":
         status, answer = _ask(url, method, {}, body)
         if not 200 <= status < 300:
@@ -153,12 +155,12 @@ def measure(ctx: Context, scenario: Scenario, seconds: float) -> Run:
     finally:
         ctx.stop_all()
     return Run(result.requests, result.seconds, result.p50_us, result.p99_us, result.errors,
-               cpu_us, peak_rss)
+               cpu_us, peak_rss, scenario.transfer)
 
 
 def _describe(scenario: Scenario, run: Run) -> str:
     cpu = ", ".join(f"{role} {us:.1f} µs/req" for role, us in run.cpu_us.items())
-    rate = f"{run.mb_s:,.0f} MB/s" if scenario.upload else f"{run.rate:,.0f} req/s"
+    rate = f"{run.mb_s:,.0f} MB/s" if scenario.transfer else f"{run.rate:,.0f} req/s"
     errors = sum(run.errors.values())
     return f"{rate}, p99 {run.p99_us / 1000:.2f} ms, {cpu}" + (f", {errors} ERRORS" if errors else "")
 

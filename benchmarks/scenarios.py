@@ -14,7 +14,8 @@ from typing import Literal
 
 from benchmarks import systems
 from benchmarks.loadgen import Load
-from benchmarks.systems import HELLO, UPLOAD, Auth, StartFn
+from benchmarks.systems import (DOWNLOAD, DOWNLOAD_BYTES, HELLO, SMALL_FILE, SMALL_FILE_HTTP, UPLOAD, Auth,
+                                StartFn)
 from benchmarks.tokens import COUNT, KeyFiles, files
 
 UPLOAD_BYTES = 64 * 1024 * 1024
@@ -30,7 +31,13 @@ class Scenario:
     load: Load
     auth: Auth = "none"  # the algorithm of the tokens sent; probes check one is required
     relay: bool = False  # relayd is under test
-    upload: bool = False  # report MB/s and peak RSS rather than request rates
+    upload: bool = False  # a 64 MiB POST each: report MB/s and peak RSS rather than request rates
+    download: int = 0  # bytes of each answer, when that is what is measured (MB/s, peak RSS)
+
+    @property
+    def transfer(self) -> int:
+        """Bytes moved per request when MB/s is the figure, else 0."""
+        return UPLOAD_BYTES if self.upload else self.download
 
 
 PLAIN = Load("plain.lua")
@@ -40,6 +47,11 @@ UPLOADS = Load("upload.lua", (str(UPLOAD_BYTES),), threads=1, connections=1)
 
 def one_token(alg: str) -> Load:
     return Load("token.lua", (str(_keys.tokens[alg]),))
+
+
+# one download at a time, as the uploads: a single stream's throughput
+DOWNLOADS = Load("plain.lua", threads=1, connections=1)
+DOWNLOADS_RS256 = Load("token.lua", (str(_keys.tokens["RS256"]),), threads=1, connections=1)
 
 
 def many_tokens(alg: str) -> Load:
@@ -88,6 +100,23 @@ SCENARIOS: list[Scenario] = [
              partial(systems.lighttpd_chain, uploads=True), UPLOAD, UPLOADS, upload=True),
     Scenario("upload-relay-chain", "64 MiB POST: lighttpd → relayd → upstream", systems.relay_chain,
              UPLOAD, UPLOADS, relay=True, upload=True),
+    # the files sink: relay decides (token, policy, the file), lighttpd sends the bytes
+    Scenario("download-lighttpd", "1 GiB GET: lighttpd static file", systems.lighttpd_static, DOWNLOAD,
+             DOWNLOADS, download=DOWNLOAD_BYTES),
+    Scenario("download-relay-chain-RS256", "1 GiB GET: lighttpd → relayd files sink (X-Sendfile), RS256",
+             partial(systems.relay_chain, auth="RS256"), DOWNLOAD, DOWNLOADS_RS256, "RS256", relay=True,
+             download=DOWNLOAD_BYTES),
+    Scenario("download-relayd-RS256", "1 GiB GET: relayd files sink (its own sendfile), RS256",
+             partial(systems.relayd_direct, auth="RS256"), DOWNLOAD, DOWNLOADS_RS256, "RS256", relay=True,
+             download=DOWNLOAD_BYTES),
+    Scenario("files-lighttpd", "4 KiB GET: lighttpd static file", systems.lighttpd_static, SMALL_FILE, PLAIN),
+    Scenario("files-relay-chain-RS256", "4 KiB GET: lighttpd → relayd files sink (X-Sendfile), RS256",
+             partial(systems.relay_chain, auth="RS256"), SMALL_FILE, one_token("RS256"), "RS256", relay=True),
+    Scenario("files-http-relay-chain-RS256", "4 KiB GET: lighttpd → relayd → HTTP sink → lighttpd, RS256",
+             partial(systems.relay_chain, auth="RS256"), SMALL_FILE_HTTP, one_token("RS256"), "RS256",
+             relay=True),
+    Scenario("files-relayd-RS256", "4 KiB GET: relayd files sink (TCP, keep-alive), RS256",
+             partial(systems.relayd_direct, auth="RS256"), SMALL_FILE, one_token("RS256"), "RS256", relay=True),
 ]
 
 #: "cpu_us": CPU µs per request summed over the scenario's measured processes
@@ -128,7 +157,17 @@ COMPARISONS: list[Comparison] = [
                "upload-lighttpd-chain", "mb_s", target=0.9),
     Comparison("relayd peak RSS MiB, 64 MiB POSTs", "upload-relay-chain", None, "relayd_rss_mib",
                "<", 100.0),
+    Comparison("1 GiB GET MB/s: lighttpd → relayd files sink (RS256) vs lighttpd static", "download-relay-chain-RS256",
+               "download-lighttpd", "mb_s", target=0.9),
+    Comparison("relayd peak RSS MiB, 1 GiB GETs through lighttpd", "download-relay-chain-RS256", None,
+               "relayd_rss_mib", "<", 100.0),
     # no target: context for the ones above
+    Comparison("4 KiB GET: lighttpd → relayd files sink (RS256) vs lighttpd static", "files-relay-chain-RS256",
+               "files-lighttpd"),
+    Comparison("4 KiB GET through lighttpd: relayd files sink vs relayd HTTP sink → lighttpd",
+               "files-relay-chain-RS256", "files-http-relay-chain-RS256"),
+    Comparison("1 GiB GET MB/s: relayd's own sendfile (RS256) vs lighttpd static", "download-relayd-RS256",
+               "download-lighttpd", "mb_s"),
     Comparison("relayd CPU µs/request, one RS256 token", "relayd-RS256", None, "relayd_cpu_us"),
     Comparison("relayd one RS256 token vs HAProxy plain", "relayd-RS256", "haproxy"),
     Comparison("relay chain (one RS256 token) vs lighttpd chain", "relay-chain-RS256", "lighttpd-chain"),

@@ -10,6 +10,9 @@ relayd, HAProxy and aiohttp, which keep connections to it alive) and on a Unix s
   * lighttpd serving ``HELLO``, a 100-byte file;
   * ``discard.py`` taking the POSTs to ``UPLOAD``: it reads each body and drops it,
     at several GB/s, and answers 200.
+The files the files sink serves (``DOWNLOAD``, 1 GiB; ``SMALL_FILE``, 4 KiB) are in
+``htdocs/files``, which is also the upstream lighttpd's ``/files-http/``: the same file
+through an HTTP sink.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ LIGHTTPD_CONF = ROOT / "conf" / "lighttpd.conf"
 SOCKPROXY_CONF = ROOT / "conf" / "lighttpd-sockproxy.conf"
 HELLO = "/bench/hello.txt"
 UPLOAD = "/upload/64MiB"
+DOWNLOAD = "/files/1GiB.bin"
+DOWNLOAD_BYTES = 1024**3
+SMALL_FILE = "/files/4KiB.txt"
+#: the same 4 KiB file through an HTTP sink to the upstream lighttpd
+SMALL_FILE_HTTP = "/files-http/4KiB.txt"
 
 Auth = Literal["none", "RS256", "ES256"]
 #: relayd's audit.commit
@@ -100,6 +108,7 @@ def start_upstreams(ctx: Context) -> list[Proc]:
     docroot.mkdir(parents=True, exist_ok=True)
     (docroot / "hello.txt").write_bytes(b"relay benchmark: a small static answer from the "
                                         b"upstream, exactly one hundred bytes long.......\n")
+    _write_files(ctx)
     ctx.upstream_port = ctx.port()
     ctx.upstream_socket = str(ctx.path("upstream.sock"))
     conf = ctx.path("upstream.conf")
@@ -134,6 +143,39 @@ server.max-connections = 1024
     return started
 
 
+def _write_files(ctx: Context) -> None:
+    """The files sink's root (real bytes, on the run's tmpfs when there is one), and the
+    upstream's view of it for the HTTP-sink comparison."""
+    files = ctx.path("htdocs/files")
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "4KiB.txt").write_bytes(b"relay files sink: four KiB of text.\n" * 113 + b"." * 28)
+    big = files / "1GiB.bin"
+    if not big.exists():
+        block = bytes(range(256)) * 4096  # 1 MiB
+        with open(big, "wb") as out:
+            for _ in range(DOWNLOAD_BYTES // len(block)):
+                out.write(block)
+    link = ctx.path("htdocs/files-http")
+    if not link.exists():
+        link.symlink_to("files")
+
+
+def lighttpd_static(ctx: Context) -> System:
+    """lighttpd serving the files statically, on the CPU under test: the baseline of the
+    files sink (the same lighttpd binary, as it serves files when nobody asks relay)."""
+    port = ctx.port()
+    conf = ctx.path("static.conf")
+    conf.write_text(f"""\
+server.document-root = "{ctx.path('htdocs')}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.max-keep-alive-requests = 1000000
+mimetype.assign = ( ".txt" => "text/plain; charset=utf-8", ".bin" => "application/octet-stream" )
+""")
+    proc = ctx.start("lighttpd", ["lighttpd", "-D", "-f", str(conf)], [("127.0.0.1", port)])
+    return System(f"http://127.0.0.1:{port}", {"lighttpd": proc})
+
+
 # --- lighttpd in front (the shipped conf/lighttpd.conf) ----------------------------------
 
 def _front_lighttpd(ctx: Context, backend_socket: str, conf: Path = LIGHTTPD_CONF) -> tuple[Proc, str]:
@@ -141,7 +183,8 @@ def _front_lighttpd(ctx: Context, backend_socket: str, conf: Path = LIGHTTPD_CON
     (state / "uploads").mkdir(parents=True, exist_ok=True)
     port = ctx.port()
     env = dict(os.environ) | {"RELAY_HTTP_ADDR": "127.0.0.1", "RELAY_HTTP_PORT": str(port),
-                              "RELAY_SOCKET": backend_socket, "RELAY_LIGHTTPD_DIR": str(state)}
+                              "RELAY_SOCKET": backend_socket, "RELAY_LIGHTTPD_DIR": str(state),
+                              "RELAY_FILES_ROOTS": str(ctx.path("htdocs/files"))}
     proc = ctx.start("lighttpd", ["lighttpd", "-D", "-f", str(conf)],
                      [("127.0.0.1", port)], env=env)
     return proc, f"http://127.0.0.1:{port}"
@@ -157,7 +200,8 @@ def lighttpd_chain(ctx: Context, uploads: bool = False) -> System:
 # --- relayd -----------------------------------------------------------------------------
 
 def relay_config(ctx: Context, port: int, sock: str, auth: Auth, commit: Commit = "before-answer") -> str:
-    """GETs under /bench/ to lighttpd, POSTs under /upload/ to discard.py; a token
+    """GETs under /bench/ and /files-http/ to lighttpd, POSTs under /upload/ to discard.py,
+    GETs under /files/ from the files sink; a token
     required when ``auth`` names an algorithm (the issuer then accepts only that one,
     as HAProxy's rules do); audit records written as ``commit`` says."""
     rules = 'auth = "none"'
@@ -204,6 +248,23 @@ methods = ["POST"]
 {rules}
 sink = "discard"
 max_body = "128MiB"
+
+[sink.files]
+type = "files"
+root = "{ctx.path('htdocs/files')}"
+
+[[flow]]
+name = "files"
+path = "/files/"
+{rules}
+sink = "files"
+
+[[flow]]
+name = "files-http"
+path = "/files-http/"
+methods = ["GET"]
+{rules}
+sink = "upstream"
 """
 
 

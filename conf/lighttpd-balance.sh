@@ -10,6 +10,7 @@ for p in $sockets; do
     *) printf '( "socket" => var.CWD + "/%s", ' "$p" ;;
   esac
   # as in lighttpd.conf; a socket that refuses is skipped for disable-time seconds
-  printf '"read-timeout" => 120, "connect-timeout" => 5, "disable-time" => 1 ), '
+  printf '"read-timeout" => 120, "connect-timeout" => 5, "disable-time" => 1, '
+  printf '"x-sendfile" => "enable", "x-sendfile-docroot" => var.relay_files_roots ), '
 done
 printf ') )\n'

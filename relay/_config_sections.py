@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from relay._config_files import adapt_file_flows
 from relay._config_flows import build_flows
 from relay._config_tokens import build_tokens
 from relay._config_read import (
@@ -35,6 +36,7 @@ from relay.config import (
     ClaimsMapping,
     Config,
     FileSinkConfig,
+    FilesSinkConfig,
     FsyncMode,
     HttpSinkConfig,
     IssuerConfig,
@@ -62,6 +64,7 @@ _ISSUER = IssuerConfig(name="", issuer="", audiences=())
 _HTTP = HttpSinkConfig(name="", url="", host="", port=0, base_path="")
 _FILE = FileSinkConfig(name="", path="")
 _REDIS = RedisStreamSinkConfig(name="", url="", stream="")
+_FILES = FilesSinkConfig(name="", root="")
 _SHARED = SharedConfig()
 _NATS = NatsJetStreamSinkConfig(name="", urls=(), stream="", subject="")
 _NATS_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a stream name: no dots, wildcards or spaces
@@ -80,6 +83,7 @@ def build(data: dict[str, Any], text: str, path: str) -> Config:
     declared_sinks = list(root.table("sink") or ())
     declared_issuers = [i.name for i in issuers]
     flows = build_flows(root, array_of_tables(root, "flow"), declared_sinks, declared_issuers)
+    flows = adapt_file_flows(problems, flows, sinks)
     check_flows(problems, flows, bool(issuers))
     tokens = build_tokens(root, issuers, flows)
     if problems.items:
@@ -391,6 +395,20 @@ def _file_sink(t: Table, name: str) -> FileSinkConfig:
     )
 
 
+def _files_sink(t: Table, name: str) -> FilesSinkConfig:
+    if not t.has("root"):
+        t.problem("root", "required key 'root' is missing: the directory whose files are served")
+    root = t.file_path("root", "")
+    if root and not os.path.isdir(root):
+        t.problem("root", f"'{root}' is not a directory")
+    return FilesSinkConfig(
+        name=name,
+        root=root,
+        delivery=t.choice("delivery", _FILES.delivery, ("x-sendfile", "relay")),
+        max_in_flight=_max_in_flight(t),
+    )
+
+
 def _shared(root: Table, workers: int) -> SharedConfig:
     t = _section(root, "shared", ("redis", "key_prefix", "timeout", "reconnect_max"))
     redis = t.string("redis", None)
@@ -487,4 +505,5 @@ _SINK_TYPES: dict[str, tuple[tuple[str, ...], _SinkBuilder]] = {
     "nats-jetstream": (("url", "stream", "subject", "timeout", "connect_timeout", "duplicate_window", "max_bytes",
                         "max_msgs", "credentials_file", "nkey_file", "token", "user", "password", "max_in_flight",
                         "idempotency_ttl"), _nats_sink),
+    "files": (("root", "delivery", "max_in_flight"), _files_sink),
 }

@@ -89,7 +89,7 @@ def admit_head(ctx, Py_ssize_t head_size, bytes method not None, str version not
     target = forward_path + b"?" + query if query else forward_path
     request = Request(
         ctx.next_request_id(), method_name, version, route_path, target, scan, flow, client,
-        body, keep_alive and not ctx.draining, _monotonic(), identity, host,
+        body, keep_alive and not ctx.draining, _monotonic(), identity, host, trusted_peer,
     )
     return request, refusal
 

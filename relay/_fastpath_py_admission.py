@@ -122,7 +122,7 @@ def admit_head(
     target = forward_path + b"?" + query if query else forward_path
     request = Request(
         ctx.next_request_id(), method_name, version, route_path, target, cast(Any, scan), flow, client,
-        body, keep_alive and not ctx.draining, time.monotonic(), identity, host,
+        body, keep_alive and not ctx.draining, time.monotonic(), identity, host, trusted_peer,
     )
     return request, refusal
 

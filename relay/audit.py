@@ -63,11 +63,13 @@ GENESIS = "0" * 64
 
 #: what record_exchange notes of a finished exchange, serialised at flush:
 #: (ts, request_id, status, reason, flow, method, path, client, sink, failed_sink,
-#:  bytes_in, bytes_out, seconds, identity, sink_seconds, detail). A request refused before it had
+#:  bytes_in, bytes_out, seconds, identity, sink_seconds, detail, served). A request refused before it had
 #: a flow has flow, method, client and sink None, and its raw target (cut to 256 bytes)
-#: as ``path``. ``bytes_out`` is -1 for a streamed answer noted as its head goes.
+#: as ``path``. ``bytes_out`` is -1 for a streamed answer noted as its head goes. ``served``
+#: is the file a files sink answered with (path beneath its root, size, who sent it).
 ExchangeNote = tuple[float, str, int, str, "str | None", "str | None", str, "str | None", "str | None",
-                     "str | None", int, int, float, "Identity | None", "float | None", "str | None"]
+                     "str | None", int, int, float, "Identity | None", "float | None", "str | None",
+                     "tuple[str, int, str] | None"]
 
 
 class _Outage:
@@ -334,13 +336,14 @@ def _note(exchange: Exchange, seconds: float, bytes_out: int) -> ExchangeNote:
         return (
             time.time(), reply.request_id, reply.status, exchange.outcome, None, None,
             exchange.raw_target[:256].decode("latin-1"), None, None, None, 0, 0, seconds, None, None,
-            exchange.detail,
+            exchange.detail, None,
         )
     flow = request.flow
     return (
         time.time(), reply.request_id, reply.status, exchange.outcome, flow.name, request.method,
         request.route_path, request.client, flow.sink.name, exchange.failed_sink,
         request.body.consumed, bytes_out, seconds, request.identity, exchange.sink_seconds, exchange.detail,
+        request.served,
     )
 
 
@@ -349,14 +352,14 @@ def _withdrawn(item: dict[str, Any] | ExchangeNote) -> dict[str, Any] | Exchange
     if isinstance(item, dict):
         return item
     (ts, request_id, _, _, flow, method, path, client, sink, failed_sink,
-     bytes_in, _, seconds, identity, sink_seconds, _) = item
+     bytes_in, _, seconds, identity, sink_seconds, _, _) = item
     return (ts, request_id, 503, "audit_withheld", flow, method, path, client, sink, failed_sink,
-            bytes_in, 0, seconds, identity, sink_seconds, "its audit record could not be written")
+            bytes_in, 0, seconds, identity, sink_seconds, "its audit record could not be written", None)
 
 
 def _exchange_fields(note: ExchangeNote) -> dict[str, Any]:
     (ts, request_id, status, reason, flow, method, path, client, sink, failed_sink,
-     bytes_in, bytes_out, seconds, identity, _, detail) = note
+     bytes_in, bytes_out, seconds, identity, _, detail, served) = note
     # times are cut to three decimals with int arithmetic: round(x, 3) formats and
     # re-parses a decimal string, ≈ 0.3 µs a call
     if flow is None:
@@ -391,6 +394,10 @@ def _exchange_fields(note: ExchangeNote) -> dict[str, Any]:
         fields["issuer"] = identity.issuer
         fields["subject"] = identity.subject
         fields["jti"] = identity.jti
+    if served is not None:
+        # the file a files sink answered with: its path beneath the root, its size, and
+        # who sent its bytes (lighttpd through X-Sendfile, or relay)
+        fields["file"], fields["file_size"], fields["delivery"] = served
     if detail is not None:
         fields["detail"] = detail  # why it was refused, in words (the line of a bad NDJSON body, ...)
     return fields

@@ -221,7 +221,22 @@ class NatsJetStreamSinkConfig:
     type: Literal["nats-jetstream"] = "nats-jetstream"
 
 
-SinkConfig = HttpSinkConfig | FileSinkConfig | RedisStreamSinkConfig | NatsJetStreamSinkConfig
+@dataclass(frozen=True, slots=True)
+class FilesSinkConfig:
+    """Serves the regular files beneath ``root`` on GET and HEAD (the flow's path is cut
+    off the request path; the rest names the file)."""
+
+    name: str
+    root: str  # absolute, an existing directory
+    #: "x-sendfile": answer with an X-Sendfile header when the front says it takes one
+    #: (a trusted proxy sending ``X-Sendfile-Type: X-Sendfile``), so lighttpd sends the file;
+    #: relay sends it itself otherwise. "relay": relay always sends the file itself.
+    delivery: Literal["x-sendfile", "relay"] = "x-sendfile"
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    type: Literal["files"] = "files"
+
+
+SinkConfig = HttpSinkConfig | FileSinkConfig | RedisStreamSinkConfig | NatsJetStreamSinkConfig | FilesSinkConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,7 +187,7 @@ class Metrics:
     def count_exchanges(self, notes: list[ExchangeNote]) -> None:
         """Count a batch of finished exchanges, as the audit log noted them."""
         request_done = self.request_done
-        for _, _, status, reason, flow, _, _, _, sink, _, bytes_in, bytes_out, seconds, _, sink_seconds, _ in notes:
+        for _, _, status, reason, flow, _, _, _, sink, _, bytes_in, bytes_out, seconds, _, sink_seconds, _, _ in notes:
             request_done(flow or "-", status, reason, bytes_in, bytes_out, seconds)
             if sink_seconds is not None and sink is not None:
                 self.sink_latency(sink, sink_seconds)

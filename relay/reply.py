@@ -53,7 +53,7 @@ class Reply:
     __slots__ = (
         "_transport", "request_id", "_rid_header", "_head_only", "_http10",
         "keep_alive", "state", "started", "status", "bytes_out", "producer", "_client_paused",
-        "held", "_on_stream",
+        "held", "_on_stream", "_sized", "_on_release",
     )
 
     def __init__(
@@ -82,6 +82,15 @@ class Reply:
         #: what was sent while the reply is held, in order; None when not held
         self.held: list[bytes] | None = None
         self._on_stream: Callable[[], None] | None = None
+        #: the streamed body is framed by a Content-Length (``begin_sized``), not chunked
+        self._sized = False
+        #: told once what is held has gone out (see ``when_released``)
+        self._on_release: Callable[[], None] | None = None
+
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        """The client's transport (for a file sent past it with sendfile)."""
+        return self._transport
 
     @property
     def client_is_paused(self) -> bool:
@@ -131,6 +140,34 @@ class Reply:
         if self.held is not None and self._on_stream is not None:
             self._on_stream()
 
+    def begin_sized(self, status: int, headers: bytes, length: int) -> None:
+        """Start a response of ``length`` body bytes that the caller sends to the socket
+        itself (a file, with ``sendfile``), once ``when_released`` says the head is out;
+        it counts them with ``sent`` and calls ``end``. For HEAD nothing follows the head."""
+        self.status = status
+        self._sized = True
+        self.state = STREAMING
+        self.started = True
+        self._send((
+            status_line(status), headers, self._rid_header, b"Content-Length: %d\r\n" % length,
+            self._connection_header(), b"\r\n",
+        ))
+        if self.held is not None and self._on_stream is not None:
+            self._on_stream()
+
+    def when_released(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once nothing sent is held any more: at once when not held,
+        else when the audit record is written (or the answer withdrawn: then ``state`` is
+        no longer STREAMING)."""
+        if self.held is None:
+            callback()
+        else:
+            self._on_release = callback
+
+    def sent(self, count: int) -> None:
+        """``count`` more body bytes went to the socket past the transport (``begin_sized``)."""
+        self.bytes_out += count
+
     def write(self, data: bytes) -> None:
         if not data or self.state != STREAMING:
             return
@@ -140,7 +177,7 @@ class Reply:
     def end(self) -> None:
         if self.state == STREAMING:
             self.state = DONE
-            if not self._http10:
+            if not self._http10 and not self._sized:
                 self._send((LAST_CHUNK,))
 
     def fail(self, err: RelayError) -> None:
@@ -179,6 +216,9 @@ class Reply:
         held, self.held = self.held, None
         if held:
             self._send(held)
+        released, self._on_release = self._on_release, None
+        if released is not None:
+            released()
 
     def withdraw(self, err: RelayError) -> None:
         """Drop what was held and answer ``err`` instead, closing the connection after it.

@@ -27,7 +27,7 @@ class Request:
     __slots__ = (
         "request_id", "method", "version", "forward_target", "route_path", "headers",
         "flow", "client", "body", "keep_alive", "head_only", "received_at", "identity", "host",
-        "claim",
+        "claim", "from_proxy", "served",
     )
 
     def __init__(
@@ -45,6 +45,7 @@ class Request:
         received_at: float,
         identity: Identity | None = None,
         host: bytes | None = None,
+        from_proxy: bool = False,
     ) -> None:
         self.request_id = request_id
         self.method = method
@@ -64,6 +65,11 @@ class Request:
         self.host = host
         #: its Idempotency-Key, scoped and bound, once delivery begins (see relay.idempotency)
         self.claim: Claim | None = None
+        #: it came from a trusted proxy (``server.trusted_proxies``), whose headers are its own
+        self.from_proxy = from_proxy
+        #: the file a files sink answered with, for the audit record: (path beneath the
+        #: root, its size, "x-sendfile" or "relay": who sent the bytes)
+        self.served: tuple[str, int, str] | None = None
 
     @property
     def has_body(self) -> bool:

@@ -498,7 +498,7 @@ BAD = [
                  "'dev team' is not a name", id="issuer-name"),
     # [sink.*]
     pytest.param(doc(sinks=SINKS.replace('type = "http"', 'type = "https"  # HERE')), "sink.api.type",
-                 "unknown sink type 'https' (one of http, file, redis-stream, nats-jetstream)", id="sink-type-unknown"),
+                 "unknown sink type 'https' (one of http, file, redis-stream, nats-jetstream, files)", id="sink-type-unknown"),
     pytest.param(doc(sinks=SINKS.replace('[sink.api]\ntype = "http"', "[sink.api]  # HERE")), "sink.api.type",
                  "required key 'type' is missing", id="sink-type-missing"),
     pytest.param(doc(sinks=SINKS.replace('"http://127.0.0.1:9000"', '"https://127.0.0.1:9000"  # HERE')), "sink.api.url",

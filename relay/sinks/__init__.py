@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from relay.config import FileSinkConfig, HttpSinkConfig, NatsJetStreamSinkConfig, SinkConfig
+from relay.config import FileSinkConfig, FilesSinkConfig, HttpSinkConfig, NatsJetStreamSinkConfig, SinkConfig
 from relay.sinks.base import Sink
 from relay.sinks.file import FileSink
+from relay.sinks.files import FilesSink
 from relay.sinks.http import HttpSink
 from relay.sinks.nats_jetstream import NatsJetStreamSink
 from relay.sinks.redis_stream import RedisStreamSink
@@ -19,6 +20,8 @@ def build_sink(config: SinkConfig, deadlines: Deadlines) -> Sink:
         return HttpSink(config, deadlines)
     if isinstance(config, FileSinkConfig):
         return FileSink(config, deadlines)
+    if isinstance(config, FilesSinkConfig):
+        return FilesSink(config, deadlines)
     if isinstance(config, NatsJetStreamSinkConfig):
         return NatsJetStreamSink(config)
     return RedisStreamSink(config)

@@ -121,10 +121,16 @@ def _open(root_fd: int, name: bytes) -> int:
         raise _refusal(exc, name) from None
 
 
+#: the same for every open, so built once: a ctypes structure and its pointer cost more
+#: to make than the system call takes
+_HOW = _OpenHow(_OPEN_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+_HOW_POINTER = ctypes.byref(_HOW)
+_HOW_SIZE = ctypes.sizeof(_HOW)
+
+
 def _openat2(root_fd: int, name: bytes) -> int:
     assert _SYSCALL is not None
-    how = _OpenHow(_OPEN_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
-    fd = int(_SYSCALL(_SYS_OPENAT2, root_fd, name, ctypes.byref(how), ctypes.sizeof(how)))
+    fd = int(_SYSCALL(_SYS_OPENAT2, root_fd, name, _HOW_POINTER, _HOW_SIZE))
     if fd < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
