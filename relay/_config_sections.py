@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from relay._config_flows import build_flows
-from relay._config_tokens import build_tokens
+from relay._config_tokens import build_tokens, check_approvals
 from relay._config_read import (
     NAME,
     NAME_RULE,
@@ -82,6 +82,7 @@ def build(data: dict[str, Any], text: str, path: str) -> Config:
     flows = build_flows(root, array_of_tables(root, "flow"), declared_sinks, declared_issuers)
     check_flows(problems, flows, bool(issuers))
     tokens = build_tokens(root, issuers, flows)
+    check_approvals(root, flows)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 1 << 30))
     return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows, shared, tokens)
