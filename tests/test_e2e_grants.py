@@ -24,30 +24,28 @@ from test_e2e_revocations import ask, relayctl
 from test_e2e_tokens import ACCESS, EXCHANGE, user_token
 from test_identity_support import AUD, ISS, Key, ec_key, jwks
 
-GRANTS = """
+
+
+def grantable(name: str, allowed: str, max_ttl: str, more: str = "") -> str:
+    """A flow for group ``allowed`` whose others may ask for grants of up to ``max_ttl``."""
+    return f"""
+[[flow]]
+name = "{name}"
+path = "/{name}/"
+approval = {{ approvers = {{ groups = ["data-owners"] }}, max_ttl = "{max_ttl}" }}
+methods = ["GET"]
+allow = {{ groups = ["{allowed}"] }}
+max_token_ttl = "10m"
+sink = "up"
+{more}"""
+
+
+GRANTS = f"""
 [tokens]
 issuer = "https://relay.example.test"
 grant_request_ttl = "4s"
-
-[[flow]]
-name = "vault"
-path = "/vault/"
-methods = ["GET"]
-allow = { groups = ["vault-users"] }
-deny = { subjects = ["banned"] }
-max_token_ttl = "10m"
-approval = { approvers = { groups = ["data-owners"] }, max_ttl = "1h" }
-sink = "up"
-
-[[flow]]
-name = "brief"
-path = "/brief/"
-methods = ["GET"]
-allow = { groups = ["nobody"] }
-max_token_ttl = "10m"
-approval = { approvers = { groups = ["data-owners"] }, max_ttl = "2s" }
-sink = "up"
-"""
+{grantable("vault", "vault-users", "1h", 'deny = { subjects = ["banned"] }')}
+{grantable("brief", "nobody", "2s")}"""
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +173,11 @@ def test_bad_requests_are_refused_clearly(front: Front) -> None:
     ):
         answer = front.call("POST", "/oauth/grants", front.bob, body)
         assert (answer[0], answer[1]["error"]) == (status, code), body
-    key_user = front.call("POST", "/oauth/grants", front.olivia, {"flow": "secure", "reason": "x"})
-    assert key_user[0] == 400
+    asking = {"flow": "vault", "reason": "x"}
+    insider = user_token(front.key, "ivan", ["vault-users"])
+    assert front.call("POST", "/oauth/grants", insider, asking)[1]["error"] == "already_allowed"
+    banned = user_token(front.key, "banned", ["analysts"])
+    assert front.call("POST", "/oauth/grants", banned, asking)[:1] == (403,)
     assert front.call("POST", "/oauth/grants", "garbage", {"flow": "vault", "reason": "x"})[0] == 401
     assert front.call("GET", "/oauth/grants/nope", front.bob)[0] == 404
     assert front.call("POST", "/oauth/grants/nope/approve", front.olivia)[0] == 404
