@@ -2,8 +2,9 @@
 
 Like the JWKS, they are flows the policy adds itself, so routing, body limits, method
 checks and the request's audit record work as for any flow: metadata (RFC 8414, public),
-the token endpoint (RFC 8693, public: the caller proves itself by the subject token) and
-introspection (RFC 7662, a bearer token relay accepts, else 401).
+the token endpoint (RFC 8693, public: the caller proves itself by the subject token),
+introspection (RFC 7662, a bearer token relay accepts, else 401) and the just-in-time
+grants (``relay.grants.endpoint``, an issuer's bearer token).
 """
 
 from __future__ import annotations
