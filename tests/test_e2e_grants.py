@@ -17,8 +17,8 @@ import pytest
 
 from support import Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
 from support.procs import Lighttpd
-from support.redis import REDIS_SERVER, RedisServer
 from support.rawhttp import Address
+from support.redis import REDIS_SERVER, RedisServer
 from support.stack import token_flow
 from test_e2e_revocations import ask, relayctl
 from test_e2e_tokens import ACCESS, EXCHANGE, user_token
@@ -193,6 +193,10 @@ def test_revoke_ends_the_tokens_exchanged_under_it(front: Front) -> None:
     reply = ask(front.workdir / "admin.sock", "grants", "revoke", grant_id)
     assert reply["grant"]["status"] == "revoked"
     assert front.use(issued["access_token"]) == 401
+    introspect = request_bytes("POST", "/oauth/introspect", [
+        ("Authorization", "Bearer " + front.bob), ("Content-Type", "application/x-www-form-urlencoded")],
+        f"token={issued['access_token']}".encode())
+    assert json.loads(exchange(front.address, introspect).body) == {"active": False}
     assert front.swap(token=front.bob)[1]["error"] == "invalid_scope"
     assert grant_id in {g["grant_id"] for g in ask(front.workdir / "admin.sock", "grants", "list")["grants"]}
     record = front.records(grant_id)[-1]

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, NoReturn
 from relay.config import IssuerConfig
 from relay.errors import Unauthorized
 from relay.fastpath import TokenCache
+from relay.grants.model import GrantBook
 from relay.identity.claims import Identity
 from relay.identity.jose import parse_compact
 from relay.identity.keys import FETCH_TIMEOUT, REFETCH_COOLDOWN, IssuerKeys, KeyStatus, key_source
-from relay.grants.model import GrantBook
 from relay.identity.revocation import RevocationEntry, RevocationKind, Revocations
 from relay.identity.verify import Issuer
 
