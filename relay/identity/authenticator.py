@@ -150,7 +150,7 @@ class Authenticator:
             _fail("issuer", f"issuer {identity.issuer} is not accepted by this flow")
         if self._revocations.active and (kind := self._revocations.match(identity, now)) is not None:
             _fail("revoked", f"token revoked by {kind}")
-        if identity.grants and (ended := self.grants.ended(identity.grants, now)) is not None:
+        if identity.grants is not None and (ended := self.grants.ended(identity.grants, now)) is not None:
             _fail("grant_ended", f"grant {ended} the token rests on was revoked or has ended")
         return identity
 

@@ -34,7 +34,7 @@ class Identity:
 
     def __init__(self, subject: str, issuer: str, groups: tuple[str, ...], scopes: tuple[str, ...],
                  claims: Mapping[str, Any], jti: str | None, kid: str, expires_at: int,
-                 flows: frozenset[str] | None = None, grants: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 flows: frozenset[str] | None = None, grants: tuple[str, ...] | None = None) -> None:  # fmt: skip
         self.subject = subject
         self.issuer = issuer
         self.groups = groups
@@ -45,7 +45,8 @@ class Identity:
         self.expires_at = expires_at
         #: a token relay issued itself names the flows it is good for; None: any flow
         self.flows = flows
-        #: the just-in-time grants a token relay issued rests on: admitted only while they last
+        #: the just-in-time grants a token relay issued rests on, admitted only while they last;
+        #: None (not empty) when there are none, the cheapest test on every request
         self.grants = grants
         #: the plain identity header block, built once by relay.identity.headers
         self.header_memo: bytes | None = None

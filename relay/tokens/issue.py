@@ -82,7 +82,7 @@ def decide(form: Mapping[str, str], subject: Identity, actor: Identity | None, f
     names = flows_of_scope(scope)
     if not names or len(names) != len(scope.split()):
         raise OAuthError("invalid_scope", f"scope must list the flows wanted as {FLOW_SCOPE}NAME", "bad_scope")
-    used = dict.fromkeys(subject.grants)
+    used = dict.fromkeys(subject.grants or ())
     ends = [now + _lifetime(flows.get(name), name, subject, actor, grants, used, now) for name in names]
     ends += [grant.expires_at for grant_id in used if (grant := grants.get(grant_id)) and grant.expires_at]
     exp = int(min(*ends, subject.expires_at, actor.expires_at if actor else subject.expires_at))
