@@ -6,16 +6,18 @@ every change is also published on the channel ``PREFIX:changes`` as ``{"table",
 An entry has a *rank*: a write only replaces an entry of lower rank, so instances that
 write the same field at once agree on the outcome, and the one whose write won knows
 it. A revocation's rank is when it lapses (a longer one wins) and its stored value that
-time alone; an entry with data (a grant) is stored as ``"RANK UNTIL DATA"``. An instance subscribes first and
-reads the snapshot (HGETALL of every table) after, so no change published in between is
-missed; then it pushes what it holds that Redis lacks (entries made while Redis was
-away, here or before a restart), and only then counts as *in sync*. A lost connection
+time alone; an entry with data (a grant) is stored as ``"RANK UNTIL DATA"``.
+
+An instance subscribes first and reads the snapshot (HGETALL of every table) after, so
+no change published in between is missed; then it pushes what it holds that Redis lacks
+(entries made while Redis was away, here or before a restart), and only then counts as
+*in sync*. A lost connection
 (or a PING unanswered within the timeout) ends the session; it reconnects with a
 backoff doubling up to ``reconnect_max`` and starts over with subscribe and snapshot.
 
-Revocations are the table ``revocations`` (``relay.identity.revocation_shared``), just-in-time
-grants the table ``grants`` (``relay.grants.shared``); they share the connection,
-channel and snapshot.
+Revocations are the table ``revocations`` (``relay.identity.revocation_shared``),
+just-in-time grants the table ``grants`` (``relay.grants.shared``); they share the
+connection, channel and snapshot.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from relay.sinks._resp import RedisAddress, RedisConnection, ReplyError, connect
 __all__ = ["Entries", "SharedEntry", "SharedState", "Table"]
 
 log = logging.getLogger(__name__)
-
 
 
 class SharedEntry(NamedTuple):
