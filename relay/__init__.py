@@ -16,13 +16,16 @@ Modules: ``cli`` (entry points), ``config`` (validated, frozen configuration),
 ``supervisor`` and ``workers`` (several processes), ``protocol`` (client HTTP/1.1),
 ``paths`` and ``routing`` (normalized path → flow), ``hosts`` (what a Host may be),
 ``policy`` (the prepared snapshot),
-``identity`` (tokens, keys, authorization), ``exchange`` (one request's delivery),
+``identity`` (tokens, keys, authorization), ``tokens`` (relay as an OAuth authorization
+server: token exchange, introspection), ``grants`` (just-in-time grants: asked for,
+approved, used by token exchange), ``shared`` (state shared through Redis),
+``exchange`` (one request's delivery),
 ``idempotency`` (Idempotency-Key scopes and fingerprints),
 ``reply`` (response framing), ``sinks`` (destinations), ``fastpath`` (the compiled hot
 path or its pure-Python twin), ``audit`` and ``audit_verify``, ``admin``, ``control``
 and ``ctl`` with ``admin_client`` and ``ctl_top`` (the admin socket and relayctl), ``metrics``,
-``timers``, ``notify``, ``durable`` (files written whole or not at all, e.g. the revocations
-state file), ``heap`` (allocator settings for streamed bodies).
+``timers``, ``notify``, ``durable`` (files written whole or not at all) with
+``state_document`` (the revocations, grants and key state files), ``heap`` (allocator settings for streamed bodies).
 """
 
 __version__ = "0.1.0"

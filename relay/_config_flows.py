@@ -14,13 +14,14 @@ from typing import Any
 from relay._config_ratelimit import build_rate_limits
 from relay._config_read import HEADER_NAME, NAME, NAME_RULE, Table, label
 from relay._toml_locate import join_key
-from relay.config import FlowConfig, FlowHeaders, Rule, strips
+from relay.config import ApprovalConfig, FlowConfig, FlowHeaders, Rule, strips
 
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
     "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body", "shared_state",
-    "headers", "rate_limit", "max_token_ttl", "actor_must_be_allowed",
+    "headers", "rate_limit", "max_token_ttl", "actor_must_be_allowed", "approval",
 )
+_APPROVAL_KEYS = ("approvers", "max_ttl")
 _HEADERS_KEYS = ("set", "strip", "identity", "forward_authorization")
 _RULE_KEYS = ("subjects", "groups", "scopes")
 _METHOD = re.compile(r"[A-Z][A-Z0-9_-]*")
@@ -91,6 +92,7 @@ def _flow(t: Table, sinks: Collection[str], issuer_names: Collection[str]) -> Fl
         if issuer not in issuer_names:
             t.report(f"{t.path('issuers')}[{i}]", _unknown("issuer", issuer, issuer_names))
     auth = t.choice("auth", _FLOW.auth, ("jwt", "none"))
+    max_token_ttl = t.duration("max_token_ttl", _FLOW.max_token_ttl, 1.0, _DAY)
     return FlowConfig(
         name=name,
         path=path,
@@ -105,9 +107,30 @@ def _flow(t: Table, sinks: Collection[str], issuer_names: Collection[str]) -> Fl
         headers=_headers(t),
         rate_limits=build_rate_limits(t, "rate_limit", auth == "jwt"),
         shared_state=t.choice("shared_state", _FLOW.shared_state, ("fail-closed", "fail-open")),
-        max_token_ttl=t.duration("max_token_ttl", _FLOW.max_token_ttl, 1.0, _DAY),
+        max_token_ttl=max_token_ttl,
         actor_must_be_allowed=t.boolean("actor_must_be_allowed", _FLOW.actor_must_be_allowed),
+        approval=_approval(t, auth, max_token_ttl),
     )
+
+
+def _approval(t: Table, auth: str, max_token_ttl: float | None) -> ApprovalConfig | None:
+    """``approval = { approvers = {...}, max_ttl = "1h" }``: grants are used by token
+    exchange, so the flow needs tokens and ``max_token_ttl``."""
+    data = t.table("approval")
+    if data is None:
+        return None
+    a = Table(t.problems, data, t.path("approval"), _APPROVAL_KEYS, t.label)
+    if auth != "jwt":
+        a.problem("", "a flow with auth = \"none\" needs no grants")
+    elif max_token_ttl is None:
+        a.problem("", "grants are used through token exchange: set max_token_ttl too")
+    if "approvers" not in data:
+        a.problem("approvers", "required key 'approvers' is missing (who may approve, as in allow)")
+    approvers = _rule(a, "approvers")
+    max_ttl = a.duration("max_ttl", None, 1.0, 30 * _DAY)
+    if max_ttl is None and "max_ttl" not in data:
+        a.problem("max_ttl", "required key 'max_ttl' is missing (the longest a grant may last)")
+    return ApprovalConfig(approvers, max_ttl or 3600.0)
 
 
 def _unknown(kind: str, name: str, known: Collection[str]) -> str:

@@ -18,7 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from relay._config_files import adapt_file_flows
 from relay._config_flows import build_flows
-from relay._config_tokens import build_tokens
+from relay._config_tokens import build_tokens, check_approvals
 from relay._config_read import (
     NAME,
     NAME_RULE,
@@ -86,6 +86,7 @@ def build(data: dict[str, Any], text: str, path: str) -> Config:
     flows = adapt_file_flows(problems, flows, sinks)
     check_flows(problems, flows, bool(issuers))
     tokens = build_tokens(root, issuers, flows)
+    check_approvals(root, flows)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 1 << 30))
     return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows, shared, tokens)

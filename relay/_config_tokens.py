@@ -14,7 +14,7 @@ from relay._config_read import Table
 from relay.config import FlowConfig, IssuerConfig, TokensConfig
 
 _TOKENS = TokensConfig(issuer="")
-_PATHS = ("metadata_path", "token_path", "introspection_path")
+_PATHS = ("metadata_path", "token_path", "introspection_path", "grants_path")
 #: the ``iss`` of X-Relay-Identity tokens: an exchanged token must never be mistaken for one
 _IDENTITY_ISSUER = "relay"
 
@@ -22,19 +22,33 @@ _IDENTITY_ISSUER = "relay"
 def build_tokens(root: Table, issuers: tuple[IssuerConfig, ...], flows: tuple[FlowConfig, ...]) -> TokensConfig | None:
     if not root.has("tokens"):
         return None
-    t = Table(root.problems, root.table("tokens") or {}, "tokens", ("issuer", "subject_issuers", *_PATHS))
+    t = Table(root.problems, root.table("tokens") or {}, "tokens",
+              ("issuer", "subject_issuers", "grant_request_ttl", *_PATHS))
     issuer = t.require_str("issuer")
     if issuer:
         _check_issuer(t, issuer, issuers)
     paths = [_path(t, name, getattr(_TOKENS, name)) for name in _PATHS]
     if len(set(paths)) < len(paths):
-        t.problem("token_path", "metadata_path, token_path and introspection_path must differ")
+        t.problem("token_path", "metadata_path, token_path, introspection_path and grants_path must differ")
+    grants = paths[3] + "/"  # the grants themselves are beneath it
     for flow in flows:
         if flow.path in paths:
             t.problem(_PATHS[paths.index(flow.path)], f"flow {flow.name} has the same path, {flow.path}")
+        elif flow.path.startswith(grants):
+            t.problem("grants_path", f"flow {flow.name} ({flow.path}) overlaps the grants under {grants}")
     subject_issuers = t.strings("subject_issuers", _TOKENS.subject_issuers)
     _check_names(t, subject_issuers, [i.name for i in issuers])
-    return TokensConfig(issuer, paths[0], paths[1], paths[2], subject_issuers)
+    pending = t.duration("grant_request_ttl", _TOKENS.grant_request_ttl, 1.0, 30 * 86400.0)
+    return TokensConfig(issuer, paths[0], paths[1], paths[2], subject_issuers, paths[3], pending)
+
+
+def check_approvals(root: Table, flows: tuple[FlowConfig, ...]) -> None:
+    """Grants are asked for at [tokens]' grants_path and used by token exchange."""
+    if root.has("tokens"):
+        return
+    for i, flow in enumerate(flows):
+        if flow.approval is not None:
+            root.report(f"flow[{i}].approval", f"grants need a [tokens] table (flow {flow.name})")
 
 
 def _check_issuer(t: Table, issuer: str, issuers: tuple[IssuerConfig, ...]) -> None:

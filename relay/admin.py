@@ -36,20 +36,24 @@ from relay.unixsock import bind_unix_socket
 
 __all__ = [
     "COMMANDS", "MAX_LINE", "AdminReply", "AdminRequest", "AdminServer", "CacheStatsReply", "CommandError",
-    "CommandTable", "FlowsReply", "Handler", "KeysReply", "LogLevelReply", "MetricsReply", "ReloadReply",
-    "RevokeReply", "SnapshotReply", "StatsReply", "StatusReply",
+    "CommandTable", "FlowsReply", "GrantsReply", "Handler", "KeysReply", "LogLevelReply", "MetricsReply", "ReloadReply",
+    "RevokeReply", "SnapshotReply", "StatsReply", "StatusReply", "ask",
 ]
 
 log = logging.getLogger("relay.admin")
 
 MAX_LINE = 64 * 1024
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_ASK_TIMEOUT = 10.0
 
 #: every command relayd answers; two-word ones may also arrive as {"cmd": "keys", "args": ["refresh"]}
 COMMANDS: tuple[str, ...] = (
     "status", "stats", "flows", "reload", "keys", "keys refresh", "revoke",
     "cache stats", "cache purge", "drain", "log-level", "metrics",
     "snapshot",  # the metrics as JSON: a supervisor merges its workers', relayctl top diffs them
+    "grants list", "grants approve", "grants deny", "grants revoke",
+    "grants put",  # a worker to its supervisor: make this grant change (relay.grants.store)
+    "grants hold",  # a supervisor to its workers: hold this grant change
 )
 
 
@@ -62,6 +66,8 @@ class AdminRequest(TypedDict, total=False):
     value: str  # revoke: the jti, subject or kid
     ttl: str  # revoke: how long, as a duration ("1h")
     level: str  # log-level: "debug", "info", "warning" or "error"
+    grant_id: str  # grants approve/deny/revoke: which grant
+    grant: dict[str, object]  # grants put/hold: the grant as relay.grants.model.Grant.as_json writes it
 
 
 class AdminReply(TypedDict, total=False):
@@ -112,6 +118,12 @@ class RevokeReply(AdminReply, total=False):
     workers: Sequence[Mapping[str, object]]  # with workers > 1: id, pid and state ("revoked") of each
 
 
+class GrantsReply(AdminReply, total=False):
+    grants: Sequence[Mapping[str, object]]  # grants list: every grant held
+    grant: Mapping[str, object]  # grants approve/deny/revoke: the grant after
+    applied: bool  # grants put: the change was made (False: a later state was held already)
+
+
 class LogLevelReply(AdminReply, total=False):
     level: str
 
@@ -132,6 +144,7 @@ class CommandError(Exception):
     """Raised by a handler to answer ``{"ok": false, "error": str(exc)}`` (a refusal, not a bug)."""
 
 
+_KINDS: dict[type, str] = {list: "a list of strings", dict: "an object"}
 # the request fields and the Python type each must have, taken from AdminRequest itself
 _FIELDS: dict[str, type] = {name: get_origin(t) or t for name, t in get_type_hints(AdminRequest).items()}
 
@@ -151,7 +164,7 @@ def _parse(line: bytes) -> AdminRequest:
         if expected is None:
             raise CommandError(f"unknown field {name!r}")
         if not isinstance(value, expected):
-            raise CommandError(f"{name!r} must be a {'list of strings' if expected is list else 'string'}")
+            raise CommandError(f"{name!r} must be {_KINDS.get(expected, 'a string')}")
     if not all(isinstance(arg, str) for arg in data.get("args", ())):
         raise CommandError("'args' must be a list of strings")
     return cast(AdminRequest, data)
@@ -197,6 +210,21 @@ def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:
 
 def _encode(reply: Mapping[str, Any]) -> bytes:
     return orjson.dumps(reply, option=orjson.OPT_APPEND_NEWLINE)
+
+
+async def ask(path: str, request: Mapping[str, object], timeout: float = _ASK_TIMEOUT) -> dict[str, object]:
+    """One request to an admin socket and its reply."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.write(orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE))
+            line = await reader.readline()
+        finally:
+            writer.close()
+    reply = orjson.loads(line)
+    if not isinstance(reply, dict):
+        raise ValueError(f"{path}: not a reply: {line[:80]!r}")
+    return reply
 
 
 class AdminServer:

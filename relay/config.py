@@ -264,6 +264,14 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalConfig:
+    """A flow's just-in-time grants: who may approve them, and for how long at most."""
+
+    approvers: Rule
+    max_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimit:
     """One limit of a flow: ``count`` requests per ``period`` seconds for each key ``per``
     names, with up to ``burst`` at once; ``name`` labels it in answers and audit records."""
@@ -303,6 +311,8 @@ class FlowConfig:
     max_token_ttl: float | None = None
     #: a token exchanged with an actor_token needs the actor allowed by the flow's rules too
     actor_must_be_allowed: bool = False
+    #: callers its rules do not allow may ask for a just-in-time grant; None: no grants
+    approval: ApprovalConfig | None = None
 
     @property
     def is_prefix(self) -> bool:
@@ -320,6 +330,10 @@ class TokensConfig:
     introspection_path: str = "/oauth/introspect"
     #: the configured issuers whose tokens may be exchanged (() = every one)
     subject_issuers: tuple[str, ...] = ()
+    #: just-in-time grants are asked for, read and decided under this path
+    grants_path: str = "/oauth/grants"
+    #: a grant request not decided this long after it was made expires
+    grant_request_ttl: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

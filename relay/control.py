@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from relay import __version__
 from relay.admin import (
@@ -20,6 +20,7 @@ from relay.admin import (
     CommandError,
     CommandTable,
     FlowsReply,
+    GrantsReply,
     KeysReply,
     LogLevelReply,
     MetricsReply,
@@ -29,17 +30,26 @@ from relay.admin import (
     StatsReply,
     StatusReply,
 )
+from relay.grants.model import Grant, Party
+from relay.grants.service import OPERATOR_ISSUER, Caller, GrantRefused
 from relay.identity.revocation import KINDS, RevocationEntry, RevocationKind
 from relay.identity.revocation_shared import TABLE, field_of
 from relay.metrics import flow_stats
+from relay.shared import SharedEntry
 from relay.units import parse_duration
 
 if TYPE_CHECKING:
+    from relay.policy import Flow
     from relay.server import Server
 
 log = logging.getLogger("relay.control")
 
 _LEVELS = ("debug", "info", "warning", "error")
+_VERBS: dict[str, Literal["approve", "deny", "revoke"]] = {
+    "grants approve": "approve", "grants deny": "deny", "grants revoke": "revoke",
+}
+#: who a grant names when relayctl decides or revokes it
+OPERATOR = Caller(Party("operator", OPERATOR_ISSUER), None)
 _DEFAULT_REVOCATION = "1h"
 
 
@@ -129,7 +139,8 @@ def build_commands(server: Server) -> CommandTable:
             raise CommandError(f"revoked until relayd restarts, but not saved: {problem}")
         if server.shared is not None:
             try:
-                await server.shared.put(TABLE, field_of(RevocationEntry(kind=kind, value=value, until=until)), until)
+                entry = RevocationEntry(kind=kind, value=value, until=until)
+                await server.shared.put(TABLE, field_of(entry), SharedEntry(until, until))
             except ConnectionError as exc:
                 # held and saved here; the next session with Redis pushes it to the others
                 raise CommandError(f"revoked and saved here, not yet on the other instances ({exc}): "
@@ -146,11 +157,39 @@ def build_commands(server: Server) -> CommandTable:
     async def snapshot(request: AdminRequest) -> AdminReply:
         return SnapshotReply(ok=True, snapshot=server.metrics.snapshot())
 
+    def flows_by_name() -> dict[str, Flow]:
+        return {flow.name: flow for flow in server.context.policy.flows}
+
+    async def grants_list(request: AdminRequest) -> AdminReply:
+        grants = server.grants.listing(OPERATOR, flows_by_name())
+        return GrantsReply(ok=True, grants=[grant.as_json() for grant in grants])
+
+    async def grants_decide(request: AdminRequest) -> AdminReply:
+        verb = _VERBS[request["cmd"]]
+        grant_id = request.get("grant_id") or next(iter(request.get("args", ())), "")
+        if not grant_id:
+            raise CommandError(f"{request['cmd']} needs a grant id")
+        try:
+            grant = await server.grants.act(OPERATOR, grant_id, verb, flows_by_name(), None)
+        except GrantRefused as refused:
+            raise CommandError(f"{refused.code}: {refused.detail}") from None
+        return GrantsReply(ok=True, grant=grant.as_json())
+
+    async def grants_hold(request: AdminRequest) -> AdminReply:
+        try:
+            grant = Grant.from_json(request.get("grant"))
+        except ValueError as exc:
+            raise CommandError(f"not a grant: {exc}") from None
+        server.context.authenticator.grants.hold(grant)
+        return GrantsReply(ok=True)
+
     for name, handler in (
         ("status", status), ("stats", stats), ("flows", flows), ("reload", reload),
         ("drain", drain), ("log-level", log_level), ("metrics", metrics), ("keys", keys),
         ("keys refresh", keys_refresh), ("revoke", revoke), ("cache stats", cache_stats),
-        ("cache purge", cache_purge), ("snapshot", snapshot),
+        ("cache purge", cache_purge), ("snapshot", snapshot), ("grants list", grants_list),
+        ("grants approve", grants_decide), ("grants deny", grants_decide), ("grants revoke", grants_decide),
+        ("grants hold", grants_hold),
     ):
         table.register(name, handler)
     return table

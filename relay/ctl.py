@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 Run = Callable[[argparse.Namespace], int]
 
 #: reply fields holding wall-clock times, shown as local date and time
-_TIMESTAMPS = frozenset({"until", "last_success", "started_at"})
+_TIMESTAMPS = frozenset({"until", "last_success", "started_at", "requested_at", "pending_until", "decided_at",
+                         "expires_at", "ended_at"})
 
 
 def _remote(build: Callable[[argparse.Namespace], AdminRequest]) -> Run:
@@ -186,6 +187,16 @@ def _admin_commands(sub: SubParsers) -> None:
         return request
 
     revoke.set_defaults(run=_remote(revoke_request))
+
+    grants = sub.add_parser("grants", help="just-in-time grants: list, approve, deny or revoke one")
+    actions = grants.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="every grant held, pending ones included").set_defaults(
+        run=_remote(lambda a: AdminRequest(cmd="grants list")))
+    for action, help_text in (("approve", "approve a pending grant"), ("deny", "deny a pending grant"),
+                              ("revoke", "end a pending or approved grant now")):
+        decide = actions.add_parser(action, help=help_text)
+        decide.add_argument("grant_id", metavar="GRANT_ID")
+        decide.set_defaults(run=_remote(lambda a: AdminRequest(cmd=f"grants {a.action}", grant_id=a.grant_id)))
 
     level = sub.add_parser("log-level", help="change relayd's log level")
     level.add_argument("level", choices=("debug", "info", "warning", "error"))

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable
 
 from relay.admin import AdminServer
@@ -22,6 +23,11 @@ from relay.config import Config, ListenAddress, ServerConfig, load_config
 from relay.context import ServerContext
 from relay.control import build_commands
 from relay.errors import ConfigError, StartupError
+from relay.grants.file import GrantFile
+from relay.grants.model import Grant
+from relay.grants.service import GrantService
+from relay.grants.shared import grants_table
+from relay.grants.store import GrantStore, GrantsUnavailable, LocalStore, SharedStore, SupervisedStore, save_grants
 from relay.identity import Authenticator, IdentitySigner
 from relay.identity.revocation_file import RevocationFile
 from relay.identity.revocation_shared import revocations_table
@@ -40,6 +46,7 @@ from relay.workers import WorkerRole
 log = logging.getLogger("relay.server")
 
 _BACKLOG = 1024
+_EXPIRY_SWEEP = 1.0
 
 
 class Server:
@@ -54,13 +61,21 @@ class Server:
         self._signer: IdentitySigner | None = None
         # the directory is read at start (a reload does not move it)
         self._revocations = RevocationFile(self._config.server.state_dir)
+        self._grant_file = GrantFile(self._config.server.state_dir)
+        self._background: set[asyncio.Task[object]] = set()
         self.metrics = Metrics()
         #: the shared state with the other relayd behind the proxy, when ``[shared] redis`` is set
         self.shared: SharedState | None = None
+        self._grants: GrantService | None = None
 
     @property
     def config(self) -> Config:
         return self._config
+
+    @property
+    def grants(self) -> GrantService:
+        assert self._grants is not None, "the server is not running"
+        return self._grants
 
     @property
     def context(self) -> ServerContext:
@@ -74,19 +89,27 @@ class Server:
         if self._role is not None:
             self._role.follow_supervisor()
         revoked = self._revocations.open()  # before any request: a revoked token stays revoked
+        granted = self._grant_file.grants()  # and a revoked grant stays revoked
         self._stop = asyncio.Event()
         deadlines = Deadlines(loop)
         audit = AuditLog(config.audit, loop, self.metrics.count_exchanges)
         sinks = {name: build_sink(sink, deadlines) for name, sink in config.sinks.items()}
         signer = self._signer_for(config)
         authenticator = Authenticator(config.issuers)
-        policy = Policy(config, sinks, 1, signer, tokens=token_service(config, signer, authenticator, audit))
+        for grant in granted:
+            authenticator.grants.hold(grant)
+        if config.shared.redis is not None:
+            self.shared = self._share(authenticator)
+        self._grants = GrantService(authenticator.grants, self._grant_store(authenticator), audit)
+        policy = Policy(config, sinks, 1, signer,
+                        tokens=token_service(config, signer, authenticator, audit, self.grants))  # fmt: skip
         authenticator.restore(revoked)
         await authenticator.start()
         self._ctx = ctx = ServerContext(loop, config.server, policy, audit, self.metrics, deadlines, authenticator)
-        if config.shared.redis is not None:
-            self.shared = ctx.shared = self._share(authenticator)
+        if self.shared is not None:
+            ctx.shared = self.shared
             self.shared.start()
+        self._spawn(self._expire_grants())
         admin = None
         if config.server.admin_socket is not None:
             admin = AdminServer(config.server.admin_socket, frozenset(), build_commands(self))
@@ -127,6 +150,9 @@ class Server:
         deadlines.stop()
         for sink in ctx.policy.sinks.values():
             await sink.close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.shared is not None:
             await self.shared.close()
         await authenticator.close()
@@ -145,16 +171,46 @@ class Server:
             return f"{self._revocations.path}: {exc.strerror or exc}"
         return None
 
+    def _spawn(self, work: Awaitable[object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(work)
+        self._background.add(task)  # held until done: a task only the loop references may be collected
+        task.add_done_callback(self._background.discard)
+
     def _share(self, authenticator: Authenticator) -> SharedState:
-        saves: set[asyncio.Task[object]] = set()
+        book = authenticator.grants
 
-        def spawn(save: Awaitable[object]) -> None:
-            task: asyncio.Task[object] = asyncio.ensure_future(save)
-            saves.add(task)  # held until done: a task only the loop references may be collected
-            task.add_done_callback(saves.discard)
+        def received(grants: list[Grant]) -> None:
+            if [grant for grant in grants if book.hold(grant)]:
+                self._spawn(self._save_grants())
 
-        table = revocations_table(authenticator.revocations, authenticator.restore, self.save_revocations, spawn)
-        return SharedState(self._config.shared, {table.name: table})
+        tables = (
+            revocations_table(authenticator.revocations, authenticator.restore, self.save_revocations, self._spawn),
+            grants_table(lambda: book.grants(time.time()), received),
+        )
+        return SharedState(self._config.shared, {table.name: table for table in tables})
+
+    def _grant_store(self, authenticator: Authenticator) -> GrantStore:
+        """Where this process has grant changes made (``relay.grants.store``)."""
+        if self._role is not None:
+            return SupervisedStore(self._role.supervisor_admin)
+        local = LocalStore(authenticator.grants, self._grant_file)
+        return SharedStore(self.shared, local) if self.shared is not None else local
+
+    async def _save_grants(self) -> None:
+        try:
+            await save_grants(self._grant_file, self.context.authenticator.grants)
+        except OSError as exc:
+            log.error("grants received from Redis not saved to %s: %s", self._grant_file.path, exc.strerror or exc)
+
+    async def _expire_grants(self) -> None:
+        """Mark grants past their end expired, each once: a second's delay only dates the
+        record, since a grant is refused from its end whether or not it is marked."""
+        while True:
+            await asyncio.sleep(_EXPIRY_SWEEP)  # a period, not a wait for an event
+            try:
+                await self.grants.expire_due()
+            except GrantsUnavailable as exc:
+                log.debug("grant expiry deferred: %s", exc)
 
     async def _render_metrics(self) -> bytes:
         return self.metrics.render()
@@ -283,7 +339,7 @@ class Server:
         await self._close_listeners(keep=frozenset(config.server.listen))
         ctx.apply(config.server)
         ctx.authenticator.update(config.issuers)
-        tokens = token_service(config, signer, ctx.authenticator, ctx.audit)
+        tokens = token_service(config, signer, ctx.authenticator, ctx.audit, self.grants)
         ctx.policy = Policy(config, sinks, old_policy.version + 1, signer, old_policy, tokens)
         self._config = config
         retired = [s for name, s in old_policy.sinks.items() if sinks.get(name) is not s]

@@ -1,17 +1,23 @@
 """State every relayd behind one proxy agrees on, kept in one Redis (``[shared]``).
 
-Each kind of state is a *table*: a Redis hash ``PREFIX:TABLE`` of field → the wall-clock
-time the entry lapses, and every change is also published on the channel
-``PREFIX:changes`` as ``{"table", "field", "until"}``. An instance subscribes first and
-reads the snapshot (HGETALL of every table) after, so no change published in between is
-missed; then it pushes what it holds that Redis lacks (entries made while Redis was
-away, here or before a restart), and only then counts as *in sync*. A lost connection
+Each kind of state is a *table*: a Redis hash ``PREFIX:TABLE`` of field → entry, and
+every change is also published on the channel ``PREFIX:changes`` as ``{"table",
+"field", "until"}`` (plus ``"rank"`` and ``"data"`` for an entry that carries data).
+An entry has a *rank*: a write only replaces an entry of lower rank, so instances that
+write the same field at once agree on the outcome, and the one whose write won knows
+it. A revocation's rank is when it lapses (a longer one wins) and its stored value that
+time alone; an entry with data (a grant) is stored as ``"RANK UNTIL DATA"``.
+
+An instance subscribes first and reads the snapshot (HGETALL of every table) after, so
+no change published in between is missed; then it pushes what it holds that Redis lacks
+(entries made while Redis was away, here or before a restart), and only then counts as
+*in sync*. A lost connection
 (or a PING unanswered within the timeout) ends the session; it reconnects with a
 backoff doubling up to ``reconnect_max`` and starts over with subscribe and snapshot.
 
-Revocations are the table ``revocations`` (``relay.identity.revocation_shared``); a
-second kind of state registers a table of its own and shares the connection, channel
-and snapshot.
+Revocations are the table ``revocations`` (``relay.identity.revocation_shared``),
+just-in-time grants the table ``grants`` (``relay.grants.shared``); they share the
+connection, channel and snapshot.
 """
 
 from __future__ import annotations
@@ -20,31 +26,58 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from relay.config import SharedConfig
 from relay.sinks._resp import RedisAddress, RedisConnection, ReplyError, connect, pack
 
-__all__ = ["Entries", "SharedState", "Table"]
+__all__ = ["Entries", "SharedEntry", "SharedState", "Table"]
 
 log = logging.getLogger(__name__)
 
-#: field → until; a table's entries as Redis or an instance holds them
-Entries = dict[str, float]
+
+class SharedEntry(NamedTuple):
+    """One field's entry: it replaces one of lower ``rank``; forgotten after ``until``."""
+
+    rank: float
+    until: float
+    data: str = ""
+
+    def stored(self) -> str:
+        """The hash value: the until alone when it is the rank and there is no data."""
+        if not self.data and self.rank == self.until:
+            return repr(self.until)
+        return f"{self.rank!r} {self.until!r} {self.data}"
+
+    @classmethod
+    def parse(cls, value: str) -> SharedEntry:
+        """The entry a hash value holds. Raises ValueError."""
+        parts = value.split(" ", 2)
+        if len(parts) == 1:
+            until = float(value)
+            return cls(until, until)
+        if len(parts) != 3:
+            raise ValueError(f"not a shared entry: {value[:80]!r}")
+        return cls(float(parts[0]), float(parts[1]), parts[2])
+
+
+#: field → entry; a table's entries as Redis or an instance holds them
+Entries = dict[str, SharedEntry]
 _PING_EVERY = 1.0
 _FIRST_RETRY = 0.05
-# keep the larger until, let the hash lapse with its last entry, tell every instance
+# a higher rank replaces the entry (a value's rank is its first word); the hash lapses with
+# its last entry; every instance is told. 1: written, 0: an entry of equal or higher rank is there
 _PUT = """
-local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-local lapses = tonumber(ARGV[2])
-if lapses > old then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], math.ceil(lapses))
-  else redis.call('EXPIREAT', KEYS[1], math.ceil(lapses), 'GT') end
-  redis.call('PUBLISH', KEYS[2], ARGV[3])
-end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local rank = tonumber(ARGV[2])
+local lapses = tonumber(ARGV[3])
+if old and tonumber(string.match(old, '^%S+')) >= rank then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], math.ceil(lapses))
+else redis.call('EXPIREAT', KEYS[1], math.ceil(lapses), 'GT') end
+redis.call('PUBLISH', KEYS[2], ARGV[5])
 return 1
 """
 
@@ -102,19 +135,24 @@ class SharedState:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def put(self, table: str, field: str, until: float) -> None:
-        """Store and publish one entry. Raises ConnectionError while not in sync."""
+    async def put(self, table: str, field: str, entry: SharedEntry) -> bool:
+        """Store and publish one entry; False when Redis holds one of equal or higher rank
+        already (another instance's write won). Raises ConnectionError while not in sync."""
         connection = self._commands
         if not self.in_sync or connection is None:
             raise ConnectionError(f"Redis at {self._config.redis} is unreachable")
-        await self._put(connection, table, field, until)
+        return await self._put(connection, table, field, entry)
 
-    async def _put(self, connection: RedisConnection, table: str, field: str, until: float) -> None:
-        message = orjson.dumps({"table": table, "field": field, "until": until})
-        answer = await self._answer(connection, pack("EVAL", _PUT, 2, self._key(table), self._channel,
-                                                     field, repr(until), message))
+    async def _put(self, connection: RedisConnection, table: str, field: str, entry: SharedEntry) -> bool:
+        change: dict[str, object] = {"table": table, "field": field, "until": entry.until}
+        if entry.data:
+            change |= {"rank": entry.rank, "data": entry.data}
+        answer = await self._answer(connection, pack("EVAL", _PUT, 2, self._key(table), self._channel, field,
+                                                     repr(entry.rank), repr(entry.until), entry.stored(),
+                                                     orjson.dumps(change)))  # fmt: skip
         if isinstance(answer, ReplyError):
             raise ConnectionError(f"Redis refused the write: {answer}")
+        return bool(answer)
 
     def _key(self, table: str) -> str:
         return f"{self._config.key_prefix}:{table}"
@@ -170,18 +208,26 @@ class SharedState:
         if isinstance(raw, ReplyError):
             raise ConnectionError(f"Redis refused the snapshot: {raw}")
         now = time.time()
-        stored = {raw[i].decode(): float(raw[i + 1]) for i in range(0, len(raw), 2)}
-        table.received({field: until for field, until in stored.items() if until > now})
-        for field, until in table.held().items():
-            if until > stored.get(field, 0.0):
-                await self._put(commands, name, field, until)
+        stored: Entries = {}
+        for i in range(0, len(raw), 2):
+            try:
+                stored[raw[i].decode()] = SharedEntry.parse(raw[i + 1].decode())
+            except (UnicodeDecodeError, ValueError):
+                log.warning("shared state: ignored %s field %r that is not relay's", name, raw[i][:80])
+        table.received({field: entry for field, entry in stored.items() if entry.until > now})
+        for field, entry in table.held().items():
+            old = stored.get(field)
+            if old is None or entry.rank > old.rank:
+                await self._put(commands, name, field, entry)
 
     def _message(self, payload: bytes) -> None:
         try:
             change = orjson.loads(payload)
             table = self._tables.get(change["table"])
             if table is not None:
-                table.received({str(change["field"]): float(change["until"])})
+                until = float(change["until"])
+                entry = SharedEntry(float(change.get("rank", until)), until, str(change.get("data", "")))
+                table.received({str(change["field"]): entry})
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("shared state: ignored a change that is not relay's: %r", payload[:200])
 

@@ -13,6 +13,12 @@ Revocations have one path: the supervisor keeps the state file
 has confirmed; a worker between lives reads the saved file when it starts again. Saving
 and starting a worker take turns (``_turn``), so a worker either started after the file
 was written or is among those told.
+
+Just-in-time grants take the same path the other way round: a worker asks the
+supervisor to make a change (``grants put``); the supervisor takes it only over an
+earlier state of the grant (so two workers deciding at once get one winner), saves
+``grants.json``, has every live worker hold it (``grants hold``) and only then answers.
+relayctl's ``grants`` commands are carried out by one worker, which audits them.
 """
 
 from __future__ import annotations
@@ -37,16 +43,20 @@ from relay.admin import (
     CacheStatsReply,
     CommandError,
     CommandTable,
+    GrantsReply,
     MetricsReply,
     ReloadReply,
     RevokeReply,
     SnapshotReply,
     StatsReply,
     StatusReply,
+    ask,
 )
 from relay.config import Config, ListenAddress, load_config
 from relay.control import revocation_of
 from relay.errors import ConfigError, StartupError
+from relay.grants.file import GrantFile, documents
+from relay.grants.model import Grant, GrantBook
 from relay.identity.revocation import Revocations
 from relay.identity.revocation_file import RevocationFile
 from relay.metrics import Snapshot, flow_stats, merge, render
@@ -65,7 +75,7 @@ _READY_TIMEOUT = 30.0
 #: commands every worker must carry out, answered ok only when all did
 _BROADCAST = ("keys refresh", "cache purge", "log-level")
 #: commands any one worker can answer for all
-_ANY_ONE = ("flows", "keys")
+_ANY_ONE = ("flows", "keys", "grants list", "grants approve", "grants deny", "grants revoke")
 #: how a revoke reply describes a worker between two lives
 _RESTARTING = "restarting: it reads the saved revocations before it serves"
 
@@ -87,21 +97,6 @@ class Worker:
         return self.process is not None and self.process.returncode is None
 
 
-async def ask(path: str, request: Mapping[str, object], timeout: float = _ASK_TIMEOUT) -> dict[str, object]:
-    """One request to an admin socket and its reply."""
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(path)
-        try:
-            writer.write(orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE))
-            line = await reader.readline()
-        finally:
-            writer.close()
-    reply = orjson.loads(line)
-    if not isinstance(reply, dict):
-        raise ValueError(f"{path}: not a reply: {line[:80]!r}")
-    return reply
-
-
 class Supervisor:
     def __init__(self, config: Config) -> None:
         if config.server.admin_socket is None:
@@ -114,6 +109,8 @@ class Supervisor:
         self._started = time.monotonic()
         self._revocations = Revocations()
         self._revocation_file = RevocationFile(config.server.state_dir)
+        self._grants = GrantBook()
+        self._grant_file = GrantFile(config.server.state_dir)
         #: held while the revocations file changes and while a worker is started
         self._turn = asyncio.Lock()
 
@@ -137,7 +134,7 @@ class Supervisor:
         admin = server.admin_socket
         assert admin is not None
         self._workers = [
-            Worker(WorkerRole(n, worker_fds, server.state_dir, os.getpid()), worker_path(admin, n))
+            Worker(WorkerRole(n, worker_fds, server.state_dir, os.getpid(), admin), worker_path(admin, n))
             for n, worker_fds in enumerate(fds, 1)
         ]
 
@@ -196,6 +193,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         # a corrupt file stops relayd here, before any worker serves
         self._revocations.restore(self._revocation_file.open(), time.time())
+        for grant in self._grant_file.grants():
+            self._grants.hold(grant)
         self._bind()
         keepers = [loop.create_task(self._keep_running(worker)) for worker in self._workers]
         admin_path = self._config.server.admin_socket
@@ -310,8 +309,32 @@ class Supervisor:
             reply["error"] = "; ".join(problems)
         return reply
 
-    async def _tell(self, worker: Worker, request: AdminRequest) -> str:
-        """Have ``worker`` carry out ``request``: "revoked", or why not. A worker still
+    async def put_grant(self, request: AdminRequest) -> GrantsReply:
+        """Make a worker's grant change: saved, then held by every live worker."""
+        try:
+            grant = Grant.from_json(request.get("grant"))
+        except ValueError as exc:
+            raise CommandError(f"not a grant: {exc}") from None
+        async with self._turn:
+            held = self._grants.get(grant.id)
+            if held is not None and held.rank >= grant.rank:
+                return GrantsReply(ok=True, applied=False)
+            others = [g for g in self._grants.grants(time.time()) if g.id != grant.id]
+            try:
+                await self._grant_file.save(lambda: documents([*others, grant]))
+            except OSError as exc:
+                raise CommandError(f"not saved ({self._grant_file.path}: {exc.strerror or exc})") from None
+            self._grants.hold(grant)
+            told = [w for w in self._workers if w.alive]
+        hold = AdminRequest(cmd="grants hold", grant=grant.as_json())
+        for worker, state in zip(told, await asyncio.gather(*(self._tell(w, hold, "held") for w in told))):
+            if state not in ("held", _RESTARTING):
+                log.error("worker %d did not take grant %s (%s): it reads it when it restarts",
+                          worker.role.id, grant.id, state)
+        return GrantsReply(ok=True, applied=True)
+
+    async def _tell(self, worker: Worker, request: AdminRequest, done: str = "revoked") -> str:
+        """Have ``worker`` carry out ``request``: ``done``, or why not. A worker still
         starting is waited for; one that died since reads the saved file when it restarts."""
         deadline = time.monotonic() + _ASK_TIMEOUT
         while worker.alive:
@@ -324,7 +347,7 @@ class Supervisor:
                 continue
             except (OSError, TimeoutError, ValueError) as exc:
                 return f"did not answer ({exc or type(exc).__name__})"
-            return "revoked" if reply.get("ok") else f"refused: {reply.get('error')}"
+            return done if reply.get("ok") else f"refused: {reply.get('error')}"
         return _RESTARTING
 
     async def _render_metrics(self) -> bytes:
@@ -392,7 +415,7 @@ class Supervisor:
 
         for name, handler in (("status", status), ("stats", stats), ("metrics", metrics), ("reload", reload),
                               ("drain", drain), ("cache stats", cache_stats), ("revoke", self.revoke),
-                              ("snapshot", snapshot)):
+                              ("snapshot", snapshot), ("grants put", self.put_grant)):
             table.register(name, handler)
         for name in _BROADCAST:
             table.register(name, broadcast)

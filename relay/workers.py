@@ -29,6 +29,7 @@ ENV_ID = "RELAY_WORKER_ID"
 ENV_FDS = "RELAY_LISTEN_FDS"
 ENV_SUPERVISOR = "RELAY_SUPERVISOR_PID"
 ENV_STATE_DIR = "RELAY_STATE_DIR"
+ENV_SUPERVISOR_ADMIN = "RELAY_SUPERVISOR_ADMIN"
 _PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 
 
@@ -41,23 +42,27 @@ def worker_path(path: str, worker: int) -> str:
 class WorkerRole:
     """This process is worker ``id``, serving on sockets the supervisor bound."""
 
-    def __init__(self, worker_id: int, fds: dict[str, int], state_dir: str, supervisor: int) -> None:
+    def __init__(self, worker_id: int, fds: dict[str, int], state_dir: str, supervisor: int,
+                 supervisor_admin: str) -> None:  # fmt: skip
         self.id = worker_id
         self._fds = fds
         #: the supervisor's: the file it writes is the one every worker reads, whatever
         #: the configuration file says by the time a worker starts again
         self._state_dir = state_dir
         self._supervisor = supervisor  # its pid
+        #: the supervisor's admin socket, where a worker has grant changes made
+        self.supervisor_admin = supervisor_admin
 
     @classmethod
     def from_environment(cls) -> WorkerRole:
         fds = {str(k): int(v) for k, v in orjson.loads(os.environ[ENV_FDS]).items()}
-        return cls(int(os.environ[ENV_ID]), fds, os.environ[ENV_STATE_DIR], int(os.environ[ENV_SUPERVISOR]))
+        return cls(int(os.environ[ENV_ID]), fds, os.environ[ENV_STATE_DIR], int(os.environ[ENV_SUPERVISOR]),
+                   os.environ[ENV_SUPERVISOR_ADMIN])
 
     def environment(self) -> dict[str, str]:
         """The variables that make a child process this worker."""
         return {ENV_ID: str(self.id), ENV_FDS: orjson.dumps(self._fds).decode(), ENV_STATE_DIR: self._state_dir,
-                ENV_SUPERVISOR: str(self._supervisor)}
+                ENV_SUPERVISOR: str(self._supervisor), ENV_SUPERVISOR_ADMIN: self.supervisor_admin}
 
     def follow_supervisor(self) -> None:
         """Have the kernel SIGTERM this process when the supervisor dies; raises

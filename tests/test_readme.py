@@ -43,6 +43,7 @@ EXPECTED = {
     " keys refresh": r"dev-rs256",
     " revoke jti ID": r"value: ID",
     " cache stats": r"HITS",
+    " grants list": r"^\(no grants\)\n$",
     " metrics": r'relay_requests_total\{flow="ingest",reason="bad_request",status="400"\} 1.0',
     " drain": r"^ok\n$",
     "audit verify": r"^ok: \d+ lines in 1 file",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 from relay.config import IssuerConfig
 from relay.errors import Unauthorized
 from relay.fastpath import TokenCache
+from relay.grants.model import GrantBook
 from relay.identity.claims import Identity
 from relay.identity.jose import parse_compact
 from relay.identity.keys import FETCH_TIMEOUT, REFETCH_COOLDOWN, IssuerKeys, KeyStatus, key_source
@@ -68,6 +69,8 @@ class Authenticator:
         self._max_token_bytes = 0
         #: relay's own tokens, accepted when it issues them
         self._own: OwnTokens | None = None
+        #: the just-in-time grants this process holds; a token resting on one that ended is refused
+        self.grants = GrantBook()
         self._install(issuers)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -132,7 +135,8 @@ class Authenticator:
 
         ``allowed_issuers`` are the issuer names the flow accepts (empty: all). Raises
         Unauthorized with the audit reason: missing, malformed, too_large, issuer,
-        algorithm, unknown_kid, bad_signature, expired, not_yet_valid, audience, revoked.
+        algorithm, unknown_kid, bad_signature, expired, not_yet_valid, audience, revoked,
+        grant_ended.
         """
         if authorization is None:
             _fail("missing", "no Authorization header")
@@ -146,6 +150,8 @@ class Authenticator:
             _fail("issuer", f"issuer {identity.issuer} is not accepted by this flow")
         if self._revocations.active and (kind := self._revocations.match(identity, now)) is not None:
             _fail("revoked", f"token revoked by {kind}")
+        if identity.grants is not None and (ended := self.grants.ended(identity.grants, now)) is not None:
+            _fail("grant_ended", f"grant {ended} the token rests on was revoked or has ended")
         return identity
 
     def _verify(self, authorization: bytes, now: float) -> Identity:

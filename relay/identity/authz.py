@@ -17,7 +17,7 @@ from relay.config import FlowConfig, Rule
 from relay.errors import Forbidden
 from relay.identity.claims import ClaimPath, Identity
 
-__all__ = ["FlowAuthorizer", "PolicyDenied", "authorize"]
+__all__ = ["CompiledRule", "FlowAuthorizer", "PolicyDenied", "authorize"]
 
 
 class PolicyDenied(Forbidden):
@@ -42,8 +42,8 @@ def _claim_strings(value: Any) -> set[str]:
     return {s for v in items if (s := _scalar(v)) is not None}
 
 
-class _CompiledRule:
-    """One allow or deny table ready to run; ``matches`` is the AND of its keys."""
+class CompiledRule:
+    """One allow, deny or approvers table ready to run; ``matches`` is the AND of its keys."""
 
     __slots__ = ("_subjects", "_groups", "_scopes", "_claims")
 
@@ -70,12 +70,13 @@ class _CompiledRule:
 class FlowAuthorizer:
     """The compiled rules of one flow. Build once per policy snapshot; call ``check`` per request."""
 
-    __slots__ = ("flow", "_allow", "_deny")
+    __slots__ = ("flow", "_allow", "_deny", "_approvers")
 
     def __init__(self, flow: FlowConfig) -> None:
         self.flow = flow.name
-        self._allow = None if flow.allow.is_empty() else _CompiledRule(flow.allow)
-        self._deny = None if flow.deny.is_empty() else _CompiledRule(flow.deny)
+        self._allow = None if flow.allow.is_empty() else CompiledRule(flow.allow)
+        self._deny = None if flow.deny.is_empty() else CompiledRule(flow.deny)
+        self._approvers = CompiledRule(flow.approval.approvers) if flow.approval is not None else None
 
     def check(self, identity: Identity) -> None:
         """Return if ``identity`` may use the flow; raise PolicyDenied (403) if not.
@@ -89,6 +90,15 @@ class FlowAuthorizer:
             refusal = verdicts[self] = self._refusal(identity)
         if refusal is not None:
             raise PolicyDenied(refusal)
+
+    def denies(self, identity: Identity) -> bool:
+        """The deny rule matches ``identity``: no grant can let it in either."""
+        return self._deny is not None and self._deny.matches(identity)
+
+    def approves(self, identity: Identity) -> bool:
+        """``identity`` may decide the flow's just-in-time grants: it matches ``approval.approvers``
+        with an issuer's token (relay's own tokens carry no standing of their own)."""
+        return self._approvers is not None and identity.flows is None and self._approvers.matches(identity)
 
     def _refusal(self, identity: Identity) -> str | None:
         if identity.flows is not None:

@@ -30,11 +30,11 @@ class Identity:
     """
 
     __slots__ = ("subject", "issuer", "groups", "scopes", "claims", "jti", "kid", "expires_at", "flows",
-                 "header_memo", "verdicts")
+                 "grants", "header_memo", "verdicts")
 
     def __init__(self, subject: str, issuer: str, groups: tuple[str, ...], scopes: tuple[str, ...],
                  claims: Mapping[str, Any], jti: str | None, kid: str, expires_at: int,
-                 flows: frozenset[str] | None = None) -> None:  # fmt: skip
+                 flows: frozenset[str] | None = None, grants: tuple[str, ...] | None = None) -> None:  # fmt: skip
         self.subject = subject
         self.issuer = issuer
         self.groups = groups
@@ -45,6 +45,9 @@ class Identity:
         self.expires_at = expires_at
         #: a token relay issued itself names the flows it is good for; None: any flow
         self.flows = flows
+        #: the just-in-time grants a token relay issued rests on, admitted only while they last;
+        #: None (not empty) when there are none, the cheapest test on every request
+        self.grants = grants
         #: the plain identity header block, built once by relay.identity.headers
         self.header_memo: bytes | None = None
         #: each flow authorizer's verdict on this identity: None (allowed) or why not

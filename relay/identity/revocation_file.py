@@ -6,88 +6,30 @@
      "entries": [{"kind": "sub", "value": "wanda", "until": 1767225600.0}]}
 
 One process writes it: relayd itself, or with ``server.workers > 1`` the supervisor; every
-process reads it before it accepts its first request. A write replaces the file whole
-(``relay.durable``: a private temporary file, fsynced, renamed over the old one, then the
-directory fsynced), so a crash at any point leaves the old set or the new one, never a
-torn file, and a revocation acknowledged to the operator is on disk.
-
-A file that cannot be read or understood stops relayd from starting (:class:`StartupError`
-naming the file): revocation is a security control, and serving without knowing what is
-revoked would let revoked tokens back in. The error says how to recover.
+process reads it before it accepts its first request (``relay.state_document.StateFile``:
+durable replacement; a corrupt file stops relayd from starting, since serving without
+knowing what is revoked would let revoked tokens back in).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
-import os
-import stat
-from collections.abc import Callable
 
-
-from relay import durable
-from relay.errors import StartupError
 from relay.identity.revocation import KINDS, RevocationEntry
-from relay.state_document import dump_document, parse_document
+from relay.state_document import StateFile
 
 __all__ = ["FILE_NAME", "RevocationFile"]
 
-log = logging.getLogger(__name__)
-
 FILE_NAME = "revocations.json"
-_FORMAT = "relay-revocations"
-_VERSION = 1
 
 
-class RevocationFile:
-    """The state file in ``state_dir``; :meth:`save` calls are taken one at a time."""
-
+class RevocationFile(StateFile[RevocationEntry]):
     def __init__(self, state_dir: str) -> None:
-        self.state_dir = state_dir
-        self.path = os.path.join(state_dir, FILE_NAME)
-        self._lock = asyncio.Lock()
-
-    def open(self) -> list[RevocationEntry]:
-        """Create the state directory (0700) if missing, then :meth:`load`. Raises StartupError."""
-        try:
-            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-            mode = os.stat(self.state_dir).st_mode
-        except OSError as exc:
-            raise StartupError(f"state directory {self.state_dir}: {exc.strerror or exc}") from None
-        if mode & (stat.S_IWGRP | stat.S_IWOTH):
-            log.warning("state directory %s is writable by other users (mode %o): chmod 700 it",
-                        self.state_dir, stat.S_IMODE(mode))
-        return self.load()
-
-    def load(self) -> list[RevocationEntry]:
-        """The entries in the file (none when there is no file yet). Raises StartupError."""
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StartupError(f"revocations file {self.path}: {exc.strerror or exc}") from None
-        try:
-            return _parse(data)
-        except ValueError as exc:
-            raise StartupError(
-                f"revocations file {self.path} is corrupt ({exc}); relayd will not serve without knowing "
-                "which tokens are revoked: restore it, or move it aside to start with no revocations"
-            ) from None
-
-    async def save(self, entries: Callable[[], list[RevocationEntry]]) -> None:
-        """Write ``entries()`` durably. It is called once this save's turn comes, so a
-        later save never writes an older set. Raises OSError."""
-        async with self._lock:
-            data = dump_document(_FORMAT, _VERSION, "entries", list(entries()))
-            # fsync takes milliseconds (more on a busy disk): not on the event loop
-            await asyncio.to_thread(durable.replace, self.path, data)
+        super().__init__(state_dir, FILE_NAME, "relay-revocations", 1, "entries", _parse,
+                         "revocations file", "which tokens are revoked")
 
 
-def _parse(data: bytes) -> list[RevocationEntry]:
-    entries = parse_document(data, _FORMAT, _VERSION, "entries")
+def _parse(entries: list[object]) -> list[RevocationEntry]:
     out: list[RevocationEntry] = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or set(entry) != {"kind", "value", "until"}:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from relay.identity.revocation import KINDS, RevocationEntry
-from relay.shared import Entries, Table
+from relay.shared import Entries, SharedEntry, Table
 
 __all__ = ["TABLE", "field_of", "revocations_table"]
 
@@ -33,10 +33,10 @@ def revocations_table(held: Callable[[], list[RevocationEntry]],
                       save: Callable[[], Awaitable[object]],
                       spawn: Callable[[Awaitable[object]], object]) -> Table:
     def entries() -> Entries:
-        return {field_of(entry): entry["until"] for entry in held()}
+        return {field_of(entry): SharedEntry(entry["until"], entry["until"]) for entry in held()}
 
     def received(changes: Entries) -> None:
-        found = [entry for field, until in changes.items() if (entry := _entry_of(field, until)) is not None]
+        found = [entry for field, shared in changes.items() if (entry := _entry_of(field, shared.until)) is not None]
         if found:
             restore(found)
             spawn(save())

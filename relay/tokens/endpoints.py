@@ -2,8 +2,9 @@
 
 Like the JWKS, they are flows the policy adds itself, so routing, body limits, method
 checks and the request's audit record work as for any flow: metadata (RFC 8414, public),
-the token endpoint (RFC 8693, public: the caller proves itself by the subject token) and
-introspection (RFC 7662, a bearer token relay accepts, else 401).
+the token endpoint (RFC 8693, public: the caller proves itself by the subject token),
+introspection (RFC 7662, a bearer token relay accepts, else 401) and the just-in-time
+grants (``relay.grants.endpoint``, an issuer's bearer token).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import orjson
 from relay.audit import AuditLog
 from relay.config import Config, FlowConfig, FlowHeaders, ServerConfig, TokensConfig
 from relay.errors import Unauthorized
+from relay.grants.endpoint import ITEM_METHODS, LIST_METHODS, grants_sinks
+from relay.grants.service import GrantService
 from relay.identity import Authenticator, Identity, IdentitySigner
 from relay.policy import JWKS_PATH, Flow
 from relay.reply import Reply
 from relay.request import Request
 from relay.sinks import Sink
-from relay.sinks.base import Receipt, SinkSlots
+from relay.sinks.answering import AnsweringSink
 from relay.sinks.static import StaticSink
 from relay.tokens import issue
 from relay.tokens.oauth import MAX_FORM_BYTES, OAuthError, parse_form, send_json, send_oauth_error
@@ -33,14 +36,16 @@ __all__ = ["TokenService", "token_service"]
 
 
 class TokenService:
-    """What the endpoints share across policy snapshots: the verifier, the signer, the log."""
+    """What the endpoints share across policy snapshots: the verifier, the signer, the log,
+    and the just-in-time grants."""
 
     def __init__(self, config: TokensConfig, authenticator: Authenticator, signer: IdentitySigner,
-                 audit: AuditLog) -> None:  # fmt: skip
+                 audit: AuditLog, grants: GrantService) -> None:  # fmt: skip
         self.config = config
         self.authenticator = authenticator
         self.signer = signer
         self.audit = audit
+        self.grants = grants
 
     def verify(self, token: str, role: str, issuers: tuple[str, ...]) -> Identity:
         """The identity a subject or actor token proves; OAuthError(invalid_request) if none
@@ -51,75 +56,46 @@ class TokenService:
             raise OAuthError("invalid_request", f"{role}: {exc.detail}", f"{role}_{exc.reason}") from None
 
     def flows(self, flows: tuple[Flow, ...], server: ServerConfig) -> tuple[Flow, ...]:
-        """The built-in flows of the three endpoints, deciding over ``flows`` (one policy's)."""
+        """The built-in flows of the endpoints, deciding over ``flows`` (one policy's)."""
         config = self.config
-        exchange = _exchange(self, {flow.name: flow for flow in flows})
+        by_name = {flow.name: flow for flow in flows}
+        exchange = _exchange(self, by_name)
+        listing, item = grants_sinks(self.grants, config.grants_path, by_name)
         return (
+            _builtin(server, listing, config.grants_path, LIST_METHODS, "jwt"),
+            _builtin(server, item, config.grants_path + "/", ITEM_METHODS, "jwt"),
             _builtin(server, StaticSink("relay-oauth-metadata", _metadata(config), b"application/json"),
                      config.metadata_path, ("GET", "HEAD"), "none"),
-            _builtin(server, _FormEndpoint("relay-oauth-token", exchange), config.token_path, ("POST",), "none"),
-            _builtin(server, _FormEndpoint("relay-oauth-introspect", _introspect(self)),
+            _builtin(server, _form_endpoint("relay-oauth-token", exchange), config.token_path, ("POST",), "none"),
+            _builtin(server, _form_endpoint("relay-oauth-introspect", _introspect(self)),
                      config.introspection_path, ("POST",), "jwt"),
         )  # fmt: skip
 
 
 def token_service(config: Config, signer: IdentitySigner | None, authenticator: Authenticator,
-                  audit: AuditLog) -> TokenService | None:  # fmt: skip
+                  audit: AuditLog, grants: GrantService) -> TokenService | None:  # fmt: skip
     """The endpoints' service when ``config`` has a [tokens] table; the authenticator is told
     whether to accept relay's own tokens (a reload may add or drop the table)."""
     if config.tokens is None or signer is None:
         authenticator.trust_own(None)
         return None
     authenticator.trust_own(OwnTokens(config.tokens.issuer, signer))
-    return TokenService(config.tokens, authenticator, signer, audit)
+    grants.configure(config.tokens)
+    return TokenService(config.tokens, authenticator, signer, audit, grants)
 
 
-class _FormEndpoint:
-    """A sink that reads a form body and answers it itself; one delivery per request."""
+def _form_endpoint(name: str, respond: Callable[[Request, dict[str, str], Reply], None]) -> AnsweringSink:
+    """A sink answering a form body (RFC 6749 §3.2); a malformed one is refused the OAuth way."""
 
-    remembers_keys = False
-    stopped = False
-
-    def __init__(self, name: str, respond: Callable[[Request, dict[str, str], Reply], None]) -> None:
-        self.name = name
-        self.slots = SinkSlots(name, 1 << 30)  # answered in one loop turn: no limit of its own
-        self._respond = respond
-
-    def relay_now(self, request: Request, reply: Reply,
-                  on_done: Callable[[BaseException | None], None]) -> None:  # fmt: skip
-        return None  # delivered the general way, which reads the body
-
-    def open(self, request: Request, answers: bool, reply: Reply | None) -> _FormDelivery:
-        return _FormDelivery(request, self._respond)
-
-    async def close(self) -> None:
-        pass
-
-
-class _FormDelivery:
-    stopped = False
-
-    def __init__(self, request: Request, respond: Callable[[Request, dict[str, str], Reply], None]) -> None:
-        self._request = request
-        self._respond = respond
-        self._body = bytearray()
-
-    async def write(self, data: bytes) -> None:
-        self._body += data
-
-    async def finish(self) -> Receipt:
-        return {}
-
-    async def answer(self, reply: Reply, receipts: Mapping[str, Receipt]) -> None:
+    async def answer(request: Request, body: bytes, reply: Reply) -> None:
         try:
-            form = parse_form(bytes(self._body))
+            form = parse_form(body)
         except OAuthError as err:
             send_oauth_error(reply, err)
             return
-        self._respond(self._request, form, reply)
+        respond(request, form, reply)
 
-    def abort(self) -> None:
-        pass
+    return AnsweringSink(name, answer)
 
 
 def _exchange(service: TokenService, flows: Mapping[str, Flow]) -> Callable[[Request, dict[str, str], Reply], None]:
@@ -131,14 +107,15 @@ def _exchange(service: TokenService, flows: Mapping[str, Flow]) -> Callable[[Req
             subject = service.verify(form["subject_token"], "subject_token", service.config.subject_issuers)
             if "actor_token" in form:
                 actor = service.verify(form["actor_token"], "actor_token", ())
-            issued = issue.decide(form, subject, actor, flows, service.config.issuer, time.time())
+            issued = issue.decide(form, subject, actor, flows, service.config.issuer,
+                                  service.authenticator.grants, time.time())  # fmt: skip
         except OAuthError as err:
             service.audit.record(exchange_record(request.request_id, err.reason, subject, actor, wanted))
             send_oauth_error(reply, err)
             return
         token = service.signer.sign(issued.claims).decode("ascii")
         service.audit.record(exchange_record(request.request_id, "issued", subject, actor, issued.flows,
-                                             issued.jti, issued.exp))  # fmt: skip
+                                             issued.jti, issued.exp, issued.grants))  # fmt: skip
         send_json(reply, 200, {
             "access_token": token, "issued_token_type": issued.token_type, "token_type": "Bearer",
             "expires_in": issued.expires_in, "scope": issued.scope,
@@ -177,6 +154,7 @@ def _metadata(config: TokensConfig) -> bytes:
         "issuer": config.issuer,
         "token_endpoint": base + config.token_path,
         "introspection_endpoint": base + config.introspection_path,
+        "relay_grants_endpoint": base + config.grants_path,
         "jwks_uri": base + JWKS_PATH,
         "grant_types_supported": [issue.EXCHANGE_GRANT],
         "token_endpoint_auth_methods_supported": ["none"],

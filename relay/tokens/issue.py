@@ -3,10 +3,12 @@
 The caller has verified the subject (and actor) tokens already; this checks the request
 against the flows asked for. A token never grants more than the subject has now: each
 flow must allow exchange (``max_token_ttl``), its issuers and rules must accept the
-subject — and the actor too when the flow sets ``actor_must_be_allowed`` — and a token
-relay issued itself can only be exchanged for flows it already names. The lifetime is
-the smallest ``max_token_ttl`` of the flows, cut to the life left in the subject and
-actor tokens.
+subject — or, for a flow with ``approval``, a live just-in-time grant of the subject's
+for it, unless its deny rule matches — and the actor too when the flow sets
+``actor_must_be_allowed``; a token relay issued itself can only be exchanged for flows
+it already names, and keeps the grants it rests on. The lifetime is the smallest
+``max_token_ttl`` of the flows, cut to the life left in the subject and actor tokens
+and to the end of every grant used.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relay.errors import Forbidden
+from relay.grants.model import GrantBook, Party
 from relay.identity.claims import Identity
 from relay.tokens.oauth import OAuthError
 from relay.tokens.own import FLOW_SCOPE, flows_of_scope
@@ -42,6 +45,7 @@ class Issued:
     exp: int
     token_type: str  # the issued_token_type
     expires_in: int
+    grants: tuple[str, ...]  # the just-in-time grants it rests on
 
 
 def check_request(form: Mapping[str, str]) -> None:
@@ -72,14 +76,16 @@ def _check_type(form: Mapping[str, str], name: str) -> None:
 
 
 def decide(form: Mapping[str, str], subject: Identity, actor: Identity | None, flows: Mapping[str, Flow],
-           issuer: str, now: float) -> Issued:  # fmt: skip
+           issuer: str, grants: GrantBook, now: float) -> Issued:  # fmt: skip
     """The token to issue, or OAuthError(invalid_scope) saying which flow may not be had."""
     scope = form.get("scope", "")
     names = flows_of_scope(scope)
     if not names or len(names) != len(scope.split()):
         raise OAuthError("invalid_scope", f"scope must list the flows wanted as {FLOW_SCOPE}NAME", "bad_scope")
-    lifetimes = [_lifetime(flows.get(name), name, subject, actor) for name in names]
-    exp = int(min(now + min(lifetimes), subject.expires_at, actor.expires_at if actor else subject.expires_at))
+    used = dict.fromkeys(subject.grants or ())
+    ends = [now + _lifetime(flows.get(name), name, subject, actor, grants, used, now) for name in names]
+    ends += [grant.expires_at for grant_id in used if (grant := grants.get(grant_id)) and grant.expires_at]
+    exp = int(min(*ends, subject.expires_at, actor.expires_at if actor else subject.expires_at))
     if exp <= int(now):
         raise OAuthError("invalid_request", "the subject or actor token has no life left", "token_expiring")
     granted = " ".join(FLOW_SCOPE + name for name in names)
@@ -88,6 +94,8 @@ def decide(form: Mapping[str, str], subject: Identity, actor: Identity | None, f
         "iss": issuer, "aud": issuer, "sub": subject.subject, "idp": subject.issuer, "groups": list(subject.groups),
         "scope": granted, "jti": jti, "iat": int(now), "exp": exp,
     }  # fmt: skip
+    if used:
+        claims["grants"] = list(used)
     if actor is not None:
         act: dict[str, object] = {"sub": actor.subject, "iss": str(actor.claims.get("iss"))}
         earlier = subject.claims.get("act")
@@ -95,19 +103,39 @@ def decide(form: Mapping[str, str], subject: Identity, actor: Identity | None, f
             act["act"] = earlier  # RFC 8693 §4.1: the chain of delegation, newest first
         claims["act"] = act
     token_type = form.get("requested_token_type", ACCESS_TOKEN_TYPE)
-    return Issued(claims, names, granted, jti, exp, token_type, max(exp - int(now), 0))
+    return Issued(claims, names, granted, jti, exp, token_type, max(exp - int(now), 0), tuple(used))
 
 
-def _lifetime(flow: Flow | None, name: str, subject: Identity, actor: Identity | None) -> float:
+def _lifetime(flow: Flow | None, name: str, subject: Identity, actor: Identity | None, grants: GrantBook,
+              used: dict[str, None], now: float) -> float:  # fmt: skip
+    """The flow's max_token_ttl once the subject (and actor) may have it; a grant that
+    lets the subject in is added to ``used``."""
     if flow is None or flow.authorizer is None:
         raise OAuthError("invalid_scope", f"there is no flow {name} that takes tokens", "unknown_flow")
     ttl = flow.config.max_token_ttl
     if ttl is None:
         raise OAuthError("invalid_scope", f"flow {name} does not allow token exchange", "flow_not_exchangeable")
-    _admit(flow, subject, "subject_not_allowed")
+    try:
+        _admit(flow, subject, "subject_not_allowed")
+    except OAuthError:
+        grant = _grant_for(flow, subject, grants, now)
+        if grant is None:
+            raise
+        used[grant] = None
     if actor is not None and flow.config.actor_must_be_allowed:
         _admit(flow, actor, "actor_not_allowed")
     return ttl
+
+
+def _grant_for(flow: Flow, subject: Identity, grants: GrantBook, now: float) -> str | None:
+    """The live grant letting ``subject`` (an issuer's token, not relay's) into ``flow``."""
+    assert flow.authorizer is not None
+    if flow.config.approval is None or subject.flows is not None or flow.authorizer.denies(subject):
+        return None
+    if flow.issuers and subject.issuer not in flow.issuers:
+        return None
+    grant = grants.live_for(Party(subject.subject, subject.issuer), flow.name, now)
+    return grant.id if grant is not None else None
 
 
 def _admit(flow: Flow, identity: Identity, reason: str) -> None:

@@ -76,5 +76,6 @@ class OwnTokens:
             subject=_text(claims, "sub"), issuer=_text(claims, "idp"), groups=_strings(claims.get("groups", [])),
             scopes=tuple(scope.split()), claims=MappingProxyType(claims), jti=_text(claims, "jti"), kid=key.kid,
             expires_at=exp, flows=frozenset(flows_of_scope(scope)),
+            grants=_strings(claims["grants"]) if "grants" in claims else None,
         )  # fmt: skip
         return identity, float(exp)

@@ -4,8 +4,8 @@ They sit next to the request's own record (same ``request_id``), which says how 
 exchange went; these say what was decided about tokens, and for whom: ``event``
 (``token_exchange`` or ``token_introspection``), ``decision`` (``allow``/``deny``),
 ``reason``, ``subject`` and ``issuer`` (the subject token's), ``actor`` (the actor
-token's ``sub`` and ``iss``), ``flows``, and the ``jti`` and ``exp`` of the token issued
-or looked at.
+token's ``sub`` and ``iss``), ``flows``, the ``jti`` and ``exp`` of the token issued
+or looked at, and for an exchange the ``grants`` (just-in-time) the token rests on.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ def _who(identity: Identity | None) -> dict[str, Any] | None:
 
 def exchange_record(request_id: str, reason: str, subject: Identity | None, actor: Identity | None,
                     flows: tuple[str, ...], jti: str | None = None,
-                    exp: int | None = None) -> dict[str, Any]:  # fmt: skip
+                    exp: int | None = None, grants: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """``reason`` "issued" when a token was issued, else why not."""
     return {
         "ts": int(time.time() * 1000) / 1000, "request_id": request_id, "event": "token_exchange",
         "decision": "allow" if reason == "issued" else "deny", "reason": reason,
         "subject": subject.subject if subject else None, "issuer": subject.issuer if subject else None,
-        "actor": _who(actor), "flows": list(flows), "jti": jti, "exp": exp,
+        "actor": _who(actor), "flows": list(flows), "jti": jti, "exp": exp, "grants": list(grants),
     }  # fmt: skip
 
 
