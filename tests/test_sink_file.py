@@ -413,6 +413,35 @@ def test_fsync_never(tmp_path: Path) -> None:
     assert stats["fsyncs"] == 0 and deadline == 0.0
 
 
+def _resident_bytes(path: Path) -> int:
+    """How much of ``path`` the page cache holds (util-linux fincore)."""
+    done = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize("key", [None, b"staged-then-copied"])
+def test_fsync_always_leaves_a_large_body_out_of_memory(tmp_path: Path, key: bytes | None) -> None:
+    kind = subprocess.run(["stat", "-f", "--format=%T", str(tmp_path)], capture_output=True, text=True, check=True)
+    if kind.stdout.strip() == "tmpfs":
+        pytest.skip("tmpfs pages are the file: they cannot be dropped")
+    path = tmp_path / "archive.raw"
+    size = 24 * MiB
+
+    async def main() -> Result:
+        sink = make_sink(path, format="raw", fsync="always")
+        result = await post(sink, (bytes([n]) * MiB for n in range(24)), size, key=key)
+        await sink.close()
+        return result
+
+    result = run(main)
+    assert result.status == 200 and path.stat().st_size == size
+    # on disk, so dropped from memory (a held body streamed in; a keyed one staged, then copied)
+    assert _resident_bytes(path) < MiB
+    with path.open("rb") as f:
+        assert all(f.read(MiB) == bytes([n]) * MiB for n in range(24))
+
+
 def test_fsync_interval_is_periodic_not_per_request(tmp_path: Path) -> None:
     interval = 5.0
 

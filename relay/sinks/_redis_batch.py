@@ -156,6 +156,7 @@ class Batcher:
 
     def __init__(self, address: RedisAddress, stream: bytes, timeout: float, maxlen: int, ttl: int,
                  lease_ms: int) -> None:
+        self._loop = asyncio.get_running_loop()  # once: each call costs a getpid() in CPython 3.11
         self._address = address
         self._stream = stream
         self._timeout = timeout
@@ -177,7 +178,7 @@ class Batcher:
             # a runner's first step comes after the callbacks already due, so the ops
             # submitted on this turn of the loop go together
             self._starting = True
-            self._runners.add(asyncio.get_running_loop().create_task(self._run()))
+            self._runners.add(self._loop.create_task(self._run()))
 
     async def _run(self) -> None:
         self._starting = False

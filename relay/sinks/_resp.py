@@ -93,6 +93,9 @@ class RedisConnection(asyncio.Protocol):
     """
 
     def __init__(self) -> None:
+        # made by the loop's connection factory; kept, since CPython 3.11 asks the OS for
+        # its pid on every asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader()
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._transport: asyncio.Transport | None = None
@@ -129,7 +132,7 @@ class RedisConnection(asyncio.Protocol):
         """Send ``commands`` (each made by ``pack`` or ``pack_large``) in one write."""
         if self.closed or self._transport is None:
             raise ConnectionError("connection to Redis is closed")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiters = [loop.create_future() for _ in commands]
         self._waiting.extend(waiters)
         if len(commands) == 1 and isinstance(commands[0], bytes):

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from relay.config import FileSinkConfig
 from relay.sinks._repair import clean_end, cut, read_committed, write_committed
 from relay.sinks._staging import write_all
+from relay.sinks._writebehind import WriteBehind
 
 __all__ = ["INLINE_BYTES", "Target", "rotated_name"]
 
@@ -88,6 +89,7 @@ class Target:
         self._end = -1  # where the file ended when this writer last held its lock (-1: unknown)
         self._held = -1  # the offset of the body streaming in (``hold``), -1 for none
         self._held_size = 0  # bytes of it written
+        self._behind = WriteBehind()  # a large body's pages, dropped once on disk
         self._opened_at = 0.0
         self._unsynced = False
         self.fsyncs = 0
@@ -186,11 +188,14 @@ class Target:
                 if offset and self._rotation_due(offset + (length or 0)):
                     offset = self._rotate()
                 self._held, self._held_size = offset, sum(map(len, pieces))
+                if self._regular:
+                    self._behind.start(self._fd, offset)
                 try:
                     write_all(self._fd, pieces)
                 except OSError:
                     self._drop()
                     raise
+                self._behind.written(offset, offset + self._held_size)
                 return offset
             finally:
                 if self._held < 0 and self._fd >= 0:
@@ -201,12 +206,11 @@ class Target:
     def write_held(self, pieces: Sequence[bytes]) -> None:
         """More of the held body (the caller drops it if this fails)."""
         with self._mutex:
-            start = self._held_size
+            start = self._held + self._held_size
             write_all(self._fd, pieces)
             self._held_size += sum(map(len, pieces))
-            if self._config.fsync == "always":
-                # start writing these to disk now, so the fsync at the end has less to wait for
-                os.posix_fadvise(self._fd, self._held + start, self._held_size - start, os.POSIX_FADV_DONTNEED)
+            # on disk soon (the fsync at the end has less to wait for), out of memory once there
+            self._behind.written(start, self._held + self._held_size)
 
     def commit_held(self) -> None:
         """The held body is complete: record its end, fsync if configured, let go.
@@ -216,10 +220,12 @@ class Target:
         with self._mutex:
             fd = self._fd
             try:
-                self._commit(os.fstat(fd).st_size)
+                end = os.fstat(fd).st_size
+                self._commit(end)
             except BaseException:
                 self._drop()
                 raise
+            self._behind.committed(end, self._config.fsync == "always")
             self._held = -1
             fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -258,8 +264,11 @@ class Target:
         if not (pieces or temp_size):
             return
         fd = self._fd
+        end = offset + temp_size + sum(map(len, pieces))
         try:
             if temp_fd >= 0:
+                if self._regular:
+                    self._behind.start(fd, offset)
                 buffer = bytearray(_COPY_BYTES)
                 view = memoryview(buffer)
                 copied = 0
@@ -268,12 +277,15 @@ class Target:
                     if not got:
                         raise OSError(errno.EIO, "staged body shorter than written")
                     write_all(fd, [view[:got]])
+                    self._behind.written(offset + copied, offset + copied + got)
                     copied += got
             write_all(fd, pieces)
-            self._commit(offset + temp_size + sum(map(len, pieces)))
+            self._commit(end)
         except OSError:
+            self._behind.stop()
             self._undo(offset)
             raise
+        self._behind.committed(end, self._config.fsync == "always")
 
     def _commit(self, end: int) -> None:
         """Record ``end`` as the committed length (then fsync, for fsync = "always")."""
@@ -303,6 +315,7 @@ class Target:
 
     def _drop(self) -> None:
         """Cut the held body off and let go of the lock."""
+        self._behind.stop()
         try:
             self._undo(self._held)
         finally:

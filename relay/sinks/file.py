@@ -13,6 +13,7 @@ one. So is a body with an ``Idempotency-Key``: it may have to wait for an earlie
 with the same key, which may itself be waiting for the file. A crash mid-append leaves
 bytes past the committed length, which the next writer to take the lock moves to
 ``PATH.torn`` before it appends (``relay.sinks._repair``); relayd does so at start.
+A large body's pages leave the page cache once they are on disk (``relay.sinks._writebehind``).
 
 ``format = "ndjson"`` checks each line as one JSON value while the body streams in; a
 final line without "\\n" gets one; empty lines and lines over ``MAX_RECORD_BYTES`` are

@@ -111,6 +111,7 @@ class RedisStreamSink:
         self.name = config.name
         self.slots = SinkSlots(config.name, config.max_in_flight)
         self.config = config
+        self._loop = asyncio.get_running_loop()  # once: each call costs a getpid() in CPython 3.11
         self._stream = config.stream.encode("utf-8")
         self._stream_name = config.stream
         self._batcher = Batcher(RedisAddress.from_url(config.url), self._stream, config.timeout,
@@ -134,7 +135,7 @@ class RedisStreamSink:
     def reserve(self, request: Request, claim: Claim) -> asyncio.Future[Any]:
         """Hold ``claim``'s scope for ``request``: the future's answer is ``[b"ok"]``, or
         ``[b"held", value]`` when another request holds or settled it."""
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._batcher.submit(Op(b"r", self._scope_key(request, claim), [request.request_id], 0, future))
         return future
 
@@ -155,7 +156,7 @@ class RedisStreamSink:
             fields += (b"idempotency_key", claim.key)
             key, fingerprint = self._scope_key(request, claim), claim.fingerprint
         size = sum(map(len, entries)) + _ENTRY_COST * len(entries)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._batcher.submit(Op(b"a", key, [request.request_id, fingerprint, len(fields) // 2, *fields,
                                             len(entries), *entries], size, future))
         try:
