@@ -47,7 +47,7 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 #: every command relayd answers; two-word ones may also arrive as {"cmd": "keys", "args": ["refresh"]}
 COMMANDS: tuple[str, ...] = (
-    "status", "stats", "flows", "reload", "keys", "keys refresh", "revoke",
+    "status", "stats", "flows", "reload", "keys", "keys refresh", "keys rotate", "revoke",
     "cache stats", "cache purge", "drain", "log-level", "metrics",
     "snapshot",  # the metrics as JSON: a supervisor merges its workers', relayctl top diffs them
 )
@@ -62,6 +62,7 @@ class AdminRequest(TypedDict, total=False):
     value: str  # revoke: the jti, subject or kid
     ttl: str  # revoke: how long, as a duration ("1h")
     level: str  # log-level: "debug", "info", "warning" or "error"
+    now: bool  # keys rotate: the new key signs at once, not once it has been published for the lead
 
 
 class AdminReply(TypedDict, total=False):
@@ -94,6 +95,8 @@ class StatsReply(AdminReply, total=False):
 
 class KeysReply(AdminReply, total=False):
     keys: Sequence[Mapping[str, object]]  # one row per issuer: issuer, source, kids, fetches, ...
+    own: Sequence[Mapping[str, object]]  # relay's signing keys: kid, alg, state, created, activates, ...
+    rotated: str  # keys rotate: the new key's kid
 
 
 class CacheStatsReply(AdminReply, total=False):
