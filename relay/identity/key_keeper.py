@@ -7,7 +7,9 @@ writes the key set file; every other process follows that file.
       open: load STATE_DIR/signing-keys.json, or start       open: load the file (the decider
             it with server.identity_key; catch up                  wrote it before they started)
       at each instant the schedule names: advance, save      every follow interval: stat the file,
-            (written whole: relay.durable)                         load it when it was replaced
+            (written whole: relay.durable), also when a            load it when it was replaced
+            key activates: the file's time says relay
+            was serving then
     every process: one log line, and one audit record where it has a log, per key transition
 
 Only the decider writes, so no two processes ever generate different keys; a follower
@@ -26,8 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from relay.identity.key_ring import KeyRing
-from relay.identity.key_rotation import KEY_SET_FILE, advance, first_key, follow_interval, successor
-from relay.identity.key_schedule import KeyState, KeyTimes, Schedule, next_event, state
+from relay.identity.key_rotation import KEY_SET_FILE, advance, first_key, follow_interval, resume, successor
+from relay.identity.key_schedule import KeyState, KeyTimes, Schedule, next_event, signing_key, state
 from relay.identity.key_set_file import StoredKey, load_key_set, save_key_set
 
 __all__ = ["KeyKeeper", "key_record"]
@@ -54,6 +56,11 @@ def key_record(times: KeyTimes, now_state: KeyState) -> dict[str, Any]:
             "activates": times.activates, "retires": times.retires, "removes": times.removes}  # fmt: skip
 
 
+def _signer_of(keys: tuple[StoredKey, ...], now: float) -> str | None:
+    signer = signing_key(tuple(k.times for k in keys), now)
+    return None if signer is None else signer.kid
+
+
 def _when(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -74,6 +81,8 @@ class KeyKeeper:
         self._seen: dict[str, tuple[KeyTimes, KeyState]] = {}
         self._file: tuple[int, int, int] | None = None
         self._unsaved = False
+        #: the key that signed when the decider last saved the set
+        self._saved_signer: str | None = None
         self._ring: KeyRing | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -92,15 +101,16 @@ class KeyKeeper:
         else:
             try:
                 held = load_key_set(self.path)
+                keys = resume(held, self._schedule, now, saved=os.stat(self.path).st_mtime)
             except FileNotFoundError:
-                held = ()
-            keys = advance(held or (first_key(self._seed, now),), self._schedule, now)
-            if keys != held:
+                held = keys = (first_key(self._seed, now),)
+                log.info("starting relay's signing key set in %s with %s", self.path, self._seed)
+            keys = advance(keys, self._schedule, now)
+            if keys != held or not os.path.exists(self.path):
                 save_key_set(self.path, keys)
-                if not held:
-                    log.info("started relay's signing key set in %s with %s", self.path, self._seed)
         self._file = self._identify()
         self._ring = KeyRing(keys)
+        self._saved_signer = _signer_of(keys, now)
         self._report(now)
         return self._ring
 
@@ -129,8 +139,7 @@ class KeyKeeper:
         assert self.decides, "only the deciding process rotates"
         now = time.time()
         keys = successor(self.ring.keys, self._schedule, now, now if immediately else now + self._schedule.refresh)
-        save_key_set(self.path, keys)
-        self._file = self._identify()
+        self._save(keys, now)
         log.warning("rotation asked for: key %s %s", keys[-1].times.kid,
                     "signs at once" if immediately else f"signs from {_when(keys[-1].times.activates)}")
         self._install(keys, now)
@@ -187,18 +196,23 @@ class KeyKeeper:
             self.follow()
         else:
             keys = advance(self.ring.keys, self._schedule, now)
-            if keys != self.ring.keys:
+            activated = _signer_of(keys, now) != self._saved_signer
+            if keys != self.ring.keys or activated:
                 try:
-                    save_key_set(self.path, keys)
+                    self._save(keys, now)
                 except OSError as exc:
                     # the followers cannot see an unsaved set: keep the old one (its key signs on)
                     log.error("cannot save the key set to %s (%s): retrying in %gs", self.path, exc, _RETRY)
                     self._unsaved = True
                     return
                 self._unsaved = False
-                self._file = self._identify()
                 self._install(keys, now)
         self._report(now)
+
+    def _save(self, keys: tuple[StoredKey, ...], now: float) -> None:
+        save_key_set(self.path, keys)
+        self._file = self._identify()
+        self._saved_signer = _signer_of(keys, now)
 
     def _install(self, keys: tuple[StoredKey, ...], now: float) -> None:
         self.ring.replace(keys)

@@ -5,7 +5,9 @@ Only one process decides (relayd itself, or the supervisor of its workers); the 
 follow the key set file it writes. ``advance`` is the whole decision, a function of the
 keys, the schedule and the time, so a restart after any downtime simply catches up:
 a successor that falls due while relay was down is created at start and published for
-a full lead before it signs, the old key signing meanwhile.
+a full lead before it signs, the old key signing meanwhile. ``resume`` covers the other
+downtime: a handover that came, or comes within a lead, after relay last served its JWKS
+is put off until the new key has been published for a full lead since the restart.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from relay.identity.key_set_file import StoredKey
 from relay.identity.signing import LIFETIME
 
 __all__ = ["KEY_SET_FILE", "advance", "first_key", "follow_interval", "longest_token_life", "publication_lead",
-           "schedule_of", "successor"]  # fmt: skip
+           "resume", "schedule_of", "successor"]  # fmt: skip
 
 #: the key set's file name in ``server.state_dir``
 KEY_SET_FILE = "signing-keys.json"
@@ -86,3 +88,26 @@ def _retained(key: StoredKey, schedule: Schedule) -> StoredKey:
     if times.retires is None or times.removes is None or times.removes >= times.retires + schedule.retention:
         return key
     return StoredKey(replace(times, removes=times.retires + schedule.retention), key.private_key)
+
+
+def resume(keys: tuple[StoredKey, ...], schedule: Schedule, now: float, saved: float) -> tuple[StoredKey, ...]:
+    """``keys`` at a start ``now``, the set last saved at ``saved`` by a running decider
+    (which saves at every activation too, so ``saved`` is the last moment relay is known
+    to have served its JWKS). Every handover after ``saved`` is put off to a full lead
+    after ``now`` at the earliest: verifiers whose cache ran out while relay was down
+    could not fetch the next key, and get it only now. Meanwhile the key that signed at
+    ``saved`` signs on; it was in every JWKS relay served, so verifiers hold it still."""
+    earliest = now + schedule.refresh
+
+    def later(t: float | None) -> float | None:
+        return t if t is None or t <= saved else max(t, earliest)
+
+    def redo(t: KeyTimes) -> KeyTimes:
+        activates, retires = later(t.activates), later(t.retires)
+        assert activates is not None
+        if (activates, retires) == (t.activates, t.retires):
+            return t
+        removes = None if retires is None else max(t.removes or retires, retires + schedule.retention)
+        return replace(t, activates=activates, retires=retires, removes=removes)
+
+    return tuple(StoredKey(redo(k.times), k.private_key) for k in keys)
