@@ -24,29 +24,19 @@ from support.procs import Lighttpd
 from support.rawhttp import Address
 from support.stack import token_flow
 from test_e2e_revocations import ask, worker_pids
+from test_e2e_tokens import ACCESS, EXCHANGE, RELAY_ISS
+from test_e2e_tokens import TOKENS as EXCHANGED_FLOWS
 from test_identity_support import AUD, ISS, Key, ec_key, good_claims, jwks
 
-EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS = "urn:ietf:params:oauth:token-type:access_token"
-RELAY_ISS = "https://relay.example.test"
 JWKS_PATH = "/.well-known/relay-jwks.json"
 #: short enough for rotations every few seconds: published 1.1 s before signing, kept 2 s after
 ROTATION = """
 identity_key_rotation = "4s"
 identity_jwks_refresh = "1s"
 """
-TOKENS = f"""
-[tokens]
-issuer = "{RELAY_ISS}"
-
-[[flow]]
-name = "reports"
-path = "/reports/"
-methods = ["GET"]
-allow = {{ groups = ["writers"] }}
-max_token_ttl = "2s"
-sink = "up"
-"""
+#: the token flows of the token endpoints' tests, with tokens that live 2 s
+TOKENS = EXCHANGED_FLOWS.replace('max_token_ttl = "5m"', 'max_token_ttl = "2s"').replace(
+    'max_token_ttl = "1m"', 'max_token_ttl = "2s"')
 
 
 class RelyingParty:
