@@ -15,7 +15,8 @@ Modules: ``cli`` (entry points), ``config`` (validated, frozen configuration),
 ``supervisor`` and ``workers`` (several processes), ``protocol`` (client HTTP/1.1),
 ``paths`` and ``routing`` (normalized path → flow), ``hosts`` (what a Host may be),
 ``policy`` (the prepared snapshot),
-``identity`` (tokens, keys, authorization), ``exchange`` (one request's delivery),
+``identity`` (tokens, keys, authorization, relay's own rotating signing keys),
+``tokens`` (relay as an OAuth authorization server), ``exchange`` (one request's delivery),
 ``idempotency`` (Idempotency-Key scopes and fingerprints),
 ``reply`` (response framing), ``sinks`` (destinations), ``fastpath`` (the compiled hot
 path or its pure-Python twin), ``audit`` and ``audit_verify``, ``admin``, ``control``
