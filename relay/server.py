@@ -175,7 +175,8 @@ class Server:
         its key set is opened then and kept from there on."""
         if self._signer is None and needs_signer(config):
             server = config.server
-            keeper = KeyKeeper(server.state_dir, server.identity_key, schedule_of(server, config.flows, config.tokens),
+            # the state directory is the one read at start (a reload does not move it)
+            keeper = KeyKeeper(self._config.server.state_dir, server.identity_key, schedule_of(server, config.flows, config.tokens),
                                server.identity_jwks_refresh, decides=self._role is None,
                                on_transition=lambda times, state: audit.record(key_record(times, state)))  # fmt: skip
             try:

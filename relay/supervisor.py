@@ -246,7 +246,9 @@ class Supervisor:
         if self._keys is not None or not needs_signer(config):
             return
         server = config.server
-        keeper = KeyKeeper(server.state_dir, server.identity_key, schedule_of(server, config.flows, config.tokens),
+        # in the directory the workers were given at start, whatever a reloaded file says
+        state_dir = self._config.server.state_dir
+        keeper = KeyKeeper(state_dir, server.identity_key, schedule_of(server, config.flows, config.tokens),
                            server.identity_jwks_refresh, decides=True)  # fmt: skip
         try:
             keeper.open()

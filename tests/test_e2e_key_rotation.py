@@ -80,10 +80,10 @@ class RelyingParty:
 class Front:
     """relayd (restartable) behind lighttpd, with the rotation configuration."""
 
-    def __init__(self, workdir: Path, upstream: Upstream, workers: int) -> None:
+    def __init__(self, workdir: Path, upstream: Upstream, workers: int, tokens: str = TOKENS) -> None:
         self.workdir = workdir
         (workdir / "jwks.json").write_bytes(jwks(KEY))
-        extra = token_flow(workdir / "jwks.json", ISS, AUD, "ES256") + TOKENS
+        extra = token_flow(workdir / "jwks.json", ISS, AUD, "ES256") + tokens
         server = ROTATION + f'workers = {workers}\nidentity_key = "{workdir / "identity.pem"}"\n'
         self.text = relay_config(workdir, upstream.url, extra=extra, server=server)
         self.workers = workers
@@ -225,5 +225,24 @@ def test_keys_rotate_publishes_the_new_key_before_it_signs_unless_now(tmp_path: 
         status, issued = swap(front.address, user_token())
         assert status == 200 and jwt.get_unverified_header(issued["access_token"])["kid"] == at_once["rotated"]
         assert use(front.address, issued["access_token"]) == 200
+    finally:
+        front.close()
+
+
+def test_a_reload_that_starts_signing_gives_every_worker_the_same_keys(tmp_path: Path, upstream: Upstream) -> None:
+    front = Front(tmp_path, upstream, 2, tokens="")
+    try:
+        assert exchange(front.address, request_bytes("GET", JWKS_PATH)).status == 404  # relay signs nothing yet
+        front.relayd.config_path.write_text(front.text + TOKENS)
+        assert ask(tmp_path / "admin.sock", "reload")["ok"]
+        own = ask(tmp_path / "admin.sock", "keys")["own"]
+        assert [row["state"] for row in own] == ["current"]
+        signer = own[0]["kid"]
+        published = json.loads(exchange(front.address, request_bytes("GET", JWKS_PATH)).body)
+        assert [k["kid"] for k in published["keys"]] == [signer]
+        for _ in range(6):  # lighttpd's connections land on either worker
+            status, issued = swap(front.address, user_token())
+            assert status == 200 and jwt.get_unverified_header(issued["access_token"])["kid"] == signer
+            assert use(front.address, issued["access_token"]) == 200
     finally:
         front.close()
