@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from relay._config_read import Table
 from relay.config import FlowConfig, ServerConfig, TokensConfig
+from relay.identity.key_rotation import longest_token_life, publication_lead
 from relay.units import format_duration
 
 _NEVER = "never"
@@ -21,8 +22,6 @@ def key_rotation(t: Table, default: float | None) -> float | None:
 
 def check_key_rotation(root: Table, server: ServerConfig, flows: tuple[FlowConfig, ...],
                        tokens: TokensConfig | None) -> None:  # fmt: skip
-    from relay.identity.key_rotation import longest_token_life, publication_lead
-
     period = server.identity_key_rotation
     if period is None:
         return

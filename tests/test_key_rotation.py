@@ -91,6 +91,7 @@ def test_a_ring_signs_by_time_and_publishes_what_is_not_removed(first: tuple[Sto
     ring = KeyRing(keys)
     old, new = kids(keys)
     assert ring.signing(30 * DAY - 1).times.kid == old and ring.signing(30 * DAY).times.kid == new
+    assert ring.signing(30 * DAY - 1).times.kid == old  # asked about an earlier instant again
     listed = lambda now: [k["kid"] for k in orjson.loads(ring.jwks(now))["keys"]]  # noqa: E731
     assert listed(30 * DAY - 301) == [old, new] == listed(30 * DAY + 3599)
     assert listed(30 * DAY + 3600) == [new]

@@ -25,7 +25,7 @@ class KeyRing:
     """relay's own keys: the one that signs now, the ones its JWKS lists, and a verifier
     for each (relay accepts its own tokens back)."""
 
-    __slots__ = ("_keys", "_verifiers", "_jwks", "_signing", "_signing_until", "version")
+    __slots__ = ("_keys", "_verifiers", "_jwks", "_signing", "_signing_from", "_signing_until", "version")
 
     def __init__(self, keys: tuple[StoredKey, ...]) -> None:
         self.version = 0
@@ -44,7 +44,7 @@ class KeyRing:
         self._verifiers = {kid: parse_jwk(jwk) for kid, jwk in jwks.items()}
         self._jwks: tuple[tuple[str, ...], bytes] = ((), b"")
         self._signing: StoredKey | None = None
-        self._signing_until = -math.inf
+        self._signing_from = self._signing_until = math.inf
         self.version += 1
 
     def times(self) -> tuple[KeyTimes, ...]:
@@ -53,15 +53,17 @@ class KeyRing:
     def signing(self, now: float) -> StoredKey:
         """The key that signs at ``now``; before any key activates (a hand-made set),
         the earliest to activate."""
-        if self._signing is not None and now < self._signing_until:
+        if self._signing_from <= now < self._signing_until and self._signing is not None:
             return self._signing
         times = self.times()
         chosen = signing_key(times, now)
         kid = chosen.kid if chosen is not None else min(times, key=lambda t: t.activates).kid
         key = next(k for k in self._keys if k.times.kid == kid)
-        # the choice holds until the next activation or retirement
-        changes = [t for k in times for t in (k.activates, k.retires) if t is not None and t > now]
-        self._signing, self._signing_until = key, min(changes, default=math.inf)
+        # the choice holds from the last activation or retirement to the next
+        changes = [t for k in times for t in (k.activates, k.retires) if t is not None]
+        self._signing = key
+        self._signing_from = max((t for t in changes if t <= now), default=-math.inf)
+        self._signing_until = min((t for t in changes if t > now), default=math.inf)
         return key
 
     def jwks(self, now: float) -> bytes:
