@@ -197,7 +197,7 @@ def test_no_token_is_refused_while_keys_rotate_and_relayd_is_killed(front: Front
     front.kill_9_and_restart()
     load.run_until(kids=3, timeout=15)  # the second, by the relayd started again
     assert load.failures == [], load.failures[:5]
-    assert load.used > 20 and verifier.fetches >= 3
+    assert load.used > 20 and verifier.fetches >= 2  # it saw three keys: it fetched again at least once
     own = ask(front.workdir / "admin.sock", "keys")["own"]
     states = {row["kid"]: row["state"] for row in own}
     assert states[load.kids[-1]] == "current" and states[load.kids[-2]] == "retired"
