@@ -16,7 +16,7 @@ Modules: ``cli`` (entry points), ``config`` (validated, frozen configuration),
 ``supervisor`` and ``workers`` (several processes), ``protocol`` (client HTTP/1.1),
 ``paths`` and ``routing`` (normalized path → flow), ``hosts`` (what a Host may be),
 ``policy`` (the prepared snapshot),
-``identity`` (tokens, keys, authorization), ``tokens`` (relay as an OAuth authorization
+``identity`` (tokens, keys, authorization, relay's own rotating signing keys), ``tokens`` (relay as an OAuth authorization
 server: token exchange, introspection), ``grants`` (just-in-time grants: asked for,
 approved, used by token exchange), ``shared`` (state shared through Redis),
 ``exchange`` (one request's delivery),

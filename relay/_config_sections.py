@@ -18,6 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from relay._config_files import adapt_file_flows
 from relay._config_flows import build_flows
+from relay._config_keys import check_key_rotation, key_rotation
 from relay._config_tokens import build_tokens, check_approvals
 from relay._config_read import (
     NAME,
@@ -87,6 +88,7 @@ def build(data: dict[str, Any], text: str, path: str) -> Config:
     check_flows(problems, flows, bool(issuers))
     tokens = build_tokens(root, issuers, flows)
     check_approvals(root, flows)
+    check_key_rotation(root, server, flows, tokens)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 1 << 30))
     return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows, shared, tokens)
@@ -104,7 +106,8 @@ def _server(root: Table) -> ServerConfig:
         "listen", "workers", "admin_socket", "socket_mode", "max_header_bytes", "header_timeout",
         "idle_timeout", "shutdown_grace", "max_connections", "trusted_proxies", "strip_headers",
         "identity_key", "state_dir", "max_in_flight", "max_loop_lag", "metrics_listen", "min_body_rate",
-        "body_rate_window", "request_timeout", "send_timeout", "underscores_in_headers",
+        "body_rate_window", "request_timeout", "send_timeout", "underscores_in_headers", "identity_key_rotation",
+        "identity_jwks_refresh",
     ))
     workers = t.integer("workers", _SERVER.workers, 1, 64)
     if workers > 1 and not t.has("admin_socket"):
@@ -129,6 +132,8 @@ def _server(root: Table) -> ServerConfig:
         strip_headers=t.header_patterns("strip_headers", _SERVER.strip_headers),
         underscores_in_headers=t.boolean("underscores_in_headers", _SERVER.underscores_in_headers),
         identity_key=t.file_path("identity_key", os.path.abspath(_SERVER.identity_key)),
+        identity_key_rotation=key_rotation(t, _SERVER.identity_key_rotation),
+        identity_jwks_refresh=t.duration("identity_jwks_refresh", _SERVER.identity_jwks_refresh, 1.0, _DAY),
         state_dir=t.file_path("state_dir", os.path.abspath(_SERVER.state_dir)),
         metrics_listen=_metrics_listen(t),
     )

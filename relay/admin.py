@@ -48,7 +48,7 @@ _ASK_TIMEOUT = 10.0
 
 #: every command relayd answers; two-word ones may also arrive as {"cmd": "keys", "args": ["refresh"]}
 COMMANDS: tuple[str, ...] = (
-    "status", "stats", "flows", "reload", "keys", "keys refresh", "revoke",
+    "status", "stats", "flows", "reload", "keys", "keys refresh", "keys rotate", "revoke",
     "cache stats", "cache purge", "drain", "log-level", "metrics",
     "snapshot",  # the metrics as JSON: a supervisor merges its workers', relayctl top diffs them
     "grants list", "grants approve", "grants deny", "grants revoke",
@@ -68,6 +68,7 @@ class AdminRequest(TypedDict, total=False):
     level: str  # log-level: "debug", "info", "warning" or "error"
     grant_id: str  # grants approve/deny/revoke: which grant
     grant: dict[str, object]  # grants put/hold: the grant as relay.grants.model.Grant.as_json writes it
+    now: bool  # keys rotate: the new key signs at once, not once it has been published for the lead
 
 
 class AdminReply(TypedDict, total=False):
@@ -100,6 +101,8 @@ class StatsReply(AdminReply, total=False):
 
 class KeysReply(AdminReply, total=False):
     keys: Sequence[Mapping[str, object]]  # one row per issuer: issuer, source, kids, fetches, ...
+    own: Sequence[Mapping[str, object]]  # relay's signing keys: kid, alg, state, created, activates, ...
+    rotated: str  # keys rotate: the new key's kid
 
 
 class CacheStatsReply(AdminReply, total=False):

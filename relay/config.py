@@ -101,8 +101,13 @@ class ServerConfig:
     max_loop_lag: float = 0.5
     #: where Prometheus scrapes /metrics over plain HTTP (a loopback TCP address); None: admin socket only
     metrics_listen: ListenAddress | None = None
-    #: relay's own Ed25519 key for signed identities (created on first use); absolute
+    #: the first key of relay's signing key set (created on first use); absolute
     identity_key: str = "var/lib/relay/identity-ed25519.pem"
+    #: how long each of relay's signing keys signs before the next takes over; None: never rotated
+    identity_key_rotation: float | None = 30 * 86400.0
+    #: how long verifiers may cache relay's JWKS (its Cache-Control max-age), and so how
+    #: long a new key is published before it signs
+    identity_jwks_refresh: float = 300.0
     #: where state that must outlive a restart is kept (the revocations file); absolute
     state_dir: str = "var/lib/relay"
     #: peers whose rightmost X-Forwarded-For entry is believed: "unix" = any Unix-socket

@@ -40,6 +40,7 @@ from relay.units import parse_duration
 
 if TYPE_CHECKING:
     from relay.policy import Flow
+    from relay.identity.key_keeper import KeyKeeper
     from relay.server import Server
 
 log = logging.getLogger("relay.control")
@@ -64,6 +65,19 @@ def revocation_of(request: AdminRequest) -> tuple[RevocationKind, str, float]:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     return kind, value, ttl
+
+
+def rotate_keys(keys: KeyKeeper | None, request: AdminRequest) -> str:
+    """Carry out ``keys rotate`` on the deciding process's keys; the new key's kid."""
+    if keys is None:
+        raise CommandError("relay signs nothing with this configuration (no [tokens] table, no flow with "
+                           'identity = "signed"): it holds no keys to rotate')  # fmt: skip
+    if not keys.decides:
+        raise CommandError("a worker does not rotate keys: ask the supervisor's admin socket")
+    try:
+        return keys.rotate(immediately=request.get("now", False)).times.kid
+    except OSError as exc:
+        raise CommandError(f"the new key set cannot be saved ({exc.strerror or exc}): nothing changed") from None
 
 
 def build_commands(server: Server) -> CommandTable:
@@ -117,15 +131,27 @@ def build_commands(server: Server) -> CommandTable:
     async def metrics(request: AdminRequest) -> AdminReply:
         return MetricsReply(ok=True, text=server.metrics.render().decode())
 
+    def key_reply() -> KeysReply:
+        reply = KeysReply(ok=True, keys=server.context.authenticator.key_status())
+        if server.keys is not None:
+            reply["own"] = server.keys.status(time.time())
+        return reply
+
     async def keys(request: AdminRequest) -> AdminReply:
-        return KeysReply(ok=True, keys=server.context.authenticator.key_status())
+        return key_reply()
 
     async def keys_refresh(request: AdminRequest) -> AdminReply:
         results = await server.context.authenticator.refresh_keys()
         failed = sorted(name for name, ok in results.items() if not ok)
         if failed:
             raise CommandError(f"fetching keys failed for {', '.join(failed)} (the last good keys stay)")
-        return KeysReply(ok=True, keys=server.context.authenticator.key_status())
+        return key_reply()
+
+    async def keys_rotate(request: AdminRequest) -> AdminReply:
+        kid = rotate_keys(server.keys, request)
+        reply = key_reply()
+        reply["rotated"] = kid
+        return reply
 
     async def revoke(request: AdminRequest) -> AdminReply:
         kind, value, ttl = revocation_of(request)
@@ -186,7 +212,7 @@ def build_commands(server: Server) -> CommandTable:
     for name, handler in (
         ("status", status), ("stats", stats), ("flows", flows), ("reload", reload),
         ("drain", drain), ("log-level", log_level), ("metrics", metrics), ("keys", keys),
-        ("keys refresh", keys_refresh), ("revoke", revoke), ("cache stats", cache_stats),
+        ("keys refresh", keys_refresh), ("keys rotate", keys_rotate), ("revoke", revoke), ("cache stats", cache_stats),
         ("cache purge", cache_purge), ("snapshot", snapshot), ("grants list", grants_list),
         ("grants approve", grants_decide), ("grants deny", grants_decide), ("grants revoke", grants_decide),
         ("grants hold", grants_hold),

@@ -48,7 +48,7 @@ Run = Callable[[argparse.Namespace], int]
 
 #: reply fields holding wall-clock times, shown as local date and time
 _TIMESTAMPS = frozenset({"until", "last_success", "started_at", "requested_at", "pending_until", "decided_at",
-                         "expires_at", "ended_at"})
+                         "expires_at", "ended_at", "created", "activates", "retires", "removes"})
 
 
 def _remote(build: Callable[[argparse.Namespace], AdminRequest]) -> Run:
@@ -167,9 +167,23 @@ def _admin_commands(sub: SubParsers) -> None:
     ):
         sub.add_parser(name, help=help_text).set_defaults(run=_remote(lambda a: AdminRequest(cmd=a.command)))
 
-    keys = sub.add_parser("keys", help="issuers' signing keys; 'keys refresh' fetches them now")
-    keys.add_argument("action", nargs="?", choices=("refresh",))
-    keys.set_defaults(run=_remote(lambda a: AdminRequest(cmd=" ".join(filter(None, ("keys", a.action))))))
+    keys = sub.add_parser("keys", help="issuers' keys and relay's own signing keys; 'keys refresh' fetches "
+                                       "the issuers' now, 'keys rotate' starts relay's next key")  # fmt: skip
+    keys.add_argument("action", nargs="?", choices=("refresh", "rotate"))
+    keys.add_argument("--now", action="store_true",
+                      help="rotate: sign with the new key at once instead of once it has been published for "
+                           "identity_jwks_refresh (verifiers holding an older JWKS refuse its tokens until they "
+                           "fetch it again)")  # fmt: skip
+
+    def keys_request(a: argparse.Namespace) -> AdminRequest:
+        if a.now and a.action != "rotate":
+            raise CtlError("--now goes with 'keys rotate' only")
+        request = AdminRequest(cmd=" ".join(filter(None, ("keys", a.action))))
+        if a.now:
+            request["now"] = True
+        return request
+
+    keys.set_defaults(run=_remote(keys_request))
 
     cache = sub.add_parser("cache", help="the verified-token cache: 'cache stats' or 'cache purge'")
     cache.add_argument("action", choices=("stats", "purge"))

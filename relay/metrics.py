@@ -33,6 +33,10 @@ Metrics (all names start with ``relay_``):
 ``relay_audit_pending_records``, ``relay_audit_write_failures``
     gauges; audit records waiting to be written (many only while the log cannot be
     written), and failed writes of the audit log since start; summed over workers.
+``relay_signing_keys_published``, ``relay_signing_key_age_seconds``
+    gauges; relay's own keys in its JWKS (2 or 3 around a rotation), and how long the
+    current one has signed (past ``identity_key_rotation``: rotation is stuck); the
+    maximum over workers, 0 while relay signs nothing.
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ GAUGES: dict[str, tuple[str, Literal["sum", "max"]]] = {
     "relay_shared_state_disconnects": ("Sessions with the shared state's Redis lost since start.", "sum"),
     "relay_shared_state_unsynced_requests": (
         "Requests of fail-open flows served on local state while out of sync with Redis.", "sum"),
+    "relay_signing_keys_published": ("relay's own signing keys its JWKS lists.", "max"),
+    "relay_signing_key_age_seconds": ("How long relay's current signing key has signed.", "max"),
 }
 
 

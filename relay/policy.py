@@ -17,12 +17,12 @@ from relay.identity import FlowAuthorizer, IdentitySigner
 from relay.ratelimit import Buckets, build_limiter
 from relay.routing import FlowTable
 from relay.sinks import Sink
-from relay.sinks.static import StaticSink
+from relay.sinks.static import RenderedSink
 
 if TYPE_CHECKING:
     from relay.tokens.endpoints import TokenService
 
-#: where relay publishes the public key downstream services verify X-Relay-Identity with
+#: where relay publishes the public keys downstream services verify its tokens with
 JWKS_PATH = "/.well-known/relay-jwks.json"
 
 
@@ -116,8 +116,10 @@ def needs_signer(config: Config) -> bool:
 
 
 def _jwks_flow(signer: IdentitySigner, server: ServerConfig) -> Flow:
-    """The built-in public flow serving relay's JWKS."""
-    sink = StaticSink("relay-jwks", signer.jwks(), b"application/jwk-set+json")
+    """The built-in public flow serving relay's JWKS, the keys published at each answer.
+    Verifiers may cache it for ``identity_jwks_refresh``: a key is published at least
+    that long before it signs."""
+    sink = RenderedSink("relay-jwks", signer.jwks, b"application/jwk-set+json", int(server.identity_jwks_refresh))
     config = FlowConfig(
         name="relay-jwks", path=JWKS_PATH, sink=sink.name, methods=("GET", "HEAD"), auth="none",
         max_body=0, headers=FlowHeaders(identity="none"),

@@ -29,6 +29,9 @@ from relay.grants.service import GrantService
 from relay.grants.shared import grants_table
 from relay.grants.store import GrantStore, GrantsUnavailable, LocalStore, SharedStore, SupervisedStore, save_grants
 from relay.identity import Authenticator, IdentitySigner
+from relay.identity.key_keeper import KeyKeeper, key_record
+from relay.identity.key_rotation import schedule_of
+from relay.identity.key_schedule import published
 from relay.identity.revocation_file import RevocationFile
 from relay.identity.revocation_shared import revocations_table
 from relay.metrics import EventLoopLag, Metrics
@@ -59,6 +62,9 @@ class Server:
         self._stop: asyncio.Event | None = None
         self._ctx: ServerContext | None = None
         self._signer: IdentitySigner | None = None
+        #: relay's signing keys, once a configuration signs anything; a lone relayd rotates
+        #: them itself, a worker follows its supervisor's key set file
+        self.keys: KeyKeeper | None = None
         # the directory is read at start (a reload does not move it)
         self._revocations = RevocationFile(self._config.server.state_dir)
         self._grant_file = GrantFile(self._config.server.state_dir)
@@ -94,7 +100,7 @@ class Server:
         deadlines = Deadlines(loop)
         audit = AuditLog(config.audit, loop, self.metrics.count_exchanges)
         sinks = {name: build_sink(sink, deadlines) for name, sink in config.sinks.items()}
-        signer = self._signer_for(config)
+        signer = self._signer_for(config, audit)
         authenticator = Authenticator(config.issuers)
         for grant in granted:
             authenticator.grants.hold(grant)
@@ -129,6 +135,8 @@ class Server:
         except BaseException:
             await self._close_listeners()
             await authenticator.close()
+            if self.keys is not None:
+                await self.keys.close()
             audit.close()
             raise
         lag = EventLoopLag(loop)
@@ -156,6 +164,8 @@ class Server:
         if self.shared is not None:
             await self.shared.close()
         await authenticator.close()
+        if self.keys is not None:
+            await self.keys.close()
         audit.close()
         log.info("relayd stopped")
 
@@ -215,13 +225,22 @@ class Server:
     async def _render_metrics(self) -> bytes:
         return self.metrics.render()
 
-    def _signer_for(self, config: Config) -> IdentitySigner | None:
-        """relay's identity signer when a flow of ``config`` sends signed identities."""
+    def _signer_for(self, config: Config, audit: AuditLog) -> IdentitySigner | None:
+        """relay's signer once ``config`` signs anything (signed identities, issued tokens);
+        its key set is opened then and kept from there on."""
         if self._signer is None and needs_signer(config):
+            server = config.server
+            # the state directory is the one read at start (a reload does not move it)
+            keeper = KeyKeeper(self._config.server.state_dir, server.identity_key, schedule_of(server, config.flows, config.tokens),
+                               server.identity_jwks_refresh, decides=self._role is None,
+                               on_transition=lambda times, state: audit.record(key_record(times, state)))  # fmt: skip
             try:
-                self._signer = IdentitySigner(config.server.identity_key)
+                ring = keeper.open()
             except (OSError, ValueError) as exc:
-                raise StartupError(f"identity key {config.server.identity_key}: {exc}") from None
+                raise StartupError(f"signing keys {keeper.path}: {exc}") from None
+            keeper.start()
+            self.keys = keeper
+            self._signer = IdentitySigner(ring, keeper.follow)
         return self._signer
 
     def _watch_gauges(self, lag: EventLoopLag) -> None:
@@ -236,9 +255,20 @@ class Server:
             self.metrics.watch("relay_shared_state_in_sync", lambda: float(shared.in_sync))
             self.metrics.watch("relay_shared_state_disconnects", lambda: shared.disconnects)
             self.metrics.watch("relay_shared_state_unsynced_requests", lambda: shared.unsynced_requests)
+        self.metrics.watch("relay_signing_keys_published", self._published_keys)
+        self.metrics.watch("relay_signing_key_age_seconds", self._signing_key_age)
         self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
         # requests are counted from their audit notes, as those are flushed: flush them now
         self.metrics.on_snapshot(lambda metrics: ctx.audit.flush())
+
+    def _published_keys(self) -> float:
+        return 0.0 if self.keys is None else len(published(self.keys.ring.times(), time.time()))
+
+    def _signing_key_age(self) -> float:
+        if self.keys is None:
+            return 0.0
+        now = time.time()
+        return now - self.keys.ring.signing(now).times.activates
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -330,7 +360,7 @@ class Server:
             same = old is not None and old_policy.config.sinks[name] == sink_config
             sinks[name] = old if same and old is not None else build_sink(sink_config, ctx.deadlines)
         try:
-            signer = self._signer_for(config)
+            signer = self._signer_for(config, ctx.audit)
             await self._bind(config.server)
         except StartupError as exc:
             log.error("reload rejected: %s", exc)
@@ -342,6 +372,9 @@ class Server:
         tokens = token_service(config, signer, ctx.authenticator, ctx.audit, self.grants)
         ctx.policy = Policy(config, sinks, old_policy.version + 1, signer, old_policy, tokens)
         self._config = config
+        if self.keys is not None:
+            self.keys.reconfigure(schedule_of(config.server, config.flows, config.tokens),
+                                  config.server.identity_jwks_refresh)  # fmt: skip
         retired = [s for name, s in old_policy.sinks.items() if sinks.get(name) is not s]
         if retired:
             # requests already using them finish first

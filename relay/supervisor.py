@@ -7,6 +7,10 @@ admin socket by asking every worker over its private one: counters are merged, a
 drains its requests) and waits for them; SIGHUP reloads them all after checking the new
 file itself; SIGUSR1 reaches every worker (audit files reopened).
 
+Signing keys have one decider: the supervisor keeps relay's key set
+(``relay.identity.key_keeper``), creating it before any worker starts and rotating it on
+schedule; workers only read the file, and see each new version within a second.
+
 Revocations have one path: the supervisor keeps the state file
 (``relay.identity.revocation_file``), and every worker reads it before it serves. A
 ``revoke`` is saved first, then told to every live worker, and acknowledged once each
@@ -44,6 +48,7 @@ from relay.admin import (
     CommandError,
     CommandTable,
     GrantsReply,
+    KeysReply,
     MetricsReply,
     ReloadReply,
     RevokeReply,
@@ -53,15 +58,18 @@ from relay.admin import (
     ask,
 )
 from relay.config import Config, ListenAddress, load_config
-from relay.control import revocation_of
+from relay.control import revocation_of, rotate_keys
 from relay.errors import ConfigError, StartupError
 from relay.grants.file import GrantFile, documents
 from relay.grants.model import Grant, GrantBook
+from relay.identity.key_keeper import KeyKeeper
+from relay.identity.key_rotation import schedule_of
 from relay.identity.revocation import Revocations
 from relay.identity.revocation_file import RevocationFile
 from relay.metrics import Snapshot, flow_stats, merge, render
 from relay.metrics_http import serve_metrics
 from relay.notify import notify
+from relay.policy import needs_signer
 from relay.unixsock import bind_unix_socket
 from relay.workers import WorkerRole, worker_path
 
@@ -75,7 +83,7 @@ _READY_TIMEOUT = 30.0
 #: commands every worker must carry out, answered ok only when all did
 _BROADCAST = ("keys refresh", "cache purge", "log-level")
 #: commands any one worker can answer for all
-_ANY_ONE = ("flows", "keys", "grants list", "grants approve", "grants deny", "grants revoke")
+_ANY_ONE = ("flows", "grants list", "grants approve", "grants deny", "grants revoke")
 #: how a revoke reply describes a worker between two lives
 _RESTARTING = "restarting: it reads the saved revocations before it serves"
 
@@ -113,6 +121,8 @@ class Supervisor:
         self._grant_file = GrantFile(config.server.state_dir)
         #: held while the revocations file changes and while a worker is started
         self._turn = asyncio.Lock()
+        #: relay's signing keys, decided here for every worker once the configuration signs anything
+        self._keys: KeyKeeper | None = None
 
     # --- sockets and processes ------------------------------------------------------------
 
@@ -193,6 +203,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         # a corrupt file stops relayd here, before any worker serves
         self._revocations.restore(self._revocation_file.open(), time.time())
+        self._open_keys(self._config)  # before any worker, which reads the key set as it starts
         for grant in self._grant_file.grants():
             self._grants.hold(grant)
         self._bind()
@@ -208,6 +219,8 @@ class Supervisor:
                 metrics_server = await serve_metrics(self._config.server.metrics_listen, self._render_metrics)
         except BaseException:
             await self._stop_workers(keepers)
+            if self._keys is not None:
+                await self._keys.close()
             raise
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -222,7 +235,26 @@ class Supervisor:
         if metrics_server is not None:
             metrics_server.close()
         await self._stop_workers(keepers)
+        if self._keys is not None:
+            await self._keys.close()
         log.info("relayd stopped")
+
+    def _open_keys(self, config: Config) -> None:
+        """Open (or start) the key set when ``config`` is the first to sign anything.
+        Raises StartupError."""
+        if self._keys is not None or not needs_signer(config):
+            return
+        server = config.server
+        # in the directory the workers were given at start, whatever a reloaded file says
+        state_dir = self._config.server.state_dir
+        keeper = KeyKeeper(state_dir, server.identity_key, schedule_of(server, config.flows, config.tokens),
+                           server.identity_jwks_refresh, decides=True)  # fmt: skip
+        try:
+            keeper.open()
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"signing keys {keeper.path}: {exc}") from None
+        keeper.start()
+        self._keys = keeper
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         for worker in self._workers:
@@ -259,6 +291,10 @@ class Supervisor:
             problems = []
             if config.server.listen != self._config.server.listen or config.server.workers != len(self._workers):
                 problems.append("server.listen and server.workers take effect at the next restart")
+            try:
+                self._open_keys(config)  # a worker that starts signing reads the key set at once
+            except StartupError as exc:
+                problems.append(str(exc))
         if problems:
             for problem in problems:
                 log.error("reload rejected: %s", problem)
@@ -271,6 +307,9 @@ class Supervisor:
                     problems.extend(map(str, found) if isinstance(found, list) else [str(reply.get("error"))])
         finally:
             notify("READY=1")
+        if not problems and self._keys is not None:
+            self._keys.reconfigure(schedule_of(config.server, config.flows, config.tokens),
+                                   config.server.identity_jwks_refresh)  # fmt: skip
         return problems
 
     # --- the admin socket ------------------------------------------------------------------
@@ -405,6 +444,19 @@ class Supervisor:
         async def any_one(request: AdminRequest) -> AdminReply:
             return cast(AdminReply, await ask(self._workers[0].admin_path, request))
 
+        async def keys(request: AdminRequest) -> AdminReply:
+            # the issuers' keys as worker 1 holds them; relay's own as decided here
+            reply = cast(KeysReply, await ask(self._workers[0].admin_path, {"cmd": "keys"}))
+            if reply.get("ok") and self._keys is not None:
+                reply["own"] = self._keys.status(time.time())
+            return reply
+
+        async def keys_rotate(request: AdminRequest) -> AdminReply:
+            kid = rotate_keys(self._keys, request)  # the workers see the new set within a second
+            reply = cast(KeysReply, await keys(request))
+            reply["rotated"] = kid
+            return reply
+
         async def cache_stats(request: AdminRequest) -> AdminReply:
             total: dict[str, int] = {}
             for reply in await self._ask_all(request):
@@ -415,7 +467,8 @@ class Supervisor:
 
         for name, handler in (("status", status), ("stats", stats), ("metrics", metrics), ("reload", reload),
                               ("drain", drain), ("cache stats", cache_stats), ("revoke", self.revoke),
-                              ("snapshot", snapshot), ("grants put", self.put_grant)):
+                              ("snapshot", snapshot), ("keys", keys), ("keys rotate", keys_rotate),
+                              ("grants put", self.put_grant)):
             table.register(name, handler)
         for name in _BROADCAST:
             table.register(name, broadcast)

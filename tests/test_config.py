@@ -656,6 +656,20 @@ BAD = [
                  "auth = \"none\" contradicts 'allow'", id="flow-public-with-allow"),
     pytest.param(doc(flows=FLOWS + '\nauth = "none"\nissuers = ["dev"]  # HERE'), "flow[0].issuers",
                  "auth = \"none\" contradicts 'issuers'", id="flow-public-with-issuers"),
+    # relay's key rotation against the tokens it signs
+    pytest.param(doc(server=SERVER + '\nidentity_key_rotation = "30"  # HERE'), "server.identity_key_rotation",
+                 "duration '30' needs a unit", id="rotation-no-unit"),
+    pytest.param(doc(server=SERVER + '\nidentity_key_rotation = "400d"  # HERE'), "server.identity_key_rotation",
+                 "400d is out of range (1s .. 366d)", id="rotation-over-a-year"),
+    pytest.param(doc(server=SERVER + '\nidentity_jwks_refresh = "2d"  # HERE'), "server.identity_jwks_refresh",
+                 "2d is out of range (1s .. 1d)", id="jwks-refresh-over-a-day"),
+    pytest.param(doc(server=SERVER + '\nidentity_key_rotation = "10m"  # HERE', head='[tokens]\nissuer = "https://r.test"',
+                     flows=FLOWS + '\nmax_token_ttl = "15m"'), "server.identity_key_rotation",
+                 "10m is too short: each key is published 5m1s before it signs (identity_jwks_refresh plus the time "
+                 "every worker takes to see it) and stays published 15m after it stops (the max_token_ttl of flow "
+                 "orders, the longest token relay signs): make it longer than 20m1s", id="rotation-shorter-than-tokens"),
+    pytest.param(doc(server=SERVER + '\nidentity_key_rotation = "1m"  # HERE\nidentity_jwks_refresh = "1m"'),
+                 "server.identity_key_rotation", "make it longer than 1m1s", id="rotation-shorter-than-refresh"),
 ]
 
 
@@ -667,6 +681,14 @@ def test_a_bad_value_is_refused_with_its_key_and_line(here: Path, text: str, key
     assert message in problem.message
     assert problem.file == str(here / "relay.toml")
     assert problem.line == marked_line(text)
+
+
+def test_key_rotation_takes_never_and_short_test_durations(here: Path) -> None:
+    assert load(here, doc()).server.identity_key_rotation == 30 * 86400.0
+    assert load(here, doc(server=SERVER + '\nidentity_key_rotation = "never"')).server.identity_key_rotation is None
+    quick = load(here, doc(server=SERVER + '\nidentity_key_rotation = "4s"\nidentity_jwks_refresh = "1s"',
+                           head='[tokens]\nissuer = "https://r.test"', flows=FLOWS + '\nmax_token_ttl = "2s"')).server
+    assert (quick.identity_key_rotation, quick.identity_jwks_refresh) == (4.0, 1.0)
 
 
 def test_a_nameless_flow_is_named_by_its_index(here: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,12 @@ def ctl_commands() -> tuple[CommandTable, list[AdminRequest]]:
         "stats": StatsReply(ok=True, flows=flow_stats(metrics.snapshot())),
         "keys": KeysReply(ok=True, keys=[{"issuer": "dev", "source": "file", "kids": ["k1", "k2"],
                                           "fetches": 3, "failures": 0, "last_error": None}]),
+        "keys rotate": KeysReply(ok=True, rotated="k3", own=[
+            {"kid": "k2", "alg": "EdDSA", "state": "current", "created": NOW, "activates": NOW, "retires": NOW + 301,
+             "removes": NOW + 1201},
+            {"kid": "k3", "alg": "EdDSA", "state": "next", "created": NOW, "activates": NOW + 301, "retires": None,
+             "removes": None},
+        ]),
         "cache stats": CacheStatsReply(ok=True, cache={"size": 10, "capacity": 4096, "hits": 90, "misses": 10}),
         "cache purge": AdminReply(ok=True),
         "metrics": MetricsReply(ok=True, text=metrics.render().decode()),
@@ -142,6 +149,20 @@ def test_keys_and_cache_stats_tables(served: tuple[AdminThread, list[AdminReques
     assert status == 0
     assert out.splitlines() == ["SIZE  CAPACITY  HITS  MISSES", "  10      4096    90      10"]
     assert served[1][-1] == {"cmd": "cache stats", "args": []}
+
+
+def test_keys_rotate_shows_relays_own_keys_with_their_times(served: tuple[AdminThread, list[AdminRequest]],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(served[0].path)
+    status, out, _ = relayctl(capsys, "--socket", path, "keys", "rotate", "--now")
+    assert status == 0 and served[1][-1] == {"cmd": "keys rotate", "now": True, "args": []}
+    lines = out.splitlines()
+    assert lines[:3] == ["rotated: k3", "", "own:"]
+    assert lines[3].split() == ["KID", "ALG", "STATE", "CREATED", "ACTIVATES", "RETIRES", "REMOVES"]
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(NOW + 301))
+    assert lines[5].startswith("k3") and "next" in lines[5] and when in lines[5] and lines[5].endswith("-")
+    status, _, err = relayctl(capsys, "--socket", path, "keys", "--now")
+    assert status == 2 and "--now goes with 'keys rotate' only" in err
 
 
 def test_json_round_trips(served: tuple[AdminThread, list[AdminRequest]],

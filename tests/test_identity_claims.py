@@ -14,11 +14,12 @@ import pytest
 
 from relay.config import ClaimsMapping, FlowConfig, Rule
 from relay.errors import Forbidden, Unauthorized
-from relay.identity import FlowAuthorizer, Identity, IdentitySigner, PolicyDenied, authorize, identity_headers
+from relay.identity import FlowAuthorizer, Identity, PolicyDenied, authorize, identity_headers
 from relay.identity.claims import ClaimPath, ClaimsMapper
 from relay.identity.headers import header_value
 from relay.identity.revocation import Revocations
 from relay.identity.signing import LIFETIME, REUSE
+from test_identity_support import relay_signer
 
 
 def identity(claims: dict[str, Any], mapping: ClaimsMapping = ClaimsMapping()) -> Identity:
@@ -203,12 +204,12 @@ def test_a_hostile_group_cannot_add_a_header_or_a_group() -> None:
 
 def test_signer_creates_a_private_key_file_once(tmp_path: Path) -> None:
     path = tmp_path / "relay-identity.pem"
-    first = IdentitySigner(str(path))
+    first = relay_signer(str(path))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
-    again = IdentitySigner(str(path))
+    again = relay_signer(str(path))
     assert again.kid == first.kid and again.jwks() == first.jwks()
-    assert IdentitySigner(str(tmp_path / "other.pem")).kid != first.kid
+    assert relay_signer(str(tmp_path / "other.pem")).kid != first.kid
 
 
 def test_signer_refuses_a_key_that_is_not_ed25519(tmp_path: Path) -> None:
@@ -217,7 +218,7 @@ def test_signer_refuses_a_key_that_is_not_ed25519(tmp_path: Path) -> None:
     path = tmp_path / "ec.pem"
     path.write_bytes(ec_key().pem())
     with pytest.raises(ValueError, match="Ed25519"):
-        IdentitySigner(str(path))
+        relay_signer(str(path))
 
 
 def test_kid_is_the_rfc7638_thumbprint(tmp_path: Path) -> None:
@@ -231,11 +232,11 @@ def test_kid_is_the_rfc7638_thumbprint(tmp_path: Path) -> None:
     path = tmp_path / "rfc8037.pem"
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))  # fmt: skip
-    assert IdentitySigner(str(path)).kid == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+    assert relay_signer(str(path)).kid == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
 
 
 def test_signed_identity_verifies_with_the_published_jwks(tmp_path: Path) -> None:
-    signer = IdentitySigner(str(tmp_path / "k.pem"))
+    signer = relay_signer(str(tmp_path / "k.pem"))
     block = identity_headers(ALICE, "orders", signer)
     lines = block.split(b"\r\n")
     assert lines[:3] == identity_headers(ALICE, "orders", None).split(b"\r\n")[:3]
@@ -252,7 +253,7 @@ def test_signed_identity_verifies_with_the_published_jwks(tmp_path: Path) -> Non
 
 
 def test_signed_identity_is_reused_within_a_window_per_flow(tmp_path: Path) -> None:
-    signer = IdentitySigner(str(tmp_path / "k.pem"))
+    signer = relay_signer(str(tmp_path / "k.pem"))
     start = 1_800_000_000 - 1_800_000_000 % REUSE
     first = signer.identity_token(ALICE, "orders", start + 1.5)
     assert signer.identity_token(ALICE, "orders", start + REUSE - 0.5) is first

@@ -27,6 +27,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from relay.config import ClaimsMapping, IssuerConfig
+from relay.identity.key_ring import KeyRing
+from relay.identity.key_rotation import first_key
+from relay.identity.signing import IdentitySigner
 
 ISS = "https://idp.example.test/"
 AUD = "relay"
@@ -264,3 +267,8 @@ def test_minted_tokens_verify_with_pyjwt_and_the_published_jwk() -> None:
         claims = jwt.decode(token, public, algorithms=[key.alg], audience=AUD, issuer=ISS)
         assert claims["sub"] == "alice"
         assert jwt.get_unverified_header(token)["kid"] == key.kid
+
+
+def relay_signer(path: str) -> IdentitySigner:
+    """relay's signer over a key set holding the one key in ``path`` (made when absent)."""
+    return IdentitySigner(KeyRing((first_key(path, time.time()),)))

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.identity.key_schedule import KeyTimes
 from relay.identity.key_set_file import StoredKey, load_key_set, save_key_set
-from relay.identity.signing import public_jwk
+from relay.identity.ed25519_key import public_jwk
 
 
 def stored(created: float, activates: float, retires: float | None = None) -> StoredKey:

@@ -19,11 +19,11 @@ import orjson
 import pytest
 
 from relay.errors import StartupError
-from relay.identity import IdentitySigner
 from relay.identity.claims import Identity
 from relay.identity.revocation import MAX_TTL, RevocationEntry, Revocations
 from relay.identity.revocation_file import FILE_NAME, RevocationFile
 from relay.units import parse_duration
+from test_identity_support import relay_signer
 
 NOW = 1_800_000_000.0
 
@@ -208,7 +208,7 @@ def test_the_file_format_is_plain_json(tmp_path: Path) -> None:
 
 def test_the_identity_keys_missing_directory_is_made_private(tmp_path: Path) -> None:
     path = tmp_path / "var" / "lib" / "relay" / "identity-ed25519.pem"
-    signer = IdentitySigner(str(path))
+    signer = relay_signer(str(path))
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert IdentitySigner(str(path)).kid == signer.kid
+    assert relay_signer(str(path)).kid == signer.kid

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from relay.errors import Unauthorized
-from relay.identity import IdentitySigner
 from relay.identity.jose import parse_compact
 from relay.tokens.issue import ACCESS_TOKEN_TYPE, EXCHANGE_GRANT, check_request
 from relay.tokens.oauth import OAuthError, parse_form
 from relay.tokens.own import OwnTokens, flows_of_scope
+from test_identity_support import relay_signer
 from test_config import ISSUER, doc, here, load, problems_of  # noqa: F401 (here is a fixture)
 
 TOKENS = '[tokens]\nissuer = "https://relay.example"'
@@ -96,7 +96,7 @@ def test_a_well_formed_request_passes() -> None:
 
 
 def test_relay_reads_its_own_tokens_back(tmp_path: Path) -> None:
-    signer = IdentitySigner(str(tmp_path / "key.pem"))
+    signer = relay_signer(str(tmp_path / "key.pem"))
     own = OwnTokens("https://relay.example", signer)
     now = int(time.time())
     claims = {"iss": own.issuer, "aud": own.issuer, "sub": "alice", "idp": "dev", "groups": ["g"],
@@ -109,7 +109,7 @@ def test_relay_reads_its_own_tokens_back(tmp_path: Path) -> None:
         with pytest.raises(Unauthorized) as caught:
             own.verify(parse_compact(signer.sign(claims | changed)), now)
         assert caught.value.reason == reason
-    stranger = IdentitySigner(str(tmp_path / "other.pem"))
+    stranger = relay_signer(str(tmp_path / "other.pem"))
     with pytest.raises(Unauthorized) as caught:
         own.verify(parse_compact(stranger.sign(claims)), now)
     assert caught.value.reason == "unknown_kid"

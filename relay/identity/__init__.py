@@ -25,6 +25,10 @@
 
 Keys are read by ``fetch`` (file, URL, OIDC discovery) in a worker thread and
 refreshed by one asyncio task per issuer (``keys``); requests never wait for them.
+
+relay's own keys rotate: ``key_schedule`` (states from times), ``key_rotation`` (what the
+deciding process changes), ``key_set_file`` (the file), ``key_keeper`` (deciding or
+following it), ``key_ring`` (which key signs now, the JWKS), ``ed25519_key`` (key files, kids).
 """
 
 from relay.identity.authenticator import Authenticator

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.durable import replace
 from relay.identity.key_schedule import KeyTimes
-from relay.identity.signing import public_jwk
+from relay.identity.ed25519_key import public_jwk
 from relay.state_document import dump_document, parse_document
 
 __all__ = ["StoredKey", "load_key_set", "save_key_set"]

@@ -1,6 +1,6 @@
 """Verifying the tokens relay issued itself, for the authenticator.
 
-They are EdDSA JWTs signed with relay's identity key, ``iss`` and ``aud`` relay's issuer
+They are EdDSA JWTs signed with one of relay's signing keys, ``iss`` and ``aud`` relay's issuer
 identifier. The identity they prove is the subject's, as relay saw it at the exchange
 (its issuer's name in ``idp``, its groups), limited to the flows in ``scope``.
 """
@@ -13,7 +13,6 @@ from typing import Any, NoReturn
 from relay.errors import Unauthorized
 from relay.identity.claims import Identity
 from relay.identity.jose import Compact
-from relay.identity.jwk import VerifyKey, parse_jwks
 from relay.identity.signing import IdentitySigner
 
 __all__ = ["FLOW_SCOPE", "OwnTokens", "flows_of_scope"]
@@ -47,18 +46,20 @@ def _text(claims: dict[str, Any], name: str) -> str:
 class OwnTokens:
     """Checks tokens whose ``iss`` is relay's issuer identifier."""
 
-    __slots__ = ("issuer", "_keys")
+    __slots__ = ("issuer", "_signer")
 
     def __init__(self, issuer: str, signer: IdentitySigner) -> None:
         self.issuer = issuer
-        self._keys: dict[str, VerifyKey] = parse_jwks(signer.jwks(), "relay's identity key")
+        #: every key of relay's key set verifies: a next key may sign in another worker a
+        #: moment before this one's clock gets there, a retired one signed tokens still alive
+        self._signer = signer
 
     def verify(self, token: Compact, now: float) -> tuple[Identity, float]:
         """The identity ``token`` proves and until when it may be cached. Raises Unauthorized."""
         if token.header.get("alg") != "EdDSA":
             _fail("algorithm", "relay signs its tokens with EdDSA")
         kid = token.header.get("kid")
-        key = self._keys.get(kid) if isinstance(kid, str) else None
+        key = self._signer.verifier(kid) if isinstance(kid, str) else None
         if key is None:
             _fail("unknown_kid", f"relay has no key {str(kid)[:64]!r}")
         if not key.verifiers["EdDSA"](token.signing_input, token.signature):
