@@ -11,6 +11,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from relay._config_cache import build_cache
 from relay._config_read import HEADER_NAME, NAME, NAME_RULE, Table, label
 from relay._toml_locate import join_key
 from relay.config import FlowConfig, FlowHeaders, Rule, strips
@@ -18,7 +19,7 @@ from relay.config import FlowConfig, FlowHeaders, Rule, strips
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
     "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body",
-    "headers",
+    "headers", "cache",
 )
 _HEADERS_KEYS = ("set", "strip", "identity", "forward_authorization")
 _RULE_KEYS = ("subjects", "groups", "scopes")
@@ -100,6 +101,7 @@ def _flow(t: Table, sinks: Collection[str], issuer_names: Collection[str]) -> Fl
         tee=tee,
         max_body=t.size("max_body", _FLOW.max_body, 0, _TiB),
         headers=_headers(t),
+        cache=build_cache(t),
     )
 
 

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from relay._config_cache import check_caches
 from relay._config_flows import build_flows
 from relay._config_read import (
     NAME,
@@ -73,6 +74,7 @@ def build(data: dict[str, Any], text: str, path: str) -> Config:
     declared_issuers = [i.name for i in issuers]
     flows = build_flows(root, array_of_tables(root, "flow"), declared_sinks, declared_issuers)
     check_flows(problems, flows, bool(issuers))
+    check_caches(problems, flows, sinks)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 1 << 30))
     return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows)
