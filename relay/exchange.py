@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from relay.cached_answers import RecordingReply
 from relay.errors import BadGateway, RelayError, SinkError
 from relay.flowcontrol import NO_BODY, ClientGone
 from relay.idempotency import Claim
@@ -100,6 +101,14 @@ class Exchange:
             return
         request = self.request
         assert request is not None
+        reply = self.reply
+        if isinstance(reply, RecordingReply):
+            # past the flow's authentication and authorization: only now may the cache answer
+            hit = reply.answer_from_cache()
+            self.detail = "cache hit" if hit else "cache miss"
+            if hit:
+                self._ctx.loop.call_soon(self._done)
+                return
         if request.body is NO_BODY and len(request.flow.sinks) == 1 and self._relay_now(request):
             return
         self._start_task()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from relay.cached_answers import FlowCache
 from relay.config import Config, FlowConfig, FlowHeaders, ServerConfig, split_patterns
 from relay.fastpath import HeaderRules
 from relay.identity import FlowAuthorizer, IdentitySigner
@@ -26,7 +27,7 @@ class Flow:
 
     __slots__ = (
         "config", "name", "sink", "sinks", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
-        "issuers", "authorizer", "signer", "sends_identity", "remembers_keys",
+        "issuers", "authorizer", "signer", "sends_identity", "remembers_keys", "cache",
     )
 
     def __init__(
@@ -42,6 +43,8 @@ class Flow:
         #: a sink keeps Idempotency-Keys, so keyed requests' bodies are fingerprinted
         self.remembers_keys = any(sink.remembers_keys for sink in self.sinks)
         self.max_body = config.max_body
+        #: the flow's response cache; a reload builds every flow afresh, so it starts empty
+        self.cache = FlowCache(config.cache, config.allow.groups) if config.cache is not None else None
         self.requires_token = config.auth == "jwt"
         self.issuers = config.issuers
         self.authorizer = FlowAuthorizer(config) if self.requires_token else None

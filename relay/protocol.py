@@ -44,6 +44,7 @@ from relay.hosts import check_host
 from relay.identity import Identity
 from relay.pacing import BodyPace, SendWatch
 from relay.paths import normalize_path, target_authority, without_params
+from relay.cached_answers import RecordingReply
 from relay.reply import Reply
 from relay.request import Request
 from relay.responses import error_response
@@ -472,6 +473,9 @@ class ClientConnection(asyncio.Protocol):
             raise ExpectationFailed("unsupported Expect")
 
     def _make_reply(self, request: Request) -> Reply:
+        cache = request.flow.cache
+        if cache is not None:
+            return RecordingReply(self._transport, request, cache, request.version == "1.0", self._write_paused)
         return Reply(
             self._transport, request.request_id, request.head_only,
             request.version == "1.0", request.keep_alive, self._write_paused,

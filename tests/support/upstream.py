@@ -22,6 +22,8 @@ answer (the options combine):
     fail=reset    reset the connection instead of answering (SO_LINGER 0)
     fail=garbage  answer bytes that are not HTTP, then close
     fail=close    close without answering
+    cc=V          add "Cache-Control: V"; vary=V adds "Vary: V", etag=V "ETag: V",
+                  cookie=V "Set-Cookie: V"
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ READ_SIZE = 64 * 1024
 MAX_LINE = 64 * 1024
 HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+_ANSWER_HEADERS = (("cc", "Cache-Control"), ("vary", "Vary"), ("etag", "ETag"), ("cookie", "Set-Cookie"))
 
 
 def pattern(size: int) -> bytes:
@@ -250,6 +255,7 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
              "Content-Type: application/octet-stream",
              "Transfer-Encoding: chunked" if chunked else f"Content-Length: {fill or len(body)}",
              "Connection: keep-alive" if keep_alive else "Connection: close"]
+    lines += [f"{name}: {options[key]}" for key, name in _ANSWER_HEADERS if key in options]
     conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     for piece in filled(fill, chunked) if fill else frame(body, chunked):
         conn.sendall(piece)

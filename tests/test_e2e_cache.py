@@ -1,0 +1,205 @@
+"""The response cache end to end: client → lighttpd → relayd → upstream.
+
+The upstream numbers its answers (X-Upstream-Seq), so a cached answer is the one with the
+number of the request that stored it. Entries never cross scopes (two subjects, the same
+URL, two answers), a group's entry serves the group only, a revoked token gets 401 and
+never the cached body, and Cache-Control, Vary and Set-Cookie decide what is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import Lighttpd, Relayd, Response, Upstream, exchange, relay_config, request_bytes
+from support.procs import ROOT, child_env
+from test_identity_support import AUD, ISS, Key, ec_key, good_claims, jwks
+
+FLOWS = """
+[[issuer]]
+name = "idp"
+issuer = "{iss}"
+audiences = ["{aud}"]
+jwks_file = "{jwks_file}"
+algorithms = ["ES256"]
+
+[[flow]]
+name = "mine"
+path = "/mine/"
+methods = ["GET"]
+sink = "up"
+cache = {{ scope = "subject", ttl = "1h", max_bytes = "4KiB" }}
+
+[[flow]]
+name = "team"
+path = "/team/"
+methods = ["GET"]
+allow = {{ groups = ["writers", "readers"] }}
+sink = "up"
+cache = {{ scope = "group", ttl = "1h" }}
+
+[[flow]]
+name = "everyone"
+path = "/everyone/"
+methods = ["GET"]
+sink = "up"
+cache = {{ scope = "public", ttl = "1h" }}
+"""
+
+PEOPLE = {"alice": "writers", "bob": "writers", "carol": "readers"}
+
+
+class CacheStack:
+    def __init__(self, workdir: Path, key: Key) -> None:
+        self.workdir = workdir
+        jwks_file = workdir / "jwks.json"
+        jwks_file.write_bytes(jwks(key))
+        self.upstream = Upstream(workdir)
+        text = relay_config(workdir, self.upstream.url,
+                            extra=FLOWS.format(iss=ISS, aud=AUD, jwks_file=jwks_file))
+        try:
+            self.relayd = Relayd(workdir, text)
+            self.lighttpd = Lighttpd(workdir, self.relayd.unix)
+        except BaseException:
+            self.close()
+            raise
+        now = good_claims()["iat"]
+        self.tokens = {sub: key.token(good_claims(sub=sub, jti=f"jti-{sub}", groups=[group], exp=now + 3600))
+                       for sub, group in PEOPLE.items()}
+
+    def get(self, who: str, target: str, method: str = "GET", headers: tuple[tuple[str, str], ...] = ()) -> Response:
+        auth = (("Authorization", "Bearer " + self.tokens[who].decode()),)
+        return exchange(self.lighttpd.address, request_bytes(method, target, auth + headers))
+
+    def close(self) -> None:
+        for part in ("lighttpd", "relayd", "upstream"):
+            if hasattr(self, part):
+                getattr(self, part).stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CacheStack]:
+    running = CacheStack(tmp_path_factory.mktemp("cache"), ec_key("ec-cache"))
+    yield running
+    running.close()
+
+
+def seq(response: Response) -> str | None:
+    return response.get("X-Upstream-Seq")
+
+
+def test_two_subjects_never_share_an_entry(stack: CacheStack) -> None:
+    first = stack.get("alice", "/mine/report?body=100")
+    assert first.status == 200 and first.get("X-Relay-Cache") == "miss"
+    again = stack.get("alice", "/mine/report?body=100")
+    assert again.get("X-Relay-Cache") == "hit" and seq(again) == seq(first)
+    assert again.body == first.body and again.get("Age") is not None
+    other = stack.get("bob", "/mine/report?body=100")
+    assert other.get("X-Relay-Cache") == "miss" and seq(other) != seq(first)
+    assert seq(stack.get("bob", "/mine/report?body=100")) == seq(other)
+
+
+def test_a_group_entry_serves_its_group_only(stack: CacheStack) -> None:
+    alice = stack.get("alice", "/team/board")
+    bob = stack.get("bob", "/team/board")
+    assert bob.get("X-Relay-Cache") == "hit" and seq(bob) == seq(alice)
+    carol = stack.get("carol", "/team/board")
+    assert carol.get("X-Relay-Cache") == "miss" and seq(carol) != seq(alice)
+
+
+def test_a_public_entry_serves_everyone_who_passes(stack: CacheStack) -> None:
+    alice = stack.get("alice", "/everyone/news")
+    carol = stack.get("carol", "/everyone/news")
+    assert carol.get("X-Relay-Cache") == "hit" and seq(carol) == seq(alice)
+    anonymous = exchange(stack.lighttpd.address, request_bytes("GET", "/everyone/news"))
+    assert anonymous.status == 401 and seq(anonymous) is None
+
+
+@pytest.mark.parametrize(
+    ("target", "cached"),
+    [
+        ("/everyone/a?cc=no-store", False),
+        ("/everyone/b?cc=private", False),
+        ("/mine/c?cc=private", True),
+        ("/everyone/d?cc=no-cache", False),
+        ("/everyone/e?cookie=s%3D1", False),
+        ("/mine/f?cookie=s%3D1", True),
+        ("/everyone/g?vary=*", False),
+        ("/everyone/h?status=500", False),
+        ("/everyone/i?status=404", False),
+        ("/everyone/j?status=404&cc=max-age%3D60", True),
+    ],
+)
+def test_what_the_upstream_allows_is_kept(stack: CacheStack, target: str, cached: bool) -> None:
+    first = stack.get("alice", target)
+    second = stack.get("alice", target)
+    assert first.get("X-Relay-Cache") == "miss"
+    assert (seq(second) == seq(first)) is cached
+    assert second.get("X-Relay-Cache") == ("hit" if cached else "miss")
+
+
+def test_max_age_zero_and_s_maxage_zero_for_a_shared_scope_are_not_kept(stack: CacheStack) -> None:
+    for target in ("/mine/k?cc=max-age%3D0", "/team/l?cc=max-age%3D60%2C%20s-maxage%3D0"):
+        first = stack.get("alice", target)
+        assert seq(stack.get("alice", target)) != seq(first)
+    kept = stack.get("alice", "/mine/m?cc=max-age%3D60%2C%20s-maxage%3D0")  # s-maxage is for shared scopes
+    assert seq(stack.get("alice", "/mine/m?cc=max-age%3D60%2C%20s-maxage%3D0")) == seq(kept)
+
+
+def test_vary_keys_on_the_named_header(stack: CacheStack) -> None:
+    target = "/everyone/v?vary=Accept-Language"
+    english = stack.get("alice", target, headers=(("Accept-Language", "en"),))
+    french = stack.get("alice", target, headers=(("Accept-Language", "fr"),))
+    assert seq(french) != seq(english)
+    assert seq(stack.get("carol", target, headers=(("Accept-Language", "fr"),))) == seq(french)
+
+
+def test_a_client_conditional_request_gets_304_and_head_the_head(stack: CacheStack) -> None:
+    target = "/mine/tagged?body=64&etag=%22v1%22"
+    first = stack.get("alice", target)
+    assert first.get("ETag") == '"v1"'
+    unchanged = stack.get("alice", target, headers=(("If-None-Match", '"v0", "v1"'),))
+    assert unchanged.status == 304 and unchanged.body == b"" and unchanged.get("X-Relay-Cache") == "hit"
+    changed = stack.get("alice", target, headers=(("If-None-Match", '"v0"'),))
+    assert changed.status == 200 and changed.body == first.body
+    head = stack.get("alice", target, method="HEAD")
+    assert head.status == 200 and head.body == b"" and head.get("Content-Length") == "64"
+    assert seq(head) == seq(first)
+
+
+def test_a_body_over_the_entry_limit_streams_and_is_not_kept(stack: CacheStack) -> None:
+    # /mine/ holds 4 KiB, 512 bytes an entry
+    first = stack.get("alice", "/mine/big?fill=200000&te=chunked")
+    assert first.status == 200 and len(first.body) == 200000
+    assert seq(stack.get("alice", "/mine/big?fill=200000&te=chunked")) != seq(first)
+
+
+def test_least_recently_used_entries_go_under_max_bytes(stack: CacheStack) -> None:
+    kept = {name: stack.get("bob", f"/mine/lru{name}?body=400") for name in range(12)}
+    assert seq(stack.get("bob", "/mine/lru0?body=400")) != seq(kept[0])  # evicted long ago
+    assert seq(stack.get("bob", "/mine/lru11?body=400")) == seq(kept[11])
+
+
+def test_a_revoked_token_gets_401_never_the_cached_body(stack: CacheStack) -> None:
+    cached = stack.get("carol", "/mine/secret?body=32")
+    assert stack.get("carol", "/mine/secret?body=32").get("X-Relay-Cache") == "hit"
+    result = subprocess.run(
+        [sys.executable, "-m", "relay.ctl", "--socket", str(stack.workdir / "admin.sock"), "--json",
+         "revoke", "sub", "carol", "--ttl", "1h"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=child_env())
+    assert result.returncode == 0, result.stderr
+    refused = stack.get("carol", "/mine/secret?body=32")
+    assert refused.status == 401 and refused.body != cached.body and seq(refused) is None
+
+
+def test_the_audit_record_says_hit_or_miss(stack: CacheStack) -> None:
+    stack.get("alice", "/mine/audited")
+    stack.get("alice", "/mine/audited")
+    lines = (stack.workdir / "audit.jsonl").read_text().splitlines()
+    details = [r.get("detail") for r in map(json.loads, lines) if r.get("path", r.get("target", "")).startswith("/mine/audited")]
+    assert details[-2:] == ["cache miss", "cache hit"], details
