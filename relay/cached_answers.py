@@ -21,7 +21,7 @@ from relay.config import CacheConfig
 from relay.identity import Identity
 from relay.reply import Reply
 from relay.request import Request
-from relay.response_cache import Entry, Intake, ResponseCache
+from relay.response_cache import Entry, HeaderLookup, Intake, ResponseCache
 
 _HIT = b"X-Relay-Cache: hit\r\n"
 _MISS = b"X-Relay-Cache: miss\r\n"
@@ -53,6 +53,11 @@ class FlowCache:
         return next((g for g in self._groups if g in identity.groups), "")
 
 
+def _request_header(forward: bytes) -> HeaderLookup:
+    """The request's value of a header (several lines joined), for the Vary part of a key."""
+    return lambda name: b", ".join(header_values(forward, name.encode("latin-1")))
+
+
 def _tags(values: list[bytes]) -> set[bytes]:
     return {tag.strip() for value in values for tag in value.split(b",")}
 
@@ -77,10 +82,10 @@ class RecordingReply(Reply):
         request = self._request
         forward = request.headers.forward
         store = self._cache.store
-        entry = store.lookup(self._cache.scope_value(request.identity), request.forward_target,
-                             lambda name: b", ".join(header_values(forward, name.encode("latin-1"))))
         now = time.monotonic()
-        if entry is None or not entry.fresh(now):
+        entry = store.lookup(self._cache.scope_value(request.identity), request.forward_target,
+                             _request_header(forward), now)
+        if entry is None:
             return False
         head = entry.headers + _HIT + b"Age: %d\r\n" % int(entry.age(now))
         if entry.etag is not None and entry.etag in _tags(header_values(forward, b"if-none-match")):
@@ -135,7 +140,7 @@ class RecordingReply(Reply):
         identity = request.identity
         cache.store.store(
             cache.scope_value(identity), request.forward_target, tuple(vary),
-            lambda name: b", ".join(header_values(forward, name.encode("latin-1"))),
+            _request_header(forward),
             Entry(self.status, head, body, time.monotonic(), fresh_for, etags[0] if etags else None,
                   subject=identity.subject if identity is not None else ""),
         )

@@ -89,10 +89,13 @@ class ResponseCache:
         names = self._vary.get((scope_value, target), ())
         return (scope_value, target, tuple(header(name) for name in names))
 
-    def lookup(self, scope_value: str, target: bytes, header: HeaderLookup) -> Entry | None:
+    def lookup(self, scope_value: str, target: bytes, header: HeaderLookup, now: float) -> Entry | None:
+        """The fresh entry for the request; a stale one is dropped (relay does not
+        revalidate), and counts as a miss."""
         key = self.key(scope_value, target, header)
         entry = self._entries.get(key)
-        if entry is None:
+        if entry is None or not entry.fresh(now):
+            self._drop(key)
             self.misses += 1
             return None
         self._entries.move_to_end(key)

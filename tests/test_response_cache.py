@@ -62,28 +62,35 @@ def test_s_maxage_wins_only_for_shared_scopes() -> None:
 def test_scopes_never_meet() -> None:
     cache = ResponseCache(1024, 512)
     cache.store("iss alice", b"/r", (), _no_headers, _entry(b"alice's"))
-    assert cache.lookup("iss bob", b"/r", _no_headers) is None
-    hit = cache.lookup("iss alice", b"/r", _no_headers)
+    assert cache.lookup("iss bob", b"/r", _no_headers, 0.0) is None
+    hit = cache.lookup("iss alice", b"/r", _no_headers, 0.0)
     assert hit is not None and hit.body == b"alice's"
     assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_a_stale_entry_is_dropped_and_missed() -> None:
+    cache = ResponseCache(1024, 512)
+    cache.store("s", b"/r", (), _no_headers, _entry(b"old", fresh_for=5.0))
+    assert cache.lookup("s", b"/r", _no_headers, 5.0) is None
+    assert len(cache) == 0 and cache.bytes == 0 and cache.misses == 1
 
 
 def test_vary_keys_on_the_named_request_headers() -> None:
     cache = ResponseCache(1024, 512)
     english = {"accept-language": b"en"}.get
     cache.store("", b"/r", ("Accept-Language",), lambda n: english(n, b""), _entry(b"hello"))
-    assert cache.lookup("", b"/r", lambda n: b"fr" if n == "accept-language" else b"") is None
-    assert cache.lookup("", b"/r", lambda n: english(n, b"")) is not None
+    assert cache.lookup("", b"/r", lambda n: b"fr" if n == "accept-language" else b"", 0.0) is None
+    assert cache.lookup("", b"/r", lambda n: english(n, b""), 0.0) is not None
 
 
 def test_least_recently_used_goes_first_under_max_bytes() -> None:
     cache = ResponseCache(250, 100)
     for name in (b"/a", b"/b"):
         cache.store("s", name, (), _no_headers, _entry(b"x" * 100))
-    cache.lookup("s", b"/a", _no_headers)  # /a is now the most recent
+    cache.lookup("s", b"/a", _no_headers, 0.0)  # /a is now the most recent
     cache.store("s", b"/c", (), _no_headers, _entry(b"x" * 100))
-    assert cache.lookup("s", b"/b", _no_headers) is None
-    assert cache.lookup("s", b"/a", _no_headers) is not None
+    assert cache.lookup("s", b"/b", _no_headers, 0.0) is None
+    assert cache.lookup("s", b"/a", _no_headers, 0.0) is not None
     assert cache.bytes == 200 and cache.evictions == 1
 
 
@@ -98,8 +105,8 @@ def test_purge_by_subject_and_whole() -> None:
     cache.store("iss alice", b"/r", (), _no_headers, _entry(b"a", "alice"))
     cache.store("iss bob", b"/r", (), _no_headers, _entry(b"b", "bob"))
     assert cache.purge("alice") == 1
-    assert cache.lookup("iss alice", b"/r", _no_headers) is None
-    assert cache.lookup("iss bob", b"/r", _no_headers) is not None
+    assert cache.lookup("iss alice", b"/r", _no_headers, 0.0) is None
+    assert cache.lookup("iss bob", b"/r", _no_headers, 0.0) is not None
     assert cache.purge() == 1 and cache.bytes == 0
 
 
