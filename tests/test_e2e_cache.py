@@ -18,37 +18,32 @@ import pytest
 
 from support import Lighttpd, Relayd, Response, Upstream, exchange, relay_config, request_bytes
 from support.procs import ROOT, child_env
+from support.stack import token_flow
 from test_identity_support import AUD, ISS, Key, ec_key, good_claims, jwks
 
+#: after token_flow's issuer "idp"
 FLOWS = """
-[[issuer]]
-name = "idp"
-issuer = "{iss}"
-audiences = ["{aud}"]
-jwks_file = "{jwks_file}"
-algorithms = ["ES256"]
-
 [[flow]]
 name = "mine"
 path = "/mine/"
 methods = ["GET"]
 sink = "up"
-cache = {{ scope = "subject", ttl = "1h", max_bytes = "4KiB" }}
+cache = { scope = "subject", ttl = "1h", max_bytes = "4KiB" }
 
 [[flow]]
 name = "team"
 path = "/team/"
 methods = ["GET"]
-allow = {{ groups = ["writers", "readers"] }}
+allow = { groups = ["writers", "readers"] }
 sink = "up"
-cache = {{ scope = "group", ttl = "1h" }}
+cache = { scope = "group", ttl = "1h" }
 
 [[flow]]
 name = "everyone"
 path = "/everyone/"
 methods = ["GET"]
 sink = "up"
-cache = {{ scope = "public", ttl = "1h" }}
+cache = { scope = "public", ttl = "1h" }
 """
 
 PEOPLE = {"alice": "writers", "bob": "writers", "carol": "readers"}
@@ -60,8 +55,7 @@ class CacheStack:
         jwks_file = workdir / "jwks.json"
         jwks_file.write_bytes(jwks(key))
         self.upstream = Upstream(workdir)
-        text = relay_config(workdir, self.upstream.url,
-                            extra=FLOWS.format(iss=ISS, aud=AUD, jwks_file=jwks_file))
+        text = relay_config(workdir, self.upstream.url, extra=token_flow(jwks_file, ISS, AUD, "ES256") + FLOWS)
         try:
             self.relayd = Relayd(workdir, text)
             self.lighttpd = Lighttpd(workdir, self.relayd.unix)
