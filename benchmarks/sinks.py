@@ -2,9 +2,10 @@
 
 relayd (TCP, keep-alive, pinned to the CPU under test) takes 64 MiB POSTs into a file sink
 (fsync "never" and "always") and a redis-stream sink (one entry per body), and 1 KiB NDJSON
-records one per request into a file and a redis-stream sink (one entry per record). The
-baseline is lighttpd's mod_webdav storing the same PUTs in a file on the same disk.
-redis-server and wrk run on the other CPU. Figures are medians of ``--repeat`` runs.
+records one per request into a file, a redis-stream sink (one entry per record) and a
+nats-jetstream sink (one message per request, file storage, acknowledged before the
+answer). The baseline is lighttpd's mod_webdav storing the same PUTs in a file on the same
+disk. redis-server, nats-server and wrk run on the other CPU. Figures are medians of ``--repeat`` runs.
 
     python -m benchmarks.sinks [--seconds 5] [--repeat 3]
 """
@@ -73,7 +74,9 @@ webdav.is-readonly = "disable"
 
 
 def relayd(bench: Bench) -> str:
-    redis_port, port = _free_port(), _free_port()
+    redis_port, nats_port, port = _free_port(), _free_port(), _free_port()
+    bench.start("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(nats_port), "-js",
+                         "-sd", str(bench.workdir / "nats")], nats_port, bench.cores.load)
     bench.start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                           "--appendonly", "no", "--dir", str(bench.workdir)], redis_port, bench.cores.load)
     data = bench.workdir / "data"
@@ -94,7 +97,8 @@ auth = "none"
 sink = "{sink}"
 max_body = "128MiB"
 """ for name, sink in (("file-never", "file_never"), ("file-always", "file_always"), ("redis-body", "redis_body"),
-                       ("file-records", "file_records"), ("redis-records", "redis_records")))
+                       ("file-records", "file_records"), ("redis-records", "redis_records"),
+                       ("nats-records", "nats_records")))
     config = bench.workdir / "relay.toml"
     config.write_text(f"""\
 [server]
@@ -121,6 +125,12 @@ type = "redis-stream"
 url = "redis://127.0.0.1:{redis_port}/0"
 stream = "records"
 maxlen = 100000
+
+[sink.nats_records]
+type = "nats-jetstream"
+url = "nats://127.0.0.1:{nats_port}"
+stream = "RECORDS"
+subject = "records"
 {flows}""")
     bench.start("relayd", [sys.executable, "-m", "relay", "-c", str(config)], port, bench.cores.sut)
     return f"http://127.0.0.1:{port}"
@@ -150,6 +160,7 @@ def main() -> None:
                  False),
                 ("1 KiB NDJSON record: relayd → file", relay + "/file-records/x", RECORDS, False),
                 ("1 KiB NDJSON record: relayd → redis stream", relay + "/redis-records/x", RECORDS, False),
+                ("1 KiB NDJSON record: relayd → NATS JetStream", relay + "/nats-records/x", RECORDS, False),
             ]
             print(f"{'case':<46} {'MB/s':>8} {'req/s':>9} {'p99 ms':>8} {'errors':>7}")
             for label, url, load, big in cases:

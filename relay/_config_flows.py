@@ -12,14 +12,15 @@ from collections.abc import Collection
 from typing import Any
 
 from relay._config_cache import build_cache
+from relay._config_ratelimit import build_rate_limits
 from relay._config_read import HEADER_NAME, NAME, NAME_RULE, Table, label
 from relay._toml_locate import join_key
 from relay.config import FlowConfig, FlowHeaders, Rule, strips
 
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
-    "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body",
-    "headers", "cache",
+    "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body", "shared_state",
+    "headers", "rate_limit", "max_token_ttl", "actor_must_be_allowed", "cache",
 )
 _HEADERS_KEYS = ("set", "strip", "identity", "forward_authorization")
 _RULE_KEYS = ("subjects", "groups", "scopes")
@@ -36,6 +37,7 @@ _UNSETTABLE = frozenset({
 _BAD_VALUE = re.compile(r"[^\t\x20-\x7e]")  # header values relay sets are printable ASCII
 _BAD_PATH = re.compile(r"[\x00-\x20\x7f%#?\\]")
 _TiB = 1024**4
+_DAY = 86400.0
 
 
 def build_flows(
@@ -89,18 +91,23 @@ def _flow(t: Table, sinks: Collection[str], issuer_names: Collection[str]) -> Fl
     for i, issuer in enumerate(issuers):
         if issuer not in issuer_names:
             t.report(f"{t.path('issuers')}[{i}]", _unknown("issuer", issuer, issuer_names))
+    auth = t.choice("auth", _FLOW.auth, ("jwt", "none"))
     return FlowConfig(
         name=name,
         path=path,
         sink=sink,
         methods=_methods(t),
-        auth=t.choice("auth", _FLOW.auth, ("jwt", "none")),
+        auth=auth,
         issuers=issuers,
         allow=_rule(t, "allow"),
         deny=_rule(t, "deny"),
         tee=tee,
         max_body=t.size("max_body", _FLOW.max_body, 0, _TiB),
         headers=_headers(t),
+        rate_limits=build_rate_limits(t, "rate_limit", auth == "jwt"),
+        shared_state=t.choice("shared_state", _FLOW.shared_state, ("fail-closed", "fail-open")),
+        max_token_ttl=t.duration("max_token_ttl", _FLOW.max_token_ttl, 1.0, _DAY),
+        actor_must_be_allowed=t.boolean("actor_must_be_allowed", _FLOW.actor_must_be_allowed),
         cache=build_cache(t),
     )
 

@@ -18,6 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from relay._config_cache import check_caches
 from relay._config_flows import build_flows
+from relay._config_tokens import build_tokens
 from relay._config_read import (
     NAME,
     NAME_RULE,
@@ -39,8 +40,10 @@ from relay.config import (
     HttpSinkConfig,
     IssuerConfig,
     ListenAddress,
+    NatsJetStreamSinkConfig,
     RedisStreamSinkConfig,
     ServerConfig,
+    SharedConfig,
     SinkConfig,
     parse_listen,
     unix_socket_path,
@@ -60,24 +63,30 @@ _ISSUER = IssuerConfig(name="", issuer="", audiences=())
 _HTTP = HttpSinkConfig(name="", url="", host="", port=0, base_path="")
 _FILE = FileSinkConfig(name="", path="")
 _REDIS = RedisStreamSinkConfig(name="", url="", stream="")
+_SHARED = SharedConfig()
+_NATS = NatsJetStreamSinkConfig(name="", urls=(), stream="", subject="")
+_NATS_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a stream name: no dots, wildcards or spaces
+_NATS_SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")  # literal: no wildcards
 
 
 def build(data: dict[str, Any], text: str, path: str) -> Config:
     """Validate parsed TOML ``data`` (from ``text`` in file ``path``) as a whole."""
     problems = Problems(path, text)
-    root = Table(problems, data, "", ("server", "audit", "issuer", "sink", "flow"))
+    root = Table(problems, data, "", ("server", "audit", "issuer", "sink", "flow", "shared", "tokens"))
     server = _server(root)
     audit = _audit(root)
     issuers = _issuers(root)
     sinks = _sinks(root)
+    shared = _shared(root, server.workers)
     declared_sinks = list(root.table("sink") or ())
     declared_issuers = [i.name for i in issuers]
     flows = build_flows(root, array_of_tables(root, "flow"), declared_sinks, declared_issuers)
     check_flows(problems, flows, bool(issuers))
+    tokens = build_tokens(root, issuers, flows)
     check_caches(problems, flows, sinks)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 1 << 30))
-    return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows)
+    return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows, shared, tokens)
 
 
 def _section(root: Table, name: str, allowed: tuple[str, ...]) -> Table:
@@ -351,7 +360,7 @@ def _http_sink(t: Table, name: str) -> HttpSinkConfig:
     )
 
 
-def _split_url(t: Table, url: str) -> SplitResult | None:
+def _split_url(t: Table, url: str, key: str = "url") -> SplitResult | None:
     """``url`` split, with a host and a valid port; None (and a problem) otherwise."""
     if not url:
         return None
@@ -359,10 +368,10 @@ def _split_url(t: Table, url: str) -> SplitResult | None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port out of range
     except ValueError as e:
-        t.problem("url", f"cannot read '{url}': {e}")
+        t.problem(key, f"cannot read '{url}': {e}")
         return None
     if not parts.hostname and parts.scheme != "unix":
-        t.problem("url", f"'{url}' has no host")
+        t.problem(key, f"'{url}' has no host")
         return None
     return parts
 
@@ -384,16 +393,25 @@ def _file_sink(t: Table, name: str) -> FileSinkConfig:
     )
 
 
+def _shared(root: Table, workers: int) -> SharedConfig:
+    t = _section(root, "shared", ("redis", "key_prefix", "timeout", "reconnect_max"))
+    redis = t.string("redis", None)
+    if redis is not None:
+        _check_redis_url(t, "redis", redis)
+        if workers > 1:
+            t.problem("redis", "shared state with server.workers > 1 is not supported yet: run one "
+                      "relayd per core behind lighttpd instead (see conf/lighttpd-balance.conf)")
+    return SharedConfig(
+        redis=redis,
+        key_prefix=t.string("key_prefix", _SHARED.key_prefix) or _SHARED.key_prefix,
+        timeout=t.duration("timeout", _SHARED.timeout, 0.001, 60.0),
+        reconnect_max=t.duration("reconnect_max", _SHARED.reconnect_max, 0.01, 300.0),
+    )
+
+
 def _redis_sink(t: Table, name: str) -> RedisStreamSinkConfig:
     url = t.require_str("url")
-    parts = _split_url(t, url)
-    if parts is not None:
-        if parts.scheme == "rediss":
-            t.problem("url", "TLS to Redis (rediss://) is not supported yet")
-        elif parts.scheme not in ("redis", "unix"):
-            t.problem("url", f"'{url}' must start with redis:// or unix://")
-        elif parts.scheme == "redis" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
-            t.problem("url", f"database '{parts.path.strip('/')}' in '{url}' is not a number")
+    _check_redis_url(t, "url", url)
     return RedisStreamSinkConfig(
         name=name,
         url=url,
@@ -401,6 +419,51 @@ def _redis_sink(t: Table, name: str) -> RedisStreamSinkConfig:
         maxlen=t.integer("maxlen", _REDIS.maxlen, 1, 2**63 - 1),
         timeout=t.duration("timeout", _REDIS.timeout, 0.001, 3600.0),
         entry=t.choice("entry", _REDIS.entry, ("record", "body")),
+        max_in_flight=_max_in_flight(t),
+        idempotency_ttl=_idempotency_ttl(t),
+    )
+
+
+def _check_redis_url(t: Table, key: str, url: str) -> None:
+    parts = _split_url(t, url, key)
+    if parts is None:
+        return
+    if parts.scheme == "rediss":
+        t.problem(key, "TLS to Redis (rediss://) is not supported yet")
+    elif parts.scheme not in ("redis", "unix"):
+        t.problem(key, f"'{url}' must start with redis:// or unix://")
+    elif parts.scheme == "redis" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        t.problem(key, f"database '{parts.path.strip('/')}' in '{url}' is not a number")
+
+
+def _nats_sink(t: Table, name: str) -> NatsJetStreamSinkConfig:
+    urls = t.strings("url", ()) if isinstance(t.data.get("url"), list) else (t.require_str("url"),)
+    for url in urls:
+        parts = _split_url(t, url) if url else None
+        if parts is not None and (parts.scheme != "nats" or parts.path.strip("/") or parts.query):
+            t.problem("url", f"'{url}' must be nats://host[:port]")
+    stream, subject = t.require_str("stream"), t.require_str("subject")
+    if stream and not _NATS_NAME.fullmatch(stream):
+        t.problem("stream", f"'{stream}' is not a stream name (letters, digits, '-', '_')")
+    if subject and not _NATS_SUBJECT.fullmatch(subject):
+        t.problem("subject", f"'{subject}' is not a literal subject (dot-separated tokens, no wildcards)")
+    auth = [key for key in ("credentials_file", "nkey_file", "token", "user") if t.has(key)]
+    if len(auth) > 1:
+        t.problem(auth[1], f"set only one of {', '.join(auth)}")
+    if t.has("user") != t.has("password"):
+        t.problem("user" if t.has("user") else "password", "user and password go together")
+    return NatsJetStreamSinkConfig(
+        name=name, urls=urls, stream=stream, subject=subject,
+        timeout=t.duration("timeout", _NATS.timeout, 0.001, 3600.0),
+        connect_timeout=t.duration("connect_timeout", _NATS.connect_timeout, 0.001, 600.0),
+        duplicate_window=t.duration("duplicate_window", _NATS.duplicate_window, 1.0, 30 * _DAY),
+        max_bytes=t.size("max_bytes", _NATS.max_bytes, _KiB, 2**63 - 1),
+        max_msgs=t.integer("max_msgs", _NATS.max_msgs, 1, 2**63 - 1),
+        credentials_file=t.file_path("credentials_file", None),
+        nkey_file=t.file_path("nkey_file", None),
+        token=t.string("token", None),
+        user=t.string("user", None),
+        password=t.string("password", None),
         max_in_flight=_max_in_flight(t),
         idempotency_ttl=_idempotency_ttl(t),
     )
@@ -423,4 +486,7 @@ _SINK_TYPES: dict[str, tuple[tuple[str, ...], _SinkBuilder]] = {
               "idempotency_ttl"), _file_sink),
     "redis-stream": (("url", "stream", "maxlen", "timeout", "entry", "max_in_flight", "idempotency_ttl"),
                      _redis_sink),
+    "nats-jetstream": (("url", "stream", "subject", "timeout", "connect_timeout", "duplicate_window", "max_bytes",
+                        "max_msgs", "credentials_file", "nkey_file", "token", "user", "password", "max_in_flight",
+                        "idempotency_ttl"), _nats_sink),
 }

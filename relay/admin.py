@@ -81,6 +81,7 @@ class StatusReply(AdminReply, total=False):
     in_flight: int
     draining: bool
     workers: Sequence[Mapping[str, object]]  # with workers > 1: id, pid, restarts of each
+    shared: Mapping[str, object]  # with [shared] redis: in_sync, since, disconnects
 
 
 class FlowsReply(AdminReply, total=False):

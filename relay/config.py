@@ -200,7 +200,38 @@ class RedisStreamSinkConfig:
     type: Literal["redis-stream"] = "redis-stream"
 
 
-SinkConfig = HttpSinkConfig | FileSinkConfig | RedisStreamSinkConfig
+@dataclass(frozen=True, slots=True)
+class NatsJetStreamSinkConfig:
+    name: str
+    urls: tuple[str, ...]  # nats://host:port, one per server of a cluster
+    stream: str
+    subject: str
+    timeout: float = 5.0  # the whole publish, PubAck included → 503/504
+    connect_timeout: float = 2.0
+    duplicate_window: float = 86400.0  # of a stream relay creates: Nats-Msg-Id de-duplication
+    max_bytes: int | None = None  # of a stream relay creates (discard = new: a full stream → 503)
+    max_msgs: int | None = None
+    credentials_file: str | None = None  # at most one of these four ways to authenticate
+    nkey_file: str | None = None
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+    type: Literal["nats-jetstream"] = "nats-jetstream"
+
+
+SinkConfig = HttpSinkConfig | FileSinkConfig | RedisStreamSinkConfig | NatsJetStreamSinkConfig
+
+
+@dataclass(frozen=True, slots=True)
+class SharedConfig:
+    """``[shared]``: state every relayd behind one proxy must agree on, kept in one Redis."""
+
+    redis: str | None = None  # redis://host[:port][/db] or unix:///path; None: nothing is shared
+    key_prefix: str = "relay"  # names the hash (PREFIX:revocations) and the channel (PREFIX:changes)
+    timeout: float = 2.0  # a connect or a command to Redis
+    reconnect_max: float = 5.0  # the longest wait between reconnect attempts (backoff doubles to it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +246,18 @@ class Rule:
     def is_empty(self) -> bool:
         """True when the rule constrains nothing (the table was absent)."""
         return not (self.subjects or self.groups or self.scopes or self.claims)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One limit of a flow: ``count`` requests per ``period`` seconds for each key ``per``
+    names, with up to ``burst`` at once; ``name`` labels it in answers and audit records."""
+
+    name: str
+    per: Literal["subject", "group", "client", "flow"]
+    count: int
+    period: float
+    burst: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +291,31 @@ class FlowConfig:
     tee: tuple[str, ...] = ()
     max_body: int = 64 * 1024 * 1024
     headers: FlowHeaders = FlowHeaders()
+    rate_limits: tuple[RateLimit, ...] = ()  # every one must admit a request (AND)
+    #: while out of sync with ``[shared] redis``: 503 (fail-closed) or local state only (fail-open)
+    shared_state: Literal["fail-closed", "fail-open"] = "fail-closed"
+    #: the longest life of a token relay issues for this flow; None: no token exchange for it
+    max_token_ttl: float | None = None
+    #: a token exchanged with an actor_token needs the actor allowed by the flow's rules too
+    actor_must_be_allowed: bool = False
     cache: CacheConfig | None = None
 
     @property
     def is_prefix(self) -> bool:
         return self.path.endswith("/")
+
+
+@dataclass(frozen=True, slots=True)
+class TokensConfig:
+    """relay as an OAuth authorization server: token exchange and introspection."""
+
+    #: relay's issuer identifier (RFC 8414 §2): the ``iss`` of the tokens it issues
+    issuer: str
+    metadata_path: str = "/.well-known/oauth-authorization-server"
+    token_path: str = "/oauth/token"
+    introspection_path: str = "/oauth/introspect"
+    #: the configured issuers whose tokens may be exchanged (() = every one)
+    subject_issuers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +326,8 @@ class Config:
     issuers: tuple[IssuerConfig, ...]
     sinks: Mapping[str, SinkConfig]  # read-only
     flows: tuple[FlowConfig, ...]
+    shared: SharedConfig = SharedConfig()
+    tokens: TokensConfig | None = None  # None: relay issues no tokens
 
 
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL

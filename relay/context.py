@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from relay.audit import AuditLog
 from relay.config import ServerConfig
-from relay.errors import AuditUnavailable, Overloaded, ServiceUnavailable
+from relay.errors import AuditUnavailable, Overloaded, ServiceUnavailable, SharedStateUnavailable
 from relay.identity import Authenticator
 from relay.metrics import Metrics
 from relay.policy import Policy
@@ -19,6 +19,7 @@ from relay.timers import Deadlines
 if TYPE_CHECKING:
     from relay.exchange import Exchange
     from relay.protocol import ClientConnection
+    from relay.shared import SharedState
 
 
 class ServerContext:
@@ -43,6 +44,8 @@ class ServerContext:
         self.connections: set[ClientConnection] = set()
         #: exchanges started and not yet done (pipelined ones waiting their turn included)
         self.exchanges = 0
+        #: the state shared with the other relayd behind the proxy (``[shared] redis``)
+        self.shared: SharedState | None = None
         self.draining = False
         self._request_prefix = secrets.token_hex(4)
         self._request_counter = 0
@@ -87,6 +90,17 @@ class ServerContext:
             return Overloaded(f"event loop {self.deadlines.lag * 1000:.0f} ms behind", retry_after=1)
         if self.audit.refusing:
             return AuditUnavailable("the audit log cannot be written", retry_after=1)
+        return None
+
+    def unshared(self, fail_closed: bool) -> SharedStateUnavailable | None:
+        """The 503 for a request needing the shared state while out of sync with it, or None
+        (in sync, nothing shared, or the flow fails open: then the request is counted)."""
+        shared = self.shared
+        if shared is None or shared.in_sync:
+            return None
+        if fail_closed:
+            return SharedStateUnavailable("out of sync with the shared state in Redis", retry_after=1)
+        shared.unsynced_requests += 1
         return None
 
     def admit(self, conn: ClientConnection) -> bool:

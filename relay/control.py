@@ -29,7 +29,8 @@ from relay.admin import (
     StatsReply,
     StatusReply,
 )
-from relay.identity.revocation import KINDS, RevocationKind
+from relay.identity.revocation import KINDS, RevocationEntry, RevocationKind
+from relay.identity.revocation_shared import TABLE, field_of
 from relay.metrics import flow_stats
 from relay.units import parse_duration
 
@@ -61,11 +62,14 @@ def build_commands(server: Server) -> CommandTable:
 
     async def status(request: AdminRequest) -> AdminReply:
         ctx = server.context
-        return StatusReply(
+        reply = StatusReply(
             ok=True, version=__version__, pid=os.getpid(), uptime_s=round(time.monotonic() - started, 3),
             config=server.config.path, policy_version=ctx.policy.version,
             connections=len(ctx.connections), in_flight=ctx.exchanges, draining=ctx.draining,
         )
+        if server.shared is not None:
+            reply["shared"] = server.shared.status()
+        return reply
 
     async def stats(request: AdminRequest) -> AdminReply:
         return StatsReply(ok=True, flows=flow_stats(server.metrics.snapshot()))
@@ -123,6 +127,13 @@ def build_commands(server: Server) -> CommandTable:
         if problem is not None:
             # the revocation holds in this process all the same: failing open is worse
             raise CommandError(f"revoked until relayd restarts, but not saved: {problem}")
+        if server.shared is not None:
+            try:
+                await server.shared.put(TABLE, field_of(RevocationEntry(kind=kind, value=value, until=until)), until)
+            except ConnectionError as exc:
+                # held and saved here; the next session with Redis pushes it to the others
+                raise CommandError(f"revoked and saved here, not yet on the other instances ({exc}): "
+                                   "it reaches them once Redis is back") from None
         return RevokeReply(ok=True, kind=kind, value=value, until=round(until, 3))
 
     async def cache_stats(request: AdminRequest) -> AdminReply:

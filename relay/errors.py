@@ -106,6 +106,22 @@ class IdempotencyKeyReused(RelayError):
     code = "idempotency_key_reused"
 
 
+class RateLimited(RelayError):
+    """One of the flow's rate limits refuses the caller for now; ``limit`` names it,
+    ``policy`` and ``retry_after`` fill the RateLimit-Policy, RateLimit and Retry-After
+    headers."""
+
+    status = 429
+    code = "rate_limited"
+    explained = True
+
+    def __init__(self, limit: str, policy: str, retry_after: int) -> None:
+        super().__init__(f"rate limit '{limit}' exceeded: retry in {retry_after} s")
+        self.limit = limit
+        self.policy = policy
+        self.retry_after = retry_after
+
+
 class PayloadTooLarge(RelayError):
     status = 413
     code = "body_too_large"
@@ -154,6 +170,13 @@ class Overloaded(ServiceUnavailable):
     """relay itself is at capacity (connections, requests in flight, event-loop lag)."""
 
     code = "overloaded"
+
+
+class SharedStateUnavailable(ServiceUnavailable):
+    """Out of sync with the shared state (``[shared] redis``) on a flow with
+    ``shared_state = "fail-closed"``: a revocation made elsewhere might be missed."""
+
+    code = "shared_state_unavailable"
 
 
 class AuditUnavailable(ServiceUnavailable):

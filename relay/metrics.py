@@ -81,6 +81,10 @@ GAUGES: dict[str, tuple[str, Literal["sum", "max"]]] = {
     "relay_policy_version": ("Version of the policy in force (1 at start, +1 per reload).", "max"),
     "relay_audit_pending_records": ("Audit records waiting to be written.", "sum"),
     "relay_audit_write_failures": ("Failed writes of the audit log since start.", "sum"),
+    "relay_shared_state_in_sync": ("1 while subscribed to the shared state in Redis with its snapshot read.", "max"),
+    "relay_shared_state_disconnects": ("Sessions with the shared state's Redis lost since start.", "sum"),
+    "relay_shared_state_unsynced_requests": (
+        "Requests of fail-open flows served on local state while out of sync with Redis.", "sum"),
 }
 
 

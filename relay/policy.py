@@ -9,14 +9,19 @@ one assignment; requests in flight keep the one they started with.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from relay.cached_answers import FlowCache
-from relay.config import Config, FlowConfig, FlowHeaders, ServerConfig, split_patterns
+from relay.config import Config, FlowConfig, FlowHeaders, RateLimit, ServerConfig, split_patterns
 from relay.fastpath import HeaderRules
 from relay.identity import FlowAuthorizer, IdentitySigner
+from relay.ratelimit import Buckets, build_limiter
 from relay.routing import FlowTable
 from relay.sinks import Sink
 from relay.sinks.static import StaticSink
+
+if TYPE_CHECKING:
+    from relay.tokens.endpoints import TokenService
 
 #: where relay publishes the public key downstream services verify X-Relay-Identity with
 JWKS_PATH = "/.well-known/relay-jwks.json"
@@ -27,11 +32,12 @@ class Flow:
 
     __slots__ = (
         "config", "name", "sink", "sinks", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
-        "issuers", "authorizer", "signer", "sends_identity", "remembers_keys", "cache",
+        "shared_fail_closed", "issuers", "authorizer", "signer", "sends_identity", "remembers_keys", "limiter", "cache",
     )
 
     def __init__(
-        self, config: FlowConfig, sinks: Mapping[str, Sink], server: ServerConfig, signer: IdentitySigner | None
+        self, config: FlowConfig, sinks: Mapping[str, Sink], server: ServerConfig, signer: IdentitySigner | None,
+        buckets: Mapping[tuple[str, RateLimit], Buckets] = {},
     ) -> None:
         self.config = config
         self.name = config.name
@@ -46,8 +52,12 @@ class Flow:
         #: the flow's response cache; a reload builds every flow afresh, so it starts empty
         self.cache = FlowCache(config.cache, config.allow.groups) if config.cache is not None else None
         self.requires_token = config.auth == "jwt"
+        #: out of sync with the shared state, its token requests answer 503
+        self.shared_fail_closed = config.shared_state == "fail-closed"
         self.issuers = config.issuers
         self.authorizer = FlowAuthorizer(config) if self.requires_token else None
+        #: checked once the caller is authorized, before its body is read
+        self.limiter = build_limiter(config.name, config.rate_limits, config.allow.groups, buckets)
         self.sends_identity = self.requires_token and config.headers.identity != "none"
         self.signer = signer if config.headers.identity == "signed" else None
         # headers the flow sets replace whatever the client sent under the same name
@@ -66,18 +76,33 @@ class Policy:
     """An immutable routing snapshot: flows, their table, the sinks they use."""
 
     def __init__(
-        self, config: Config, sinks: Mapping[str, Sink], version: int, signer: IdentitySigner | None
+        self, config: Config, sinks: Mapping[str, Sink], version: int, signer: IdentitySigner | None,
+        previous: Policy | None = None,
+        tokens: TokenService | None = None,
     ) -> None:
+        """``tokens``: relay's OAuth endpoints are served too (the [tokens] table)."""
         self.config = config
         self.version = version
         self.sinks = sinks
-        self.flows = tuple(Flow(flow, sinks, config.server, signer) for flow in config.flows)
+        # a limit a reload leaves unchanged (same flow name, same limit) keeps its counts
+        kept = previous.rate_buckets() if previous is not None else {}
+        self.flows = tuple(Flow(flow, sinks, config.server, signer, kept) for flow in config.flows)
         routed = self.flows
         if signer is not None and all(flow.path != JWKS_PATH for flow in config.flows):
             routed += (_jwks_flow(signer, config.server),)
+        if tokens is not None:
+            routed += tokens.flows(self.flows, config.server)
         self.table: FlowTable[Flow] = FlowTable(routed)
         #: the rules for requests that match no flow (only their framing is looked at)
         self.default_drop = header_rules(config.server, ("authorization",))
+
+    def rate_buckets(self) -> dict[tuple[str, RateLimit], Buckets]:
+        """Every flow's rate-limit buckets by flow name and limit."""
+        return {
+            (flow.name, buckets.config): buckets
+            for flow in self.flows if flow.limiter is not None
+            for buckets in flow.limiter.limits
+        }
 
 
 def header_rules(server: ServerConfig, patterns: Iterable[str]) -> HeaderRules:
@@ -89,7 +114,8 @@ def header_rules(server: ServerConfig, patterns: Iterable[str]) -> HeaderRules:
 
 
 def needs_signer(config: Config) -> bool:
-    return any(flow.headers.identity == "signed" and flow.auth == "jwt" for flow in config.flows)
+    """relay's key signs identities for a flow, or the tokens it issues."""
+    return config.tokens is not None or any(flow.headers.identity == "signed" and flow.auth == "jwt" for flow in config.flows)
 
 
 def _jwks_flow(signer: IdentitySigner, server: ServerConfig) -> Flow:

@@ -405,6 +405,8 @@ class ClientConnection(asyncio.Protocol):
         if overload is not None:
             # shed before any token is verified or body read: the cheapest answer there is
             refusal = overload
+        elif flow.requires_token and (unshared := ctx.unshared(flow.shared_fail_closed)) is not None:
+            refusal = unshared
         elif flow.requires_token:
             try:
                 if _QUERY_TOKEN in query:
@@ -419,6 +421,9 @@ class ClientConnection(asyncio.Protocol):
             client = scan.forwarded_for.decode("latin-1") if scan.forwarded_for else self._peer
         else:
             client = self._peer
+        if refusal is None and flow.limiter is not None:
+            # before the body is read: a refused upload is answered without waiting for it
+            refusal = flow.limiter.check(identity, client)
         has_body = scan.chunked or scan.content_length > 0
         expects_continue = scan.expect is not None and has_body and version == "1.1"
         body = RequestBody(

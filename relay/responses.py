@@ -12,7 +12,7 @@ from http import HTTPStatus
 
 import orjson
 
-from relay.errors import MethodNotAllowed, RelayError, ServiceUnavailable, SinkError, Unauthorized
+from relay.errors import MethodNotAllowed, RateLimited, RelayError, ServiceUnavailable, SinkError, Unauthorized
 
 #: "HTTP/1.1 200 OK\r\n" for every status Python knows; others get a generic reason.
 _STATUS_LINES: dict[int, bytes] = {
@@ -35,6 +35,14 @@ def error_headers(err: RelayError) -> bytes:
         return b"Allow: " + ", ".join(err.allowed).encode("ascii") + b"\r\n"
     if isinstance(err, ServiceUnavailable):
         return b"Retry-After: %d\r\n" % err.retry_after
+    if isinstance(err, RateLimited):
+        # the structured fields of the IETF httpapi RateLimit header fields draft
+        name = err.limit.encode("ascii")
+        return b"".join((
+            b"Retry-After: %d\r\n" % err.retry_after,
+            b"RateLimit-Policy: ", err.policy.encode("ascii"), b"\r\n",
+            b'RateLimit: "%s";r=0;t=%d\r\n' % (name, err.retry_after),
+        ))
     return b""
 
 

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import signal
+from collections.abc import Awaitable
 
 from relay.admin import AdminServer
 from relay.audit import AuditLog
@@ -23,13 +24,16 @@ from relay.control import build_commands
 from relay.errors import ConfigError, StartupError
 from relay.identity import Authenticator, IdentitySigner
 from relay.identity.revocation_file import RevocationFile
+from relay.identity.revocation_shared import revocations_table
 from relay.metrics import EventLoopLag, Metrics
 from relay.metrics_http import serve_metrics
 from relay.notify import notify
 from relay.policy import Policy, needs_signer
 from relay.protocol import ClientConnection
+from relay.shared import SharedState
 from relay.sinks import Sink, build_sink
 from relay.timers import Deadlines
+from relay.tokens.endpoints import token_service
 from relay.unixsock import bind_unix_socket
 from relay.workers import WorkerRole
 
@@ -51,6 +55,8 @@ class Server:
         # the directory is read at start (a reload does not move it)
         self._revocations = RevocationFile(self._config.server.state_dir)
         self.metrics = Metrics()
+        #: the shared state with the other relayd behind the proxy, when ``[shared] redis`` is set
+        self.shared: SharedState | None = None
 
     @property
     def config(self) -> Config:
@@ -72,11 +78,15 @@ class Server:
         deadlines = Deadlines(loop)
         audit = AuditLog(config.audit, loop, self.metrics.count_exchanges)
         sinks = {name: build_sink(sink, deadlines) for name, sink in config.sinks.items()}
-        policy = Policy(config, sinks, 1, self._signer_for(config))
+        signer = self._signer_for(config)
         authenticator = Authenticator(config.issuers)
+        policy = Policy(config, sinks, 1, signer, tokens=token_service(config, signer, authenticator, audit))
         authenticator.restore(revoked)
         await authenticator.start()
         self._ctx = ctx = ServerContext(loop, config.server, policy, audit, self.metrics, deadlines, authenticator)
+        if config.shared.redis is not None:
+            self.shared = ctx.shared = self._share(authenticator)
+            self.shared.start()
         admin = None
         if config.server.admin_socket is not None:
             admin = AdminServer(config.server.admin_socket, frozenset(), build_commands(self))
@@ -117,6 +127,8 @@ class Server:
         deadlines.stop()
         for sink in ctx.policy.sinks.values():
             await sink.close()
+        if self.shared is not None:
+            await self.shared.close()
         await authenticator.close()
         audit.close()
         log.info("relayd stopped")
@@ -132,6 +144,17 @@ class Server:
         except OSError as exc:
             return f"{self._revocations.path}: {exc.strerror or exc}"
         return None
+
+    def _share(self, authenticator: Authenticator) -> SharedState:
+        saves: set[asyncio.Task[object]] = set()
+
+        def spawn(save: Awaitable[object]) -> None:
+            task: asyncio.Task[object] = asyncio.ensure_future(save)
+            saves.add(task)  # held until done: a task only the loop references may be collected
+            task.add_done_callback(saves.discard)
+
+        table = revocations_table(authenticator.revocations, authenticator.restore, self.save_revocations, spawn)
+        return SharedState(self._config.shared, {table.name: table})
 
     async def _render_metrics(self) -> bytes:
         return self.metrics.render()
@@ -153,6 +176,10 @@ class Server:
         self.metrics.watch("relay_policy_version", lambda: ctx.policy.version)
         self.metrics.watch("relay_audit_pending_records", lambda: ctx.audit.pending)
         self.metrics.watch("relay_audit_write_failures", lambda: ctx.audit.write_failures)
+        if (shared := self.shared) is not None:
+            self.metrics.watch("relay_shared_state_in_sync", lambda: float(shared.in_sync))
+            self.metrics.watch("relay_shared_state_disconnects", lambda: shared.disconnects)
+            self.metrics.watch("relay_shared_state_unsynced_requests", lambda: shared.unsynced_requests)
         self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
         # requests are counted from their audit notes, as those are flushed: flush them now
         self.metrics.on_snapshot(lambda metrics: ctx.audit.flush())
@@ -256,7 +283,8 @@ class Server:
         await self._close_listeners(keep=frozenset(config.server.listen))
         ctx.apply(config.server)
         ctx.authenticator.update(config.issuers)
-        ctx.policy = Policy(config, sinks, old_policy.version + 1, signer)
+        tokens = token_service(config, signer, ctx.authenticator, ctx.audit)
+        ctx.policy = Policy(config, sinks, old_policy.version + 1, signer, old_policy, tokens)
         self._config = config
         retired = [s for name, s in old_policy.sinks.items() if sinks.get(name) is not s]
         if retired:

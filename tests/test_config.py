@@ -500,7 +500,7 @@ BAD = [
                  "'dev team' is not a name", id="issuer-name"),
     # [sink.*]
     pytest.param(doc(sinks=SINKS.replace('type = "http"', 'type = "https"  # HERE')), "sink.api.type",
-                 "unknown sink type 'https' (one of http, file, redis-stream)", id="sink-type-unknown"),
+                 "unknown sink type 'https' (one of http, file, redis-stream, nats-jetstream)", id="sink-type-unknown"),
     pytest.param(doc(sinks=SINKS.replace('[sink.api]\ntype = "http"', "[sink.api]  # HERE")), "sink.api.type",
                  "required key 'type' is missing", id="sink-type-missing"),
     pytest.param(doc(sinks=SINKS.replace('"http://127.0.0.1:9000"', '"https://127.0.0.1:9000"  # HERE')), "sink.api.url",
@@ -531,6 +531,15 @@ BAD = [
                  "sink.events.stream", "required key 'stream' is missing", id="sink-redis-stream"),
     pytest.param(doc(sinks=SINKS + '\n\n[sink.events]\ntype = "redis-stream"\nurl = "redis://h/x"  # HERE\nstream = "s"'),
                  "sink.events.url", "database 'x'", id="sink-redis-db"),
+    pytest.param(doc(audit='[shared]\nredis = "http://h"  # HERE'), "shared.redis",
+                 "must start with redis:// or unix://", id="shared-redis-scheme"),
+    pytest.param(doc(audit='[shared]\nredis = "redis://h"\nchannel = "c"  # HERE'), "shared.channel",
+                 "unknown key", id="shared-unknown-key"),
+    pytest.param(doc(server=SERVER + '\nworkers = 2\nadmin_socket = "a.sock"',
+                     audit='[shared]\nredis = "redis://h"  # HERE'), "shared.redis",
+                 "server.workers > 1 is not supported", id="shared-workers"),
+    pytest.param(doc(flows=FLOWS.replace('path = "', 'shared_state = "open"  # HERE\npath = "', 1)),
+                 "flow[0].shared_state", "fail-closed", id="flow-shared-state"),
     pytest.param(doc(sinks=SINKS + '\n\n[sink."my sink"]  # HERE\ntype = "file"\npath = "x"'), 'sink."my sink"',
                  "sink name 'my sink' is not a name", id="sink-name"),
     pytest.param(doc(sinks=SINKS + "\nmax_in_flight = 0  # HERE"), "sink.archive.max_in_flight",
@@ -544,6 +553,19 @@ BAD = [
     pytest.param(doc(sinks=SINKS + '\n\n[sink.events]\ntype = "redis-stream"\nurl = "redis://h"\nstream = "s"\n'
                      'idempotency_ttl = 60  # HERE'), "sink.events.idempotency_ttl", "a duration needs a unit",
                  id="sink-redis-idempotency-ttl-unit"),
+    pytest.param(doc(sinks=SINKS + '\n\n[sink.bus]\ntype = "nats-jetstream"\nurl = "http://h:4222"  # HERE\n'
+                     'stream = "S"\nsubject = "s"'), "sink.bus.url", "must be nats://host[:port]", id="sink-nats-url"),
+    pytest.param(doc(sinks=SINKS + '\n\n[sink.bus]\ntype = "nats-jetstream"\nurl = ["nats://h"]\n'
+                     'stream = "a.b"  # HERE\nsubject = "s"'), "sink.bus.stream", "is not a stream name",
+                 id="sink-nats-stream"),
+    pytest.param(doc(sinks=SINKS + '\n\n[sink.bus]\ntype = "nats-jetstream"\nurl = "nats://h"\nstream = "S"\n'
+                     'subject = "s.*"  # HERE'), "sink.bus.subject", "is not a literal subject", id="sink-nats-subject"),
+    pytest.param(doc(sinks=SINKS + '\n\n[sink.bus]\ntype = "nats-jetstream"\nurl = "nats://h"\nstream = "S"\n'
+                     'subject = "s"\ntoken = "t"\nuser = "u"  # HERE\npassword = "p"'), "sink.bus.user",
+                 "set only one of token, user", id="sink-nats-auth"),
+    pytest.param(doc(sinks=SINKS + '\n\n[sink.bus]\ntype = "nats-jetstream"\nurl = "nats://h"\nstream = "S"\n'
+                     'subject = "s"\npassword = "p"  # HERE'), "sink.bus.password", "user and password go together",
+                 id="sink-nats-password"),
     # [[flow]]
     pytest.param(doc(flows=FLOWS + '\nmetods = ["POST"]  # HERE'), "flow[0].metods",
                  "unknown key 'metods' (did you mean 'methods'?) (flow 'orders')", id="flow-unknown-key"),

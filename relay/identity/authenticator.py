@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from relay.config import IssuerConfig
 from relay.errors import Unauthorized
@@ -28,6 +28,9 @@ from relay.identity.jose import parse_compact
 from relay.identity.keys import FETCH_TIMEOUT, REFETCH_COOLDOWN, IssuerKeys, KeyStatus, key_source
 from relay.identity.revocation import RevocationEntry, RevocationKind, Revocations
 from relay.identity.verify import Issuer
+
+if TYPE_CHECKING:
+    from relay.tokens.own import OwnTokens
 
 __all__ = ["CACHE_CAPACITY", "Authenticator"]
 
@@ -63,6 +66,8 @@ class Authenticator:
         self._by_name: dict[str, Issuer] = {}
         self._by_iss: dict[str, Issuer] = {}
         self._max_token_bytes = 0
+        #: relay's own tokens, accepted when it issues them
+        self._own: OwnTokens | None = None
         self._install(issuers)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -112,6 +117,11 @@ class Authenticator:
         self._max_token_bytes = max((c.max_token_bytes for c in configs), default=_MAX_TOKEN_BYTES)
         self._generation += 1  # audiences, algorithms or claim mapping may differ now
 
+    def trust_own(self, own: OwnTokens | None) -> None:
+        """Accept the tokens relay issues (its token endpoint), or stop accepting them."""
+        self._own = own
+        self._generation += 1
+
     def _keys_removed(self) -> None:
         self._generation += 1
 
@@ -148,6 +158,11 @@ class Authenticator:
             _fail("too_large", f"token of {len(token)} bytes is over the limit")
         compact = parse_compact(token)
         iss = compact.payload.get("iss")
+        own = self._own
+        if own is not None and iss == own.issuer:
+            identity, cache_until = own.verify(compact, now)
+            self._cache.put(authorization, self._generation, identity, cache_until)
+            return identity
         issuer = self._by_iss.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             _fail("issuer", f"issuer {str(iss)[:128]!r} is not configured")

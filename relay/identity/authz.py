@@ -91,6 +91,9 @@ class FlowAuthorizer:
             raise PolicyDenied(refusal)
 
     def _refusal(self, identity: Identity) -> str | None:
+        if identity.flows is not None:
+            # relay's own token: the flow's rules held for its subject when it was issued
+            return None if self.flow in identity.flows else f"flow {self.flow} is not named in the token"
         if self._deny is not None and self._deny.matches(identity):
             return f"flow {self.flow}: {identity.subject!r} matches its deny rule"
         if self._allow is not None and not self._allow.matches(identity):

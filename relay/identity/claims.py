@@ -29,11 +29,12 @@ class Identity:
     payload (read-only); ``expires_at`` is the token's ``exp`` (seconds since the epoch).
     """
 
-    __slots__ = ("subject", "issuer", "groups", "scopes", "claims", "jti", "kid", "expires_at", "header_memo",
-                 "verdicts")
+    __slots__ = ("subject", "issuer", "groups", "scopes", "claims", "jti", "kid", "expires_at", "flows",
+                 "header_memo", "verdicts")
 
     def __init__(self, subject: str, issuer: str, groups: tuple[str, ...], scopes: tuple[str, ...],
-                 claims: Mapping[str, Any], jti: str | None, kid: str, expires_at: int) -> None:  # fmt: skip
+                 claims: Mapping[str, Any], jti: str | None, kid: str, expires_at: int,
+                 flows: frozenset[str] | None = None) -> None:  # fmt: skip
         self.subject = subject
         self.issuer = issuer
         self.groups = groups
@@ -42,6 +43,8 @@ class Identity:
         self.jti = jti
         self.kid = kid
         self.expires_at = expires_at
+        #: a token relay issued itself names the flows it is good for; None: any flow
+        self.flows = flows
         #: the plain identity header block, built once by relay.identity.headers
         self.header_memo: bytes | None = None
         #: each flow authorizer's verdict on this identity: None (allowed) or why not

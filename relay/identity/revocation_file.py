@@ -25,11 +25,11 @@ import os
 import stat
 from collections.abc import Callable
 
-import orjson
 
 from relay import durable
 from relay.errors import StartupError
 from relay.identity.revocation import KINDS, RevocationEntry
+from relay.state_document import dump_document, parse_document
 
 __all__ = ["FILE_NAME", "RevocationFile"]
 
@@ -81,23 +81,13 @@ class RevocationFile:
         """Write ``entries()`` durably. It is called once this save's turn comes, so a
         later save never writes an older set. Raises OSError."""
         async with self._lock:
-            data = orjson.dumps({"format": _FORMAT, "version": _VERSION, "entries": entries()})
+            data = dump_document(_FORMAT, _VERSION, "entries", list(entries()))
             # fsync takes milliseconds (more on a busy disk): not on the event loop
             await asyncio.to_thread(durable.replace, self.path, data)
 
 
 def _parse(data: bytes) -> list[RevocationEntry]:
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    if not isinstance(document, dict) or document.get("format") != _FORMAT:
-        raise ValueError(f"not a {_FORMAT} document")
-    if document.get("version") != _VERSION:
-        raise ValueError(f"version {document.get('version')!r}, this relayd reads version {_VERSION}")
-    entries = document.get("entries")
-    if not isinstance(entries, list):
-        raise ValueError("'entries' is not a list")
+    entries = parse_document(data, _FORMAT, _VERSION, "entries")
     out: list[RevocationEntry] = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or set(entry) != {"kind", "value", "until"}:

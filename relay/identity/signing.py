@@ -22,7 +22,7 @@ from relay.durable import write_temporary
 from relay.identity.claims import Identity
 from relay.identity.jose import b64url_encode
 
-__all__ = ["LIFETIME", "IdentitySigner"]
+__all__ = ["LIFETIME", "IdentitySigner", "public_jwk"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,16 @@ def _create(path: str) -> None:
         os.unlink(temporary)
 
 
+def public_jwk(key: Ed25519PrivateKey) -> dict[str, str]:
+    """The public JWK of ``key``, its kid the RFC 7638 thumbprint."""
+    x = b64url_encode(key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode("ascii")  # fmt: skip
+    # RFC 7638 §3.2: the required members in lexicographic order, no whitespace
+    thumbprint = orjson.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, option=orjson.OPT_SORT_KEYS)
+    kid = b64url_encode(hashlib.sha256(thumbprint).digest()).decode("ascii")
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}
+
+
 class IdentitySigner:
     """Signs short-lived JWTs with relay's Ed25519 key. Raises OSError/ValueError if the
     key file cannot be read, created or parsed."""
@@ -75,13 +85,9 @@ class IdentitySigner:
         if not os.path.exists(key_path):
             _create(key_path)
         self._key = _load(key_path)
-        x = b64url_encode(self._key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode("ascii")  # fmt: skip
-        # RFC 7638 §3.2: the required members in lexicographic order, no whitespace
-        thumbprint = orjson.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, option=orjson.OPT_SORT_KEYS)
-        self.kid = b64url_encode(hashlib.sha256(thumbprint).digest()).decode("ascii")
+        jwk = public_jwk(self._key)
+        self.kid = jwk["kid"]
         self._header = b64url_encode(orjson.dumps({"alg": "EdDSA", "kid": self.kid, "typ": "JWT"}))
-        jwk = {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "alg": "EdDSA", "use": "sig"}
         self._jwks = orjson.dumps({"keys": [jwk]})
         self._memo: dict[tuple[Identity, str], tuple[int, bytes]] = {}
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from relay.config import FileSinkConfig, HttpSinkConfig, SinkConfig
+from relay.config import FileSinkConfig, HttpSinkConfig, NatsJetStreamSinkConfig, SinkConfig
 from relay.sinks.base import Sink
 from relay.sinks.file import FileSink
 from relay.sinks.http import HttpSink
+from relay.sinks.nats_jetstream import NatsJetStreamSink
 from relay.sinks.redis_stream import RedisStreamSink
 from relay.timers import Deadlines
 
@@ -18,4 +19,6 @@ def build_sink(config: SinkConfig, deadlines: Deadlines) -> Sink:
         return HttpSink(config, deadlines)
     if isinstance(config, FileSinkConfig):
         return FileSink(config, deadlines)
+    if isinstance(config, NatsJetStreamSinkConfig):
+        return NatsJetStreamSink(config)
     return RedisStreamSink(config)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -24,6 +25,8 @@ __all__ = ["LARGE", "RedisAddress", "RedisConnection", "ReplyError", "connect", 
 #: an error Redis answered (hiredis returns it as a value; it is never raised)
 ReplyError = hiredis.ReplyError
 
+
+C = TypeVar("C", bound="RedisConnection")
 
 #: arguments from this size on are sent as they are by ``pack_large``
 LARGE = 64 * 1024
@@ -102,12 +105,18 @@ class RedisConnection(asyncio.Protocol):
         self._reader.feed(data)
         try:
             while (answer := self._reader.gets()) is not False:
+                if self.pushed(answer):
+                    continue
                 waiter = self._waiting.popleft()
                 if not waiter.done():  # its caller may have given up
                     waiter.set_result(answer)
         except (hiredis.ProtocolError, IndexError):
             # garbage, or an answer to nothing: nothing more on this connection can be trusted
             self.close()
+
+    def pushed(self, answer: Any) -> bool:
+        """Whether ``answer`` is a message Redis sent unasked (none here: see ``relay.shared``)."""
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -136,14 +145,15 @@ class RedisConnection(asyncio.Protocol):
             self._transport.close()
 
 
-async def connect(address: RedisAddress) -> RedisConnection:
-    """A connection to ``address``, logged in and on its database (the caller bounds the time)."""
+async def connect(address: RedisAddress, protocol: Callable[[], C] = RedisConnection) -> C:  # type: ignore[assignment]
+    """A connection to ``address``, logged in and on its database (the caller bounds the time).
+    ``protocol`` makes a subclass, e.g. one that also takes pub/sub messages."""
     loop = asyncio.get_running_loop()
-    connection: RedisConnection
+    connection: C
     if address.path is not None:
-        _, connection = await loop.create_unix_connection(RedisConnection, address.path)
+        _, connection = await loop.create_unix_connection(protocol, address.path)
     else:
-        _, connection = await loop.create_connection(RedisConnection, address.host, address.port)
+        _, connection = await loop.create_connection(protocol, address.host, address.port)
     try:
         setup = []
         if address.password is not None:

@@ -25,9 +25,12 @@ from relay.fastpath import LAST_CHUNK, HeaderRules, encode_chunk, scan_headers
 from relay.reply import Reply
 from relay.timers import Deadlines
 
-#: response headers relay does not pass on (beyond the hop-by-hop set scan_headers drops);
-#: an upstream's names with `_` pass, as nginx's proxy passes them
-_RESPONSE_DROP = HeaderRules((), (), underscores=True)
+#: response headers relay does not pass on (beyond the hop-by-hop set scan_headers drops):
+#: the ones that make a front server answer with a file of its own choosing instead of the
+#: body (lighttpd's X-Sendfile family, nginx's X-Accel-*), so an upstream can never make
+#: lighttpd read what it likes; an upstream's names with `_` pass, as nginx's proxy passes them
+_RESPONSE_DROP = HeaderRules(
+    (b"X-Sendfile", b"X-Sendfile2", b"X-LIGHTTPD-send-file"), (b"X-Accel-",), underscores=True)
 #: bytes of an unclaimed answer buffered before the upstream is paused
 HOLD_BYTES = 256 * 1024
 

@@ -22,8 +22,7 @@ answer (the options combine):
     fail=reset    reset the connection instead of answering (SO_LINGER 0)
     fail=garbage  answer bytes that are not HTTP, then close
     fail=close    close without answering
-    cc=V          add "Cache-Control: V"; vary=V adds "Vary: V", etag=V "ETag: V",
-                  cookie=V "Set-Cookie: V"
+    header=N:V    add this header field to the answer (may be given more than once)
 """
 
 from __future__ import annotations
@@ -47,9 +46,6 @@ READ_SIZE = 64 * 1024
 MAX_LINE = 64 * 1024
 HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 DIGITS = re.compile(r"[0-9]{1,18}")
-
-
-_ANSWER_HEADERS = (("cc", "Cache-Control"), ("vary", "Vary"), ("etag", "ETag"), ("cookie", "Set-Cookie"))
 
 
 def pattern(size: int) -> bytes:
@@ -212,7 +208,8 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
     seq = log.next_seq()
     log.write({"phase": "head", "seq": seq, "method": method, "target": target,
                "version": version, "headers": headers})
-    options = {k: v[-1] for k, v in parse_qs(urlsplit(target).query).items()}
+    query = parse_qs(urlsplit(target).query)
+    options = {k: v[-1] for k, v in query.items()}
     read_delay = float(options.get("read_delay", "0"))
     digest = hashlib.sha256()
     received: list[bytes] = []
@@ -254,8 +251,8 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
     lines = [f"HTTP/1.1 {status} Upstream", f"X-Upstream-Seq: {seq}",
              "Content-Type: application/octet-stream",
              "Transfer-Encoding: chunked" if chunked else f"Content-Length: {fill or len(body)}",
-             "Connection: keep-alive" if keep_alive else "Connection: close"]
-    lines += [f"{name}: {options[key]}" for key, name in _ANSWER_HEADERS if key in options]
+             "Connection: keep-alive" if keep_alive else "Connection: close",
+             *query.get("header", [])]
     conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     for piece in filled(fill, chunked) if fill else frame(body, chunked):
         conn.sendall(piece)

@@ -1,0 +1,198 @@
+"""State every relayd behind one proxy agrees on, kept in one Redis (``[shared]``).
+
+Each kind of state is a *table*: a Redis hash ``PREFIX:TABLE`` of field → the wall-clock
+time the entry lapses, and every change is also published on the channel
+``PREFIX:changes`` as ``{"table", "field", "until"}``. An instance subscribes first and
+reads the snapshot (HGETALL of every table) after, so no change published in between is
+missed; then it pushes what it holds that Redis lacks (entries made while Redis was
+away, here or before a restart), and only then counts as *in sync*. A lost connection
+(or a PING unanswered within the timeout) ends the session; it reconnects with a
+backoff doubling up to ``reconnect_max`` and starts over with subscribe and snapshot.
+
+Revocations are the table ``revocations`` (``relay.identity.revocation_shared``); a
+second kind of state registers a table of its own and shares the connection, channel
+and snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from relay.config import SharedConfig
+from relay.sinks._resp import RedisAddress, RedisConnection, ReplyError, connect, pack
+
+__all__ = ["Entries", "SharedState", "Table"]
+
+log = logging.getLogger(__name__)
+
+#: field → until; a table's entries as Redis or an instance holds them
+Entries = dict[str, float]
+_PING_EVERY = 1.0
+_FIRST_RETRY = 0.05
+# keep the larger until, let the hash lapse with its last entry, tell every instance
+_PUT = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local lapses = tonumber(ARGV[2])
+if lapses > old then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], math.ceil(lapses))
+  else redis.call('EXPIREAT', KEYS[1], math.ceil(lapses), 'GT') end
+  redis.call('PUBLISH', KEYS[2], ARGV[3])
+end
+return 1
+"""
+
+
+class Table:
+    """One kind of shared state: what the instance holds, and what to do with what others put."""
+
+    def __init__(self, name: str, held: Callable[[], Entries], received: Callable[[Entries], None]) -> None:
+        self.name = name
+        self.held = held
+        self.received = received
+
+
+class _Subscriber(RedisConnection):
+    """A connection in subscribe mode: published messages go to ``on_message``."""
+
+    on_message: Callable[[bytes], None] = staticmethod(lambda payload: None)
+
+    def pushed(self, answer: Any) -> bool:
+        if isinstance(answer, list) and len(answer) == 3 and answer[0] == b"message":
+            self.on_message(answer[2])
+            return True
+        return False
+
+
+class SharedState:
+    """The sessions with Redis, one after another, for as long as relayd runs."""
+
+    def __init__(self, config: SharedConfig, tables: Mapping[str, Table]) -> None:
+        assert config.redis is not None
+        self._config = config
+        self._address = RedisAddress.from_url(config.redis)
+        self._tables = tables
+        self._channel = f"{config.key_prefix}:changes"
+        self._commands: RedisConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        #: subscribed and the snapshot applied: this instance holds what every other one put
+        self.in_sync = False
+        #: sessions that ended (Redis lost or unanswered)
+        self.disconnects = 0
+        self.since = time.time()  # when in_sync last changed
+        #: requests of fail-open flows served while not in sync
+        self.unsynced_requests = 0
+
+    def status(self) -> dict[str, object]:
+        """For ``relayctl status`` and the metrics: whether in sync, since when, how often lost."""
+        return {"redis": self._config.redis, "in_sync": self.in_sync, "since": round(self.since, 3),
+                "disconnects": self.disconnects, "unsynced_requests": self.unsynced_requests}
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="shared-state")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def put(self, table: str, field: str, until: float) -> None:
+        """Store and publish one entry. Raises ConnectionError while not in sync."""
+        connection = self._commands
+        if not self.in_sync or connection is None:
+            raise ConnectionError(f"Redis at {self._config.redis} is unreachable")
+        await self._put(connection, table, field, until)
+
+    async def _put(self, connection: RedisConnection, table: str, field: str, until: float) -> None:
+        message = orjson.dumps({"table": table, "field": field, "until": until})
+        answer = await self._answer(connection, pack("EVAL", _PUT, 2, self._key(table), self._channel,
+                                                     field, repr(until), message))
+        if isinstance(answer, ReplyError):
+            raise ConnectionError(f"Redis refused the write: {answer}")
+
+    def _key(self, table: str) -> str:
+        return f"{self._config.key_prefix}:{table}"
+
+    async def _answer(self, connection: RedisConnection, command: bytes) -> Any:
+        try:
+            return await asyncio.wait_for(connection.call(command)[0], self._config.timeout)
+        except TimeoutError:
+            connection.close()
+            raise ConnectionError(f"Redis did not answer within {self._config.timeout:g}s") from None
+
+    async def _run(self) -> None:
+        retry = _FIRST_RETRY
+        while True:
+            try:
+                await self._session()
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                if self.in_sync:  # a session that worked: the next attempt comes at once
+                    retry = _FIRST_RETRY
+                log.warning("shared state: %s; retrying in %.2gs", exc, retry)
+            self._sync(False)
+            await asyncio.sleep(retry)  # the backoff itself, not a wait for an event
+            retry = min(retry * 2, self._config.reconnect_max)
+
+    async def _session(self) -> None:
+        timeout = self._config.timeout
+        subscriber = await asyncio.wait_for(connect(self._address, _Subscriber), timeout)
+        subscriber.on_message = self._message
+        try:
+            commands = await asyncio.wait_for(connect(self._address, RedisConnection), timeout)
+        except BaseException:
+            subscriber.close()
+            raise
+        try:
+            await self._answer(subscriber, pack("SUBSCRIBE", self._channel))
+            for name, table in self._tables.items():
+                await self._catch_up(commands, name, table)
+            self._commands = commands
+            self._sync(True)
+            while not subscriber.closed:
+                await asyncio.sleep(_PING_EVERY)  # a heartbeat's period, not synchronisation
+                if await self._answer(commands, pack("PING")) != b"PONG":
+                    raise ConnectionError("Redis answered PING wrongly")
+            raise ConnectionError("the subscription to Redis was lost")
+        finally:
+            self._commands = None
+            subscriber.close()
+            commands.close()
+
+    async def _catch_up(self, commands: RedisConnection, name: str, table: Table) -> None:
+        """Apply the snapshot of ``table``; push what this instance holds that Redis lacks."""
+        raw = await self._answer(commands, pack("HGETALL", self._key(name)))
+        if isinstance(raw, ReplyError):
+            raise ConnectionError(f"Redis refused the snapshot: {raw}")
+        now = time.time()
+        stored = {raw[i].decode(): float(raw[i + 1]) for i in range(0, len(raw), 2)}
+        table.received({field: until for field, until in stored.items() if until > now})
+        for field, until in table.held().items():
+            if until > stored.get(field, 0.0):
+                await self._put(commands, name, field, until)
+
+    def _message(self, payload: bytes) -> None:
+        try:
+            change = orjson.loads(payload)
+            table = self._tables.get(change["table"])
+            if table is not None:
+                table.received({str(change["field"]): float(change["until"])})
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("shared state: ignored a change that is not relay's: %r", payload[:200])
+
+    def _sync(self, in_sync: bool) -> None:
+        if in_sync != self.in_sync:
+            self.in_sync, self.since = in_sync, time.time()
+            if in_sync:
+                log.info("shared state in sync with Redis at %s", self._config.redis)
+            else:
+                log.warning("shared state out of sync: Redis at %s lost; flows with shared_state = "
+                            "\"fail-closed\" answer 503, \"fail-open\" ones serve on local state",
+                            self._config.redis)
+            if not in_sync:
+                self.disconnects += 1
