@@ -9,6 +9,10 @@ used entries go first. A body over ``max_entry_bytes`` is never stored; the call
 into an ``Intake`` only up to that limit and gives up past it, so a large answer streams
 without being held.
 
+A stale entry is kept only when it has a validator (``ETag`` or ``Last-Modified``): the
+caller then revalidates it with the upstream instead of fetching it whole. The counters
+(``CacheCounters``) outlive the store: a reload that keeps the flow keeps counting on.
+
 Lookups happen only after the flow's authentication and authorization have passed for the
 request at hand; this module never decides admission, it only keeps scopes apart.
 """
@@ -46,6 +50,23 @@ class Entry:
     def fresh(self, now: float) -> bool:
         return self.age(now) < self.fresh_for
 
+    @property
+    def revalidatable(self) -> bool:
+        return self.etag is not None or self.last_modified is not None
+
+
+@dataclass(slots=True)
+class CacheCounters:
+    """How a flow's cache answered: from a fresh entry (hit), from a stale one the upstream
+    confirmed with a 304 (revalidated), or not at all (miss); body bytes it sent; entries
+    pushed out under max_bytes."""
+
+    hits: int = 0
+    misses: int = 0
+    revalidated: int = 0
+    served_bytes: int = 0
+    evictions: int = 0
+
 
 @dataclass(slots=True)
 class Intake:
@@ -72,15 +93,13 @@ class Intake:
 
 
 class ResponseCache:
-    def __init__(self, max_bytes: int, max_entry_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_entry_bytes: int, counters: CacheCounters | None = None) -> None:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._vary: dict[tuple[str, bytes], tuple[str, ...]] = {}
         self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
+        self.counters = counters if counters is not None else CacheCounters()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -90,17 +109,19 @@ class ResponseCache:
         return (scope_value, target, tuple(header(name) for name in names))
 
     def lookup(self, scope_value: str, target: bytes, header: HeaderLookup, now: float) -> Entry | None:
-        """The fresh entry for the request; a stale one is dropped (relay does not
-        revalidate), and counts as a miss."""
+        """The request's entry: fresh, or stale with a validator to revalidate it by; a
+        stale one without is dropped. The caller counts the outcome."""
         key = self.key(scope_value, target, header)
         entry = self._entries.get(key)
-        if entry is None or not entry.fresh(now):
+        if entry is None or not (entry.revalidatable or entry.fresh(now)):
             self._drop(key)
-            self.misses += 1
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         return entry
+
+    def forget(self, scope_value: str, target: bytes, header: HeaderLookup) -> None:
+        """Drop the request's entry (the upstream answered a revalidation with a new answer)."""
+        self._drop(self.key(scope_value, target, header))
 
     def store(self, scope_value: str, target: bytes, vary: tuple[str, ...],
               header: HeaderLookup, entry: Entry) -> bool:
@@ -115,7 +136,7 @@ class ResponseCache:
         while self.bytes > self.max_bytes:
             oldest = next(iter(self._entries))
             self._drop(oldest)
-            self.evictions += 1
+            self.counters.evictions += 1
         return True
 
     def purge(self, subject: str | None = None) -> int:

@@ -1,9 +1,12 @@
 """The response cache end to end: client → lighttpd → relayd → upstream.
 
 The upstream numbers its answers (X-Upstream-Seq), so a cached answer is the one with the
-number of the request that stored it. Entries never cross scopes (two subjects, the same
-URL, two answers), a group's entry serves the group only, a revoked token gets 401 and
-never the cached body, and Cache-Control, Vary and Set-Cookie decide what is kept.
+number of the request that stored it; with body=subject it answers each caller with its
+own name. Entries never cross scopes (two subjects, the same URL, two answers), a group's
+entry serves the group only, a revoked token gets 401 and never the cached body, a purge
+makes the next request a miss, and Cache-Control, Vary and Set-Cookie decide what is
+kept. Stale entries with a validator are revalidated (the upstream's 304 answers from the
+entry), and clients' conditional requests are answered from the cache.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -46,7 +51,7 @@ sink = "up"
 cache = { scope = "public", ttl = "1h" }
 """
 
-PEOPLE = {"alice": "writers", "bob": "writers", "carol": "readers"}
+PEOPLE = {"alice": "writers", "bob": "writers", "carol": "readers", "mallory": "readers"}
 
 
 class CacheStack:
@@ -69,6 +74,16 @@ class CacheStack:
     def get(self, who: str, target: str, method: str = "GET", headers: tuple[tuple[str, str], ...] = ()) -> Response:
         auth = (("Authorization", "Bearer " + self.tokens[who].decode()),)
         return exchange(self.lighttpd.address, request_bytes(method, target, auth + headers))
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "relay.ctl", "--socket", str(self.workdir / "admin.sock"), *args],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env=child_env())
+
+    def upstream_saw(self, target: str) -> list[dict[str, Any]]:
+        """The requests for ``target`` that reached the upstream, in order (lighttpd decodes
+        some of a query's escapes on the way, so targets compare unquoted)."""
+        return [r for r in self.upstream.records() if unquote(r.get("target", "")) == unquote(target)]
 
     def close(self) -> None:
         for part in ("lighttpd", "relayd", "upstream"):
@@ -180,15 +195,100 @@ def test_least_recently_used_entries_go_under_max_bytes(stack: CacheStack) -> No
 
 
 def test_a_revoked_token_gets_401_never_the_cached_body(stack: CacheStack) -> None:
-    cached = stack.get("carol", "/mine/secret?body=32")
-    assert stack.get("carol", "/mine/secret?body=32").get("X-Relay-Cache") == "hit"
-    result = subprocess.run(
-        [sys.executable, "-m", "relay.ctl", "--socket", str(stack.workdir / "admin.sock"), "--json",
-         "revoke", "sub", "carol", "--ttl", "1h"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env=child_env())
+    targets = ("/mine/secret?body=subject", "/team/secret?body=subject", "/everyone/secret?body=subject")
+    cached = {target: stack.get("mallory", target) for target in targets}
+    for target in targets:
+        assert stack.get("mallory", target).get("X-Relay-Cache") == "hit"
+    result = stack.ctl("--json", "revoke", "sub", "mallory", "--ttl", "1h")
     assert result.returncode == 0, result.stderr
-    refused = stack.get("carol", "/mine/secret?body=32")
-    assert refused.status == 401 and refused.body != cached.body and seq(refused) is None
+    for target in targets:
+        refused = stack.get("mallory", target)
+        assert refused.status == 401 and seq(refused) is None and b"mallory" not in refused.body
+        assert refused.get("X-Relay-Cache") is None
+    # the public entry mallory stored still serves those who may see it
+    assert stack.get("alice", targets[2]).body == cached[targets[2]].body == b"mallory"
+
+
+def test_the_same_url_answered_differently_per_subject_is_never_crossed(stack: CacheStack) -> None:
+    target = "/mine/whoami?body=subject"
+    answers = {who: stack.get(who, target) for who in ("alice", "bob")}
+    assert answers["alice"].body == b"alice" and answers["bob"].body == b"bob"
+    for _ in range(2):
+        for who in ("bob", "alice"):
+            again = stack.get(who, target)
+            assert again.get("X-Relay-Cache") == "hit" and again.body == who.encode()
+    carol = stack.get("carol", "/team/whoami?body=subject")  # readers
+    alice = stack.get("alice", "/team/whoami?body=subject")  # writers: not carol's group
+    assert (carol.body, alice.body) == (b"carol", b"alice") and alice.get("X-Relay-Cache") == "miss"
+    assert stack.get("bob", "/team/whoami?body=subject").body == b"alice"  # writers share
+
+
+NO_CACHE_V1 = "header=ETag%3A%22v1%22&header=Cache-Control%3Ano-cache"
+LAST_MODIFIED = "header=Last-Modified%3ATue,%2001%20Dec%202026%2010:00:00%20GMT&header=Cache-Control%3Amax-age%3D0"
+
+
+def test_a_stale_entry_is_revalidated_by_its_etag(stack: CacheStack) -> None:
+    target = f"/mine/tag?body=64&validate=1&{NO_CACHE_V1}"
+    first = stack.get("alice", target)
+    assert first.get("X-Relay-Cache") == "miss" and len(first.body) == 64
+    again = stack.get("alice", target)
+    assert again.status == 200 and again.get("X-Relay-Cache") == "revalidated"
+    assert again.body == first.body and again.get("ETag") == '"v1"'
+    seen = stack.upstream_saw(target)
+    assert len(seen) == 2 and "If-None-Match" not in dict(seen[0]["headers"])
+    assert [v for k, v in seen[1]["headers"] if k.lower() == "if-none-match"] == ['"v1"']
+    # another subject's request never revalidates (nor gets) alice's entry
+    bob = stack.get("bob", target)
+    assert bob.get("X-Relay-Cache") == "miss"
+    assert "If-None-Match" not in dict(stack.upstream_saw(target)[-1]["headers"])
+
+
+def test_a_stale_entry_is_revalidated_by_its_date(stack: CacheStack) -> None:
+    target = f"/mine/dated?body=10&validate=1&{LAST_MODIFIED}"
+    first = stack.get("alice", target)
+    again = stack.get("alice", target)
+    assert again.get("X-Relay-Cache") == "revalidated" and again.body == first.body
+    asked = dict(stack.upstream_saw(target)[-1]["headers"])
+    assert asked.get("If-Modified-Since") == "Tue, 01 Dec 2026 10:00:00 GMT"
+
+
+def test_a_new_answer_to_a_revalidation_replaces_the_entry(stack: CacheStack) -> None:
+    target = f"/mine/changing?body=8&{NO_CACHE_V1}"  # no validate: always a fresh 200
+    first = stack.get("alice", target)
+    second = stack.get("alice", target)
+    assert second.get("X-Relay-Cache") == "miss" and seq(second) != seq(first)
+    assert stack.get("alice", target).get("X-Relay-Cache") == "miss"
+
+
+def test_a_client_conditional_on_a_stale_entry_goes_up_as_relays_own(stack: CacheStack) -> None:
+    target = f"/mine/cond?body=16&validate=1&{NO_CACHE_V1}"
+    stack.get("alice", target)
+    matching = stack.get("alice", target, headers=(("If-None-Match", 'W/"v1"'),))
+    assert matching.status == 304 and matching.body == b"" and matching.get("X-Relay-Cache") == "revalidated"
+    other = stack.get("alice", target, headers=(("If-None-Match", '"v0"'),))
+    assert other.status == 200 and len(other.body) == 16 and other.get("X-Relay-Cache") == "revalidated"
+    for head in stack.upstream_saw(target)[1:]:
+        assert [v for k, v in head["headers"] if k.lower() == "if-none-match"] == ['"v1"']
+
+
+def test_a_client_conditional_that_misses_fetches_the_whole_answer_and_keeps_it(stack: CacheStack) -> None:
+    target = "/mine/first-conditional?body=20&validate=1&header=ETag%3A%22v7%22"
+    first = stack.get("bob", target, headers=(("If-None-Match", '"v7"'),))
+    assert first.status == 304 and first.get("X-Relay-Cache") == "miss" and first.get("ETag") == '"v7"'
+    assert "If-None-Match" not in dict(stack.upstream_saw(target)[0]["headers"])
+    whole = stack.get("bob", target)
+    assert whole.status == 200 and whole.get("X-Relay-Cache") == "hit" and len(whole.body) == 20
+
+
+def test_a_client_if_modified_since_is_answered_from_a_fresh_entry(stack: CacheStack) -> None:
+    target = "/mine/since?body=12&header=Last-Modified%3ATue,%2001%20Dec%202026%2010:00:00%20GMT"
+    first = stack.get("alice", target)
+    later = stack.get("alice", target, headers=(("If-Modified-Since", "Wed, 02 Dec 2026 10:00:00 GMT"),))
+    assert later.status == 304 and later.get("X-Relay-Cache") == "hit" and later.get("Content-Type") is None
+    earlier = stack.get("alice", target, headers=(("If-Modified-Since", "Mon, 30 Nov 2026 10:00:00 GMT"),))
+    assert earlier.status == 200 and earlier.body == first.body
+    garbage = stack.get("alice", target, headers=(("If-Modified-Since", "yesterday"),))
+    assert garbage.status == 200 and len(stack.upstream_saw(target)) == 1
 
 
 def test_the_audit_record_says_hit_or_miss(stack: CacheStack) -> None:
@@ -197,3 +297,12 @@ def test_the_audit_record_says_hit_or_miss(stack: CacheStack) -> None:
     lines = (stack.workdir / "audit.jsonl").read_text().splitlines()
     details = [r.get("detail") for r in map(json.loads, lines) if r.get("path", r.get("target", "")).startswith("/mine/audited")]
     assert details[-2:] == ["cache miss", "cache hit"], details
+
+
+def test_the_audit_record_says_revalidated(stack: CacheStack) -> None:
+    target = f"/mine/audited-tag?validate=1&{NO_CACHE_V1}"
+    stack.get("alice", target)
+    stack.get("alice", target)
+    records = [json.loads(line) for line in (stack.workdir / "audit.jsonl").read_text().splitlines()]
+    details = [r.get("detail") for r in records if r.get("path", "").startswith("/mine/audited-tag")]
+    assert details[-2:] == ["cache miss", "cache revalidated"], details
