@@ -35,7 +35,7 @@ from relay.metrics import Snapshot
 from relay.unixsock import bind_unix_socket
 
 __all__ = [
-    "COMMANDS", "MAX_LINE", "AdminReply", "AdminRequest", "AdminServer", "CacheStatsReply", "CommandError",
+    "COMMANDS", "MAX_LINE", "AdminReply", "AdminRequest", "AdminServer", "CachePurgeReply", "CacheStatsReply", "CommandError",
     "CommandTable", "FlowsReply", "Handler", "KeysReply", "LogLevelReply", "MetricsReply", "ReloadReply",
     "RevokeReply", "SnapshotReply", "StatsReply", "StatusReply",
 ]
@@ -62,6 +62,8 @@ class AdminRequest(TypedDict, total=False):
     value: str  # revoke: the jti, subject or kid
     ttl: str  # revoke: how long, as a duration ("1h")
     level: str  # log-level: "debug", "info", "warning" or "error"
+    flow: str  # cache purge: the flow whose response cache to empty (without it: the token cache)
+    subject: str  # cache purge with a flow: only the entries this subject's requests stored
 
 
 class AdminReply(TypedDict, total=False):
@@ -98,6 +100,11 @@ class KeysReply(AdminReply, total=False):
 
 class CacheStatsReply(AdminReply, total=False):
     cache: Mapping[str, int]  # size, capacity, hits, misses, evictions, ...
+
+
+class CachePurgeReply(AdminReply, total=False):
+    flow: str  # with a flow: the flow whose response cache was purged
+    purged: int  # entries dropped (summed over workers)
 
 
 class ReloadReply(AdminReply, total=False):

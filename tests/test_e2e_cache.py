@@ -223,6 +223,29 @@ def test_the_same_url_answered_differently_per_subject_is_never_crossed(stack: C
     assert stack.get("bob", "/team/whoami?body=subject").body == b"alice"  # writers share
 
 
+def test_purge_by_subject_then_the_whole_flow(stack: CacheStack) -> None:
+    target = "/mine/purged?body=subject"
+    for who in ("alice", "bob"):
+        stack.get(who, target)
+        assert stack.get(who, target).get("X-Relay-Cache") == "hit"
+    purged = stack.ctl("--json", "cache", "purge", "--flow", "mine", "--subject", "alice")
+    assert purged.returncode == 0, purged.stderr
+    assert json.loads(purged.stdout)["purged"] >= 1
+    assert stack.get("alice", target).get("X-Relay-Cache") == "miss"
+    assert stack.get("bob", target).get("X-Relay-Cache") == "hit"
+    assert stack.ctl("cache", "purge", "--flow", "mine").returncode == 0
+    for who in ("alice", "bob"):
+        after = stack.get(who, target)
+        assert after.get("X-Relay-Cache") == "miss" and after.body == who.encode()
+
+
+def test_purge_refuses_what_it_cannot_do(stack: CacheStack) -> None:
+    unknown = stack.ctl("cache", "purge", "--flow", "nope")
+    assert unknown.returncode == 1 and "no flow 'nope'" in unknown.stderr
+    no_flow = stack.ctl("cache", "purge", "--subject", "alice")
+    assert no_flow.returncode == 2 and "--subject needs --flow" in no_flow.stderr
+
+
 NO_CACHE_V1 = "header=ETag%3A%22v1%22&header=Cache-Control%3Ano-cache"
 LAST_MODIFIED = "header=Last-Modified%3ATue,%2001%20Dec%202026%2010:00:00%20GMT&header=Cache-Control%3Amax-age%3D0"
 
