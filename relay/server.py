@@ -25,6 +25,7 @@ from relay.errors import ConfigError, StartupError
 from relay.identity import Authenticator, IdentitySigner
 from relay.identity.revocation_file import RevocationFile
 from relay.identity.revocation_shared import revocations_table
+from relay.cache_metrics import cache_rows
 from relay.metrics import EventLoopLag, Metrics
 from relay.metrics_http import serve_metrics
 from relay.notify import notify
@@ -181,6 +182,7 @@ class Server:
             self.metrics.watch("relay_shared_state_disconnects", lambda: shared.disconnects)
             self.metrics.watch("relay_shared_state_unsynced_requests", lambda: shared.unsynced_requests)
         self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
+        self.metrics.on_snapshot(lambda metrics: metrics.set_response_caches(cache_rows(ctx.policy.flows)))
         # requests are counted from their audit notes, as those are flushed: flush them now
         self.metrics.on_snapshot(lambda metrics: ctx.audit.flush())
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from relay.cache_metrics import CacheRow, hit_ratio
 from relay.cached_answers import FlowCache
 from relay.conditional import not_modified, revalidation_headers, without_conditionals
 from relay.config import CacheConfig
 from relay.header_block import header_values, list_items, only_fields, updated_with
 from relay.identity import Identity
+from relay.metrics import Metrics, merge, render
+from test_metrics import labels, samples
 
 LAST_MODIFIED = b"Tue, 01 Dec 2026 10:00:00 GMT"
 
@@ -72,3 +75,24 @@ def test_scope_values_keep_callers_apart() -> None:
     # a token relay issued for the flow skips the group rule: holding none, it uses no entry
     assert team.scope_value(_who("carol", ("other",))) is None
     assert FlowCache(CacheConfig(scope="public"), ()).scope_value(None) == ""
+
+
+def _row(flow: str, hits: int, misses: int, revalidated: int = 0) -> CacheRow:
+    return CacheRow(flow=flow, hits=hits, misses=misses, revalidated=revalidated, served_bytes=hits * 100,
+                    evictions=0, bytes=300, entries=3)
+
+
+def test_cache_rows_merge_and_render() -> None:
+    one, two = Metrics(), Metrics()
+    one.set_response_caches([_row("mine", 3, 1)])
+    two.set_response_caches([_row("mine", 1, 2, revalidated=1), _row("team", 0, 1)])
+    s = samples(render(merge([one.snapshot(), two.snapshot()])))
+    lookups = "relay_response_cache_lookups_total"
+    assert s[(lookups, labels(flow="mine", result="hit"))] == 4
+    assert s[(lookups, labels(flow="mine", result="revalidated"))] == 1
+    assert s[(lookups, labels(flow="mine", result="miss"))] == 3
+    assert s[("relay_response_cache_hit_ratio", labels(flow="mine"))] == 5 / 8
+    assert s[("relay_response_cache_hit_ratio", labels(flow="team"))] == 0
+    assert s[("relay_response_cache_bytes", labels(flow="mine"))] == 600
+    assert s[("relay_response_cache_served_bytes_total", labels(flow="mine"))] == 400
+    assert hit_ratio(_row("idle", 0, 0)) == 0.0

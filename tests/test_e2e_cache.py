@@ -246,6 +246,20 @@ def test_purge_refuses_what_it_cannot_do(stack: CacheStack) -> None:
     assert no_flow.returncode == 2 and "--subject needs --flow" in no_flow.stderr
 
 
+def test_metrics_show_lookups_hit_ratio_and_bytes(stack: CacheStack) -> None:
+    for _ in range(3):
+        stack.get("alice", "/everyone/counted?body=1000")
+    text = stack.ctl("metrics").stdout
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line.startswith("relay_response_cache_")}
+    assert values['relay_response_cache_lookups_total{flow="everyone",result="hit"}'] >= 2
+    assert values['relay_response_cache_lookups_total{flow="everyone",result="miss"}'] >= 1
+    assert 0 < values['relay_response_cache_hit_ratio{flow="everyone"}'] < 1
+    assert values['relay_response_cache_bytes{flow="everyone"}'] >= 1000
+    assert values['relay_response_cache_served_bytes_total{flow="everyone"}'] >= 2000
+    assert values['relay_response_cache_entries{flow="mine"}'] >= 0
+
+
 NO_CACHE_V1 = "header=ETag%3A%22v1%22&header=Cache-Control%3Ano-cache"
 LAST_MODIFIED = "header=Last-Modified%3ATue,%2001%20Dec%202026%2010:00:00%20GMT&header=Cache-Control%3Amax-age%3D0"
 
