@@ -23,6 +23,8 @@ Scope = Literal["subject", "group", "public"]
 
 #: answers stored when the upstream allows it; others pass through uncached
 CACHEABLE_STATUSES = frozenset((200, 203, 204, 301, 404))
+#: identity headers relay sets that stay the same for every request of one subject's entries
+_SAME_PER_SUBJECT = frozenset(("x-relay-subject", "x-relay-issuer", "x-relay-flow"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,12 @@ def _seconds(found: dict[str, str | None], name: str) -> int | None:
 def storable(status: int, cc: Directives, scope: Scope, sets_cookie: bool, vary: list[str]) -> bool:
     """Whether an answer may go into a cache entry of ``scope``."""
     if status not in CACHEABLE_STATUSES or cc.no_store or "*" in vary:
+        return False
+    # an answer that varies on the identity relay sends (X-Relay-Subject, -Groups, the signed
+    # X-Relay-Identity, the request id) differs per caller or per request: only a subject's
+    # own entry may keep it, and only when what it varies on is the subject's
+    relayed = {name for name in vary if name.startswith("x-relay-")}
+    if relayed and (scope != "subject" or not relayed <= _SAME_PER_SUBJECT):
         return False
     if scope != "subject" and (cc.private or sets_cookie):
         return False

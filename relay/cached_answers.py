@@ -63,9 +63,21 @@ class FlowCache:
         return next((g for g in self._groups if g in identity.groups), None)
 
 
-def _request_header(forward: bytes) -> HeaderLookup:
-    """The request's value of a header (several lines joined), for the Vary part of a key."""
-    return lambda name: b", ".join(header_values(forward, name.encode("latin-1")))
+def _request_header(request: Request) -> HeaderLookup:
+    """The value of a header (several lines joined) as the upstream received it, for the Vary
+    part of a key: the client's, or for Host and X-Forwarded-For what relay sent in their place
+    (identity headers are kept out by ``storable``)."""
+    forward = request.headers.forward
+    client = request.client.encode("latin-1") if request.client else b""
+
+    def value(name: str) -> bytes:
+        if name == "host":
+            return request.host or b""
+        if name == "x-forwarded-for":
+            return client
+        return b", ".join(header_values(forward, name.encode("latin-1")))
+
+    return value
 
 
 def _first(block: bytes, name: bytes) -> bytes | None:
@@ -108,7 +120,7 @@ class RecordingReply(Reply):
         request = self._request
         forward = request.headers.forward
         now = time.monotonic()
-        entry = self._cache.store.lookup(scope, request.forward_target, _request_header(forward), now)
+        entry = self._cache.store.lookup(scope, request.forward_target, _request_header(request), now)
         if entry is None:
             counters.misses += 1
             if request.method == "GET":
@@ -184,7 +196,7 @@ class RecordingReply(Reply):
         assert self._scope is not None
         cache = self._cache
         request = self._request
-        lookup = _request_header(request.headers.forward)
+        lookup = _request_header(request)
         if status != 304:
             cache.store.forget(self._scope, request.forward_target, lookup)
             cache.counters.misses += 1
@@ -236,5 +248,4 @@ class RecordingReply(Reply):
     def _keep(self, entry: Entry, vary: tuple[str, ...]) -> None:
         assert self._scope is not None
         request = self._request
-        self._cache.store.store(self._scope, request.forward_target, vary,
-                                _request_header(request.headers.forward), entry)
+        self._cache.store.store(self._scope, request.forward_target, vary, _request_header(request), entry)

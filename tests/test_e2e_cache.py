@@ -223,6 +223,17 @@ def test_the_same_url_answered_differently_per_subject_is_never_crossed(stack: C
     assert stack.get("bob", "/team/whoami?body=subject").body == b"alice"  # writers share
 
 
+def test_an_answer_varying_on_relays_identity_headers_is_not_shared(stack: CacheStack) -> None:
+    shared = "/everyone/personal?body=subject&header=Vary%3AX-Relay-Subject"
+    answers = [stack.get(who, shared) for who in ("alice", "carol", "alice")]
+    assert [a.body for a in answers] == [b"alice", b"carol", b"alice"]
+    assert {a.get("X-Relay-Cache") for a in answers} == {"miss"}
+    own = "/mine/personal?body=subject&header=Vary%3AX-Relay-Subject"
+    stack.get("alice", own)
+    again = stack.get("alice", own)
+    assert again.get("X-Relay-Cache") == "hit" and again.body == b"alice"
+
+
 def test_purge_by_subject_then_the_whole_flow(stack: CacheStack) -> None:
     target = "/mine/purged?body=subject"
     for who in ("alice", "bob"):

@@ -39,6 +39,12 @@ def test_a_malformed_age_is_stale_at_once() -> None:
         (404, b"", "subject", False, [], False),
         (404, b"max-age=5", "subject", False, [], True),
         (500, b"max-age=5", "subject", False, [], False),
+        # varying on the identity relay sends: a subject's own entry at most
+        (200, b"", "public", False, ["x-relay-subject"], False),
+        (200, b"", "group", False, ["accept", "x-relay-subject"], False),
+        (200, b"", "subject", False, ["x-relay-subject", "x-relay-issuer"], True),
+        (200, b"", "subject", False, ["x-relay-groups"], False),
+        (200, b"", "subject", False, ["x-relay-request-id"], False),
     ],
 )
 def test_storable(status: int, header: bytes, scope: str, cookie: bool, vary: list[str], expected: bool) -> None:
