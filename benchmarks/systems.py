@@ -199,14 +199,18 @@ def lighttpd_chain(ctx: Context, uploads: bool = False) -> System:
 
 # --- relayd -----------------------------------------------------------------------------
 
-def relay_config(ctx: Context, port: int, sock: str, auth: Auth, commit: Commit = "before-answer") -> str:
+def relay_config(ctx: Context, port: int, sock: str, auth: Auth, commit: Commit = "before-answer",
+                 cache: bool = False) -> str:
     """GETs under /bench/ and /files-http/ to lighttpd, POSTs under /upload/ to discard.py,
     GETs under /files/ from the files sink; a token
     required when ``auth`` names an algorithm (the issuer then accepts only that one,
-    as HAProxy's rules do); audit records written as ``commit`` says."""
+    as HAProxy's rules do); audit records written as ``commit`` says; with ``cache`` the
+    GET flow keeps lighttpd's answers (per subject, or for everyone without a token) for
+    longer than a run lasts, so every request after the first is a cache hit."""
     rules = 'auth = "none"'
     if auth != "none":
         rules = f'auth = "jwt"\nissuers = ["bench"]\nallow = {{ groups = ["{GROUP}"] }}'
+    kept = f'cache = {{ scope = "{"public" if auth == "none" else "subject"}", ttl = "1h" }}' if cache else ""
     return f"""\
 [server]
 listen = ["127.0.0.1:{port}", "unix:{sock}"]
@@ -240,6 +244,7 @@ path = "/bench/"
 methods = ["GET"]
 {rules}
 sink = "upstream"
+{kept}
 
 [[flow]]
 name = "upload"
@@ -268,10 +273,10 @@ sink = "upstream"
 """
 
 
-def _relayd(ctx: Context, auth: Auth, commit: Commit = "before-answer") -> tuple[Proc, int, str]:
+def _relayd(ctx: Context, auth: Auth, commit: Commit = "before-answer", cache: bool = False) -> tuple[Proc, int, str]:
     port, sock = ctx.port(), str(ctx.path("relay.sock"))
     config = ctx.path("relay.toml")
-    config.write_text(relay_config(ctx, port, sock, auth, commit))
+    config.write_text(relay_config(ctx, port, sock, auth, commit, cache))
     ctx.path("audit.jsonl").unlink(missing_ok=True)  # each run's audit starts empty
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -280,15 +285,17 @@ def _relayd(ctx: Context, auth: Auth, commit: Commit = "before-answer") -> tuple
     return proc, port, sock
 
 
-def relayd_direct(ctx: Context, auth: Auth = "none", commit: Commit = "before-answer") -> System:
-    """wrk → relayd over TCP with keep-alive → upstream."""
-    relayd, port, _ = _relayd(ctx, auth, commit)
+def relayd_direct(ctx: Context, auth: Auth = "none", commit: Commit = "before-answer",
+                  cache: bool = False) -> System:
+    """wrk → relayd over TCP with keep-alive → upstream (or relayd's response cache)."""
+    relayd, port, _ = _relayd(ctx, auth, commit, cache)
     return System(f"http://127.0.0.1:{port}", {"relayd": relayd})
 
 
-def relay_chain(ctx: Context, auth: Auth = "none", commit: Commit = "before-answer") -> System:
-    """wrk → lighttpd (shipped conf) → relayd's Unix socket → upstream."""
-    relayd, _, sock = _relayd(ctx, auth, commit)
+def relay_chain(ctx: Context, auth: Auth = "none", commit: Commit = "before-answer",
+                cache: bool = False) -> System:
+    """wrk → lighttpd (shipped conf) → relayd's Unix socket → upstream (or its cache)."""
+    relayd, _, sock = _relayd(ctx, auth, commit, cache)
     front, url = _front_lighttpd(ctx, sock)
     return System(url, {"relayd": relayd, "lighttpd": front})
 

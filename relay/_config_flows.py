@@ -11,6 +11,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from relay._config_cache import build_cache
 from relay._config_ratelimit import build_rate_limits
 from relay._config_read import HEADER_NAME, NAME, NAME_RULE, Table, label
 from relay._toml_locate import join_key
@@ -19,7 +20,7 @@ from relay.config import ApprovalConfig, FlowConfig, FlowHeaders, Rule, strips
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
     "name", "path", "sink", "methods", "auth", "issuers", "allow", "deny", "tee", "max_body", "shared_state",
-    "headers", "rate_limit", "max_token_ttl", "actor_must_be_allowed", "approval",
+    "headers", "rate_limit", "max_token_ttl", "actor_must_be_allowed", "approval", "cache",
 )
 _APPROVAL_KEYS = ("approvers", "max_ttl")
 _HEADERS_KEYS = ("set", "strip", "identity", "forward_authorization")
@@ -110,6 +111,7 @@ def _flow(t: Table, sinks: Collection[str], issuer_names: Collection[str]) -> Fl
         max_token_ttl=max_token_ttl,
         actor_must_be_allowed=t.boolean("actor_must_be_allowed", _FLOW.actor_must_be_allowed),
         approval=_approval(t, auth, max_token_ttl),
+        cache=build_cache(t),
     )
 
 

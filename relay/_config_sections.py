@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from relay._config_cache import check_caches
 from relay._config_files import adapt_file_flows
 from relay._config_flows import build_flows
 from relay._config_keys import check_key_rotation, key_rotation
@@ -89,6 +90,7 @@ def build(data: dict[str, Any], text: str, path: str) -> Config:
     tokens = build_tokens(root, issuers, flows)
     check_approvals(root, flows)
     check_key_rotation(root, server, flows, tokens)
+    check_caches(problems, flows, sinks)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 1 << 30))
     return Config(os.path.abspath(path), server, audit, issuers, MappingProxyType(sinks), flows, shared, tokens)

@@ -35,9 +35,9 @@ from relay.metrics import Snapshot
 from relay.unixsock import bind_unix_socket
 
 __all__ = [
-    "COMMANDS", "MAX_LINE", "AdminReply", "AdminRequest", "AdminServer", "CacheStatsReply", "CommandError",
-    "CommandTable", "FlowsReply", "GrantsReply", "Handler", "KeysReply", "LogLevelReply", "MetricsReply", "ReloadReply",
-    "RevokeReply", "SnapshotReply", "StatsReply", "StatusReply", "ask",
+    "COMMANDS", "MAX_LINE", "AdminReply", "AdminRequest", "AdminServer", "CachePurgeReply", "CacheStatsReply",
+    "CommandError", "CommandTable", "FlowsReply", "GrantsReply", "Handler", "KeysReply", "LogLevelReply", "MetricsReply",
+    "ReloadReply", "RevokeReply", "SnapshotReply", "StatsReply", "StatusReply", "ask",
 ]
 
 log = logging.getLogger("relay.admin")
@@ -69,6 +69,8 @@ class AdminRequest(TypedDict, total=False):
     grant_id: str  # grants approve/deny/revoke: which grant
     grant: dict[str, object]  # grants put/hold: the grant as relay.grants.model.Grant.as_json writes it
     now: bool  # keys rotate: the new key signs at once, not once it has been published for the lead
+    flow: str  # cache purge: the flow whose response cache to empty (without it: the token cache)
+    subject: str  # cache purge with a flow: only the entries this subject's requests stored
 
 
 class AdminReply(TypedDict, total=False):
@@ -107,6 +109,11 @@ class KeysReply(AdminReply, total=False):
 
 class CacheStatsReply(AdminReply, total=False):
     cache: Mapping[str, int]  # size, capacity, hits, misses, evictions, ...
+
+
+class CachePurgeReply(AdminReply, total=False):
+    flow: str  # with a flow: the flow whose response cache was purged
+    purged: int  # entries dropped (summed over workers)
 
 
 class ReloadReply(AdminReply, total=False):

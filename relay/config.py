@@ -297,6 +297,16 @@ class FlowHeaders:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """A GET flow's response cache (see ``relay.response_cache``)."""
+
+    scope: Literal["subject", "group", "public"]
+    ttl: float = 60.0  # the lifetime when the upstream states none, and the cap of any it states
+    max_bytes: int = 64 * 1024 * 1024  # per flow and per worker
+    max_entry_bytes: int = 0  # 0: max_bytes / 8
+
+
+@dataclass(frozen=True, slots=True)
 class FlowConfig:
     name: str
     path: str  # normalized; a trailing "/" makes it a prefix
@@ -318,6 +328,7 @@ class FlowConfig:
     actor_must_be_allowed: bool = False
     #: callers its rules do not allow may ask for a just-in-time grant; None: no grants
     approval: ApprovalConfig | None = None
+    cache: CacheConfig | None = None
 
     @property
     def is_prefix(self) -> bool:

@@ -16,6 +16,7 @@ from relay import __version__
 from relay.admin import (
     AdminReply,
     AdminRequest,
+    CachePurgeReply,
     CacheStatsReply,
     CommandError,
     CommandTable,
@@ -177,8 +178,18 @@ def build_commands(server: Server) -> CommandTable:
         return CacheStatsReply(ok=True, cache=server.context.authenticator.cache_stats())
 
     async def cache_purge(request: AdminRequest) -> AdminReply:
-        server.context.authenticator.purge_cache()
-        return AdminReply(ok=True)
+        name = request.get("flow")
+        if name is None:
+            if "subject" in request:
+                raise CommandError("a subject's entries are purged from one flow's response cache: name the flow")
+            server.context.authenticator.purge_cache()
+            return AdminReply(ok=True)
+        flow = next((f for f in server.context.policy.flows if f.name == name), None)
+        if flow is None:
+            raise CommandError(f"no flow {name!r}")
+        if flow.cache is None:
+            raise CommandError(f"flow {name!r} has no response cache")
+        return CachePurgeReply(ok=True, flow=name, purged=flow.cache.store.purge(request.get("subject")))
 
     async def snapshot(request: AdminRequest) -> AdminReply:
         return SnapshotReply(ok=True, snapshot=server.metrics.snapshot())

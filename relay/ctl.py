@@ -185,9 +185,25 @@ def _admin_commands(sub: SubParsers) -> None:
 
     keys.set_defaults(run=_remote(keys_request))
 
-    cache = sub.add_parser("cache", help="the verified-token cache: 'cache stats' or 'cache purge'")
+    cache = sub.add_parser("cache", help="the verified-token cache: 'cache stats' or 'cache purge'; "
+                                         "'cache purge --flow F [--subject S]': a flow's response cache")
     cache.add_argument("action", choices=("stats", "purge"))
-    cache.set_defaults(run=_remote(lambda a: AdminRequest(cmd=f"cache {a.action}")))
+    cache.add_argument("--flow", help="purge this flow's response cache instead of the token cache")
+    cache.add_argument("--subject", help="with --flow: only the entries this subject's requests stored")
+
+    def cache_request(a: argparse.Namespace) -> AdminRequest:
+        if a.action != "purge" and (a.flow or a.subject):
+            raise CtlError("--flow and --subject go with 'cache purge'")
+        if a.subject is not None and a.flow is None:
+            raise CtlError("--subject needs --flow: a subject's entries live in a flow's response cache")
+        request = AdminRequest(cmd=f"cache {a.action}")
+        if a.flow is not None:
+            request["flow"] = a.flow
+        if a.subject is not None:
+            request["subject"] = a.subject
+        return request
+
+    cache.set_defaults(run=_remote(cache_request))
 
     revoke = sub.add_parser("revoke", help="refuse tokens by jti, subject or key id for a while")
     revoke.add_argument("kind", choices=("jti", "sub", "kid"))

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from relay.cached_answers import RecordingReply
 from relay.errors import BadGateway, RelayError, SinkError
 from relay.flowcontrol import NO_BODY, ClientGone
 from relay.idempotency import Claim
@@ -100,6 +101,11 @@ class Exchange:
             return
         request = self.request
         assert request is not None
+        reply = self.reply
+        if isinstance(reply, RecordingReply) and reply.answer_from_cache():
+            # past the flow's authentication and authorization: only now may the cache answer
+            self._ctx.loop.call_soon(self._done)
+            return
         if request.body is NO_BODY and len(request.flow.sinks) == 1 and self._relay_now(request):
             return
         self._start_task()
@@ -196,8 +202,15 @@ class Exchange:
             self.reply.keep_alive = False
         self._done()
 
+    def _note_cache(self) -> None:
+        # how a caching flow's cache answered, for the audit record (a refusal's own words win)
+        reply = self.reply
+        if self.detail is None and isinstance(reply, RecordingReply) and reply.result:
+            self.detail = "cache " + reply.result
+
     def _done(self) -> None:
         self._ended = True
+        self._note_cache()
         if not self._ctx.exchange_done(self):
             self._answered()
 
@@ -207,6 +220,7 @@ class Exchange:
 
     def _stream_begins(self) -> None:
         self.head_noted = True
+        self._note_cache()
         self._ctx.audit.record_stream(self)
 
     def committed(self) -> None:

@@ -37,6 +37,8 @@ Metrics (all names start with ``relay_``):
     gauges; relay's own keys in its JWKS (2 or 3 around a rotation), and how long the
     current one has signed (past ``identity_key_rotation``: rotation is stuck); the
     maximum over workers, 0 while relay signs nothing.
+``relay_response_cache_*{flow}``
+    the response caches' lookups, hit ratio and bytes (see :mod:`relay.cache_metrics`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from relay.cache_metrics import CacheRow, cache_families, merge_cache_rows
 from relay.errors import BadGateway, GatewayTimeout, InsufficientStorage, ServiceUnavailable
 from relay.timers import Ticker
 
@@ -125,6 +128,7 @@ class Snapshot(TypedDict):
     jwks_fetches: list[JwksRow]
     sink_latency: list[LatencyRow]
     gauges: dict[str, float]
+    response_cache: list[CacheRow]  # one row per caching flow
 
 
 class FlowStats(TypedDict):
@@ -173,6 +177,7 @@ class Metrics:
         self._sinks: dict[str, _Latency] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
         self._refreshers: list[Callable[[Metrics], None]] = []
+        self._response_caches: list[CacheRow] = []
 
     # --- recording (hot path) -------------------------------------------------------------
 
@@ -221,6 +226,10 @@ class Metrics:
         self._jwks[(issuer, True)] = ok
         self._jwks[(issuer, False)] = failed
 
+    def set_response_caches(self, rows: list[CacheRow]) -> None:
+        """The response caches' running totals (they count for themselves)."""
+        self._response_caches = rows
+
     def on_snapshot(self, refresh: Callable[[Metrics], None]) -> None:
         """Call ``refresh(self)`` before every snapshot: counters another object keeps anyway
         are copied in at scrape time instead of being counted again per request."""
@@ -252,6 +261,7 @@ class Metrics:
                 for sink, latency in self._sinks.items()
             ],
             gauges={name: float(read()) for name, read in self._gauges.items()},
+            response_cache=list(self._response_caches),
         )
 
     def render(self) -> bytes:
@@ -271,7 +281,9 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     jwks: dict[tuple[str, bool], JwksRow] = {}
     sinks: dict[str, LatencyRow] = {}
     gauges: dict[str, float] = {}
+    caches: list[CacheRow] = []
     for snap in snapshots:
+        caches += snap["response_cache"]
         for r in snap["requests"]:
             key = (r["flow"], r["status"], r["reason"])
             into = requests.get(key)
@@ -296,7 +308,8 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
             seen = gauges.get(name)
             gauges[name] = value if seen is None else (seen + value if how == "sum" else max(seen, value))
     return Snapshot(requests=list(requests.values()), token_cache=cache, jwks_fetches=list(jwks.values()),
-                    sink_latency=list(sinks.values()), gauges=gauges)
+                    sink_latency=list(sinks.values()), gauges=gauges,
+                    response_cache=merge_cache_rows(caches))
 
 
 def requests_since(now: Snapshot, before: Snapshot) -> Snapshot:
@@ -315,7 +328,7 @@ def requests_since(now: Snapshot, before: Snapshot) -> Snapshot:
                 seconds=r["seconds"] - old["seconds"], buckets=[n - o for n, o in zip(r["buckets"], old["buckets"])],
             ))
     return Snapshot(requests=rows, token_cache=now["token_cache"], jwks_fetches=now["jwks_fetches"],
-                    sink_latency=now["sink_latency"], gauges=now["gauges"])
+                    sink_latency=now["sink_latency"], gauges=now["gauges"], response_cache=now["response_cache"])
 
 
 def flow_stats(snapshot: Snapshot) -> list[FlowStats]:
@@ -426,6 +439,8 @@ class _SnapshotCollector(Collector):
         for s in snap["sink_latency"]:
             latency.add_metric((s["sink"],), _buckets(s["buckets"]), s["seconds"])
         yield latency
+
+        yield from cache_families(snap["response_cache"])
 
         for name, value in snap["gauges"].items():
             yield GaugeMetricFamily(name, GAUGES[name][0] if name in GAUGES else name, value=value)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from relay.cached_answers import FlowCache
 from relay.config import Config, FlowConfig, FlowHeaders, RateLimit, ServerConfig, split_patterns
 from relay.fastpath import HeaderRules
 from relay.identity import FlowAuthorizer, IdentitySigner
 from relay.ratelimit import Buckets, build_limiter
+from relay.response_cache import CacheCounters
 from relay.routing import FlowTable
 from relay.sinks import Sink
 from relay.sinks.static import RenderedSink
@@ -31,12 +33,12 @@ class Flow:
 
     __slots__ = (
         "config", "name", "sink", "sinks", "sink_names", "drop", "extra_headers", "max_body", "requires_token",
-        "shared_fail_closed", "issuers", "authorizer", "signer", "sends_identity", "remembers_keys", "limiter",
+        "shared_fail_closed", "issuers", "authorizer", "signer", "sends_identity", "remembers_keys", "limiter", "cache",
     )
 
     def __init__(
         self, config: FlowConfig, sinks: Mapping[str, Sink], server: ServerConfig, signer: IdentitySigner | None,
-        buckets: Mapping[tuple[str, RateLimit], Buckets] = {},
+        buckets: Mapping[tuple[str, RateLimit], Buckets] = {}, cache_counters: Mapping[str, CacheCounters] = {},
     ) -> None:
         self.config = config
         self.name = config.name
@@ -48,6 +50,10 @@ class Flow:
         #: a sink keeps Idempotency-Keys, so keyed requests' bodies are fingerprinted
         self.remembers_keys = any(sink.remembers_keys for sink in self.sinks)
         self.max_body = config.max_body
+        #: the flow's response cache; a reload builds every flow afresh, so it starts empty
+        #: (its counters carry on)
+        self.cache = (FlowCache(config.cache, config.allow.groups, cache_counters.get(config.name))
+                      if config.cache is not None else None)
         self.requires_token = config.auth == "jwt"
         #: out of sync with the shared state, its token requests answer 503
         self.shared_fail_closed = config.shared_state == "fail-closed"
@@ -83,7 +89,9 @@ class Policy:
         self.sinks = sinks
         # a limit a reload leaves unchanged (same flow name, same limit) keeps its counts
         kept = previous.rate_buckets() if previous is not None else {}
-        self.flows = tuple(Flow(flow, sinks, config.server, signer, kept) for flow in config.flows)
+        # so do the counters of a flow's response cache, though its entries start afresh
+        counted = previous.cache_counters() if previous is not None else {}
+        self.flows = tuple(Flow(flow, sinks, config.server, signer, kept, counted) for flow in config.flows)
         routed = self.flows
         if signer is not None and all(flow.path != JWKS_PATH for flow in config.flows):
             routed += (_jwks_flow(signer, config.server),)
@@ -92,6 +100,10 @@ class Policy:
         self.table: FlowTable[Flow] = FlowTable(routed)
         #: the rules for requests that match no flow (only their framing is looked at)
         self.default_drop = header_rules(config.server, ("authorization",))
+
+    def cache_counters(self) -> dict[str, CacheCounters]:
+        """Every caching flow's response-cache counters by flow name."""
+        return {flow.name: flow.cache.counters for flow in self.flows if flow.cache is not None}
 
     def rate_buckets(self) -> dict[tuple[str, RateLimit], Buckets]:
         """Every flow's rate-limit buckets by flow name and limit."""

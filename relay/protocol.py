@@ -29,6 +29,7 @@ from relay.errors import (
     RelayError,
     RequestTimeout,
 )
+from relay.cached_answers import RecordingReply
 from relay.exchange import Exchange
 from relay.fastpath import admit_head
 from relay.flowcontrol import NO_BODY, ClientGone, ReadGate, RequestBody
@@ -335,6 +336,9 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def _make_reply(self, request: Request) -> Reply:
+        cache = request.flow.cache
+        if cache is not None:
+            return RecordingReply(self._transport, request, cache, request.version == "1.0", self._write_paused)
         return Reply(
             self._transport, request.request_id, request.head_only,
             request.version == "1.0", request.keep_alive, self._write_paused,

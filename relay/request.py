@@ -21,13 +21,15 @@ class Request:
     X-Forwarded-For entry when the peer is a trusted proxy), None when there is none
     (a Unix-socket client that names no address). ``host`` is the Host to forward: the
     Host header's, or an absolute-form target's authority; None when the client sent
-    neither (HTTP/1.0).
+    neither (HTTP/1.0). ``forward_headers`` is the header block the upstream receives: the
+    scan's, unless the response cache put its validators in place of the client's
+    conditionals to revalidate an entry.
     """
 
     __slots__ = (
         "request_id", "method", "version", "forward_target", "route_path", "headers",
         "flow", "client", "body", "keep_alive", "head_only", "received_at", "identity", "host",
-        "claim", "from_proxy", "served",
+        "claim", "from_proxy", "served", "forward_headers",
     )
 
     def __init__(
@@ -53,6 +55,7 @@ class Request:
         self.route_path = route_path
         self.forward_target = forward_target
         self.headers = headers
+        self.forward_headers = headers.forward
         self.flow = flow
         self.client = client
         self.body = body

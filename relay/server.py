@@ -34,6 +34,7 @@ from relay.identity.key_rotation import schedule_of
 from relay.identity.key_schedule import published
 from relay.identity.revocation_file import RevocationFile
 from relay.identity.revocation_shared import revocations_table
+from relay.cache_metrics import cache_rows
 from relay.metrics import EventLoopLag, Metrics
 from relay.metrics_http import serve_metrics
 from relay.notify import notify
@@ -258,6 +259,7 @@ class Server:
         self.metrics.watch("relay_signing_keys_published", self._published_keys)
         self.metrics.watch("relay_signing_key_age_seconds", self._signing_key_age)
         self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
+        self.metrics.on_snapshot(lambda metrics: metrics.set_response_caches(cache_rows(ctx.policy.flows)))
         # requests are counted from their audit notes, as those are flushed: flush them now
         self.metrics.on_snapshot(lambda metrics: ctx.audit.flush())
 

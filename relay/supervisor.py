@@ -44,6 +44,7 @@ from relay.admin import (
     AdminReply,
     AdminRequest,
     AdminServer,
+    CachePurgeReply,
     CacheStatsReply,
     CommandError,
     CommandTable,
@@ -81,7 +82,7 @@ _HEALTHY_AFTER = 60.0  # a worker that lived this long starts over at the first 
 _ASK_TIMEOUT = 10.0
 _READY_TIMEOUT = 30.0
 #: commands every worker must carry out, answered ok only when all did
-_BROADCAST = ("keys refresh", "cache purge", "log-level")
+_BROADCAST = ("keys refresh", "log-level")
 #: commands any one worker can answer for all
 _ANY_ONE = ("flows", "grants list", "grants approve", "grants deny", "grants revoke")
 #: how a revoke reply describes a worker between two lives
@@ -434,12 +435,22 @@ class Supervisor:
             asyncio.get_running_loop().call_soon(self._stop.set)
             return AdminReply(ok=True)
 
-        async def broadcast(request: AdminRequest) -> AdminReply:
+        async def everyone(request: AdminRequest) -> list[dict[str, object]]:
             replies = await self._ask_all(request)
             failed = [str(r.get("error")) for r in replies if not r.get("ok")]
             if failed:
                 raise CommandError("; ".join(sorted(set(failed))))
-            return cast(AdminReply, replies[0])
+            return replies
+
+        async def broadcast(request: AdminRequest) -> AdminReply:
+            return cast(AdminReply, (await everyone(request))[0])
+
+        async def cache_purge(request: AdminRequest) -> AdminReply:
+            replies = await everyone(request)
+            reply = cast(CachePurgeReply, replies[0])
+            if "purged" in reply:
+                reply["purged"] = sum(_count(r, "purged") for r in replies)  # each worker has its own cache
+            return reply
 
         async def any_one(request: AdminRequest) -> AdminReply:
             return cast(AdminReply, await ask(self._workers[0].admin_path, request))
@@ -466,9 +477,9 @@ class Supervisor:
             return CacheStatsReply(ok=True, cache=total)
 
         for name, handler in (("status", status), ("stats", stats), ("metrics", metrics), ("reload", reload),
-                              ("drain", drain), ("cache stats", cache_stats), ("revoke", self.revoke),
-                              ("snapshot", snapshot), ("keys", keys), ("keys rotate", keys_rotate),
-                              ("grants put", self.put_grant)):
+                              ("drain", drain), ("cache stats", cache_stats), ("cache purge", cache_purge),
+                              ("revoke", self.revoke), ("snapshot", snapshot), ("keys", keys),
+                              ("keys rotate", keys_rotate), ("grants put", self.put_grant)):
             table.register(name, handler)
         for name in _BROADCAST:
             table.register(name, broadcast)

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from relay._config_cache import entry_limit
 from relay._toml_locate import find_line, locate_keys
 from relay.config import (
     DEFAULT_STRIP,
     AuditConfig,
+    CacheConfig,
     ClaimsMapping,
     Config,
     FileSinkConfig,
@@ -670,6 +672,26 @@ BAD = [
                  "orders, the longest token relay signs): make it longer than 20m1s", id="rotation-shorter-than-tokens"),
     pytest.param(doc(server=SERVER + '\nidentity_key_rotation = "1m"  # HERE\nidentity_jwks_refresh = "1m"'),
                  "server.identity_key_rotation", "make it longer than 1m1s", id="rotation-shorter-than-refresh"),
+    # the response cache
+    pytest.param(doc(flows=FLOWS + '\ncache = { scope = "subject" }  # HERE'), "flow[0].cache",
+                 "only a flow that takes GET (and HEAD) alone can cache; it also takes DELETE, PATCH, POST, PUT", id="cache-post"),
+    pytest.param(doc(flows=FLOWS.replace('"api"', '"archive"') + '\nmethods = ["GET"]\ncache = { scope = "subject" }  # HERE'),
+                 "flow[0].cache", "sink 'archive' is not an http sink", id="cache-file-sink"),
+    pytest.param(doc(flows=FLOWS + '\nmethods = ["GET"]\ncache = { scope = "everyone" }  # HERE'),
+                 "flow[0].cache.scope", "not one of subject, group, public", id="cache-scope-choice"),
+    pytest.param(doc(flows=FLOWS + '\nmethods = ["GET"]\ncache = { ttl = "30s" }  # HERE'),
+                 "flow[0].cache.scope", "the scope is required", id="cache-scope-missing"),
+    pytest.param(doc(flows=FLOWS + '\nmethods = ["GET"]\ncache = { scope = "subject", ttl = "soon" }  # HERE'),
+                 "flow[0].cache.ttl", "", id="cache-ttl"),
+    pytest.param(doc(flows=FLOWS + '\nmethods = ["GET"]\ncache = { scope = "subject", max_byts = "1MiB" }  # HERE'),
+                 "flow[0].cache.max_byts", "did you mean 'max_bytes'?", id="cache-typo"),
+    pytest.param(doc(flows=FLOWS + '\nmethods = ["GET"]\n'
+                     'cache = { scope = "subject", max_bytes = "1MiB", max_entry_bytes = "2MiB" }  # HERE'),
+                 "flow[0].cache.max_entry_bytes", "must not exceed max_bytes", id="cache-entry-over-total"),
+    pytest.param(doc(flows=FLOWS + '\nmethods = ["GET"]\ncache = { scope = "group" }  # HERE'),
+                 "flow[0].cache.scope", "list them in the flow's allow.groups", id="cache-group-without-groups"),
+    pytest.param(doc(flows=FLOWS + '\nmethods = ["GET"]\nauth = "none"\ncache = { scope = "subject" }  # HERE'),
+                 "flow[0].cache.scope", 'needs an identity: the flow has auth = "none"', id="cache-subject-no-auth"),
 ]
 
 
@@ -781,3 +803,12 @@ def test_problems_outside_the_cwd_keep_the_name_given(here: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(os.path.join("sub", "r.toml"))
     assert str(caught.value).startswith("sub/r.toml:3: server.workers:")
+
+
+def test_a_cache_table_loads_with_its_defaults(here: Path) -> None:
+    config = load(here, doc(flows=FLOWS + '\nmethods = ["GET"]\nallow = { groups = ["ops"] }\n'
+                                         'cache = { scope = "group", ttl = "30s", max_bytes = "8MiB" }'))
+    cache = config.flows[0].cache
+    assert cache == CacheConfig(scope="group", ttl=30.0, max_bytes=8 * 1024 * 1024)
+    assert entry_limit(cache) == 1024 * 1024
+    assert load(here, doc()).flows[0].cache is None

@@ -84,7 +84,11 @@ def admin_status(relayd: Relayd) -> dict[str, Any]:
 
 def audit_records(relayd: Relayd) -> list[dict[str, Any]]:
     path = relayd.config_path.parent / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+    if not path.exists():
+        return []
+    # a line still being written (no newline yet) is read next time
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if line.endswith("\n")]
 
 
 def audit_of(relayd: Relayd, path_prefix: str, reason: str) -> list[dict[str, Any]]:

@@ -144,3 +144,39 @@ def test_top_and_drain_with_two_workers(workdir: Path, upstream: Upstream) -> No
         assert " ERROR " not in log and "Traceback" not in log, log
     finally:
         relayd.stop()
+
+
+CACHED = """
+[[flow]]
+name = "cached"
+path = "/cached/"
+methods = ["GET"]
+auth = "none"
+sink = "up"
+cache = { scope = "public", ttl = "1h" }
+"""
+
+
+def test_a_purge_reaches_every_workers_cache(workdir: Path, upstream: Upstream) -> None:
+    relayd = Relayd(workdir, two_workers(workdir, upstream) + CACHED)
+    try:
+        poll_until(lambda: os.path.exists(workdir / "admin.sock") or None, 15, "the supervisor's admin socket")
+
+        def entries() -> float:
+            text = admin(workdir, "metrics")["text"]
+            assert isinstance(text, str)
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith('relay_response_cache_entries{flow="cached"}'))
+
+        def both_workers_hold_it() -> bool | None:
+            # each new connection goes to either worker; each worker keeps its own copy
+            assert exchange(relayd.tcp, request_bytes("GET", "/cached/page")).status == 200
+            return entries() == 2 or None
+
+        poll_until(both_workers_hold_it, 15, "both workers to cache the page")
+        assert admin(workdir, "cache", "purge", "--flow", "cached")["purged"] == 2
+        assert entries() == 0
+        after = exchange(relayd.tcp, request_bytes("GET", "/cached/page"))
+        assert after.status == 200 and after.get("X-Relay-Cache") == "miss"
+    finally:
+        relayd.stop()

@@ -66,7 +66,7 @@ class HttpSink:
         return b"".join((
             request.method.encode("ascii"), b" ", self._base, request.forward_target, b" HTTP/1.1\r\n",
             b"Host: ", request.host or self._host, b"\r\n",
-            scan.forward,
+            request.forward_headers,
             b"X-Forwarded-For: " + client.encode("latin-1") + b"\r\n" if client else b"",
             b"X-Relay-Request-Id: ", request.request_id.encode("ascii"), b"\r\n",
             flow.extra_headers,

@@ -14,7 +14,8 @@ upstream is visible even if its body never completes. The query string steers th
 answer (the options combine):
 
     status=N      answer with this status (default 200)
-    body=echo     send the request body back; body=N sends pattern(N)
+    body=echo     send the request body back; body=N sends pattern(N); body=subject sends
+                  the request's X-Relay-Subject (an answer that differs per caller)
     fill=N        send N bytes of b"f" instead, made as they go out (answers of any size)
     te=chunked    frame the answer chunked instead of with Content-Length
     delay=S       wait S seconds (after reading the body) before answering
@@ -23,6 +24,9 @@ answer (the options combine):
     fail=garbage  answer bytes that are not HTTP, then close
     fail=close    close without answering
     header=N:V    add this header field to the answer (may be given more than once)
+    validate=1    answer 304 without a body when the request's If-None-Match names the
+                  ETag given with header= or its If-Modified-Since is no earlier than the
+                  Last-Modified given so (each answer still carries a new X-Upstream-Seq)
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -242,12 +247,16 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
 
     if options.get("body") == "echo":
         body = b"".join(received)
+    elif options.get("body") == "subject":
+        body = ",".join(header(headers, "X-Relay-Subject")).encode("latin-1")
     else:
         body = pattern(int(options.get("body", "0")))
     chunked = options.get("te") == "chunked"
     fill = int(options.get("fill", "0"))
     keep_alive = "close" not in ",".join(header(headers, "Connection")).lower()
     status = int(options.get("status", "200"))
+    if options.get("validate") == "1" and unchanged(headers, query.get("header", [])):
+        status, body, fill, chunked = 304, b"", 0, False
     lines = [f"HTTP/1.1 {status} Upstream", f"X-Upstream-Seq: {seq}",
              "Content-Type: application/octet-stream",
              "Transfer-Encoding: chunked" if chunked else f"Content-Length: {fill or len(body)}",
@@ -257,6 +266,18 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
     for piece in filled(fill, chunked) if fill else frame(body, chunked):
         conn.sendall(piece)
     return keep_alive
+
+
+def unchanged(request_headers: list[list[str]], answer_fields: list[str]) -> bool:
+    """The request's conditionals hold for an answer with these "Name:value" fields."""
+    answer = {name.strip().lower(): value.strip()
+              for name, _, value in (field.partition(":") for field in answer_fields)}
+    tags = [t.strip() for v in header(request_headers, "If-None-Match") for t in v.split(",")]
+    if tags:
+        return answer.get("etag") in tags
+    since = header(request_headers, "If-Modified-Since")
+    modified = answer.get("last-modified")
+    return bool(since and modified) and parsedate_to_datetime(modified) <= parsedate_to_datetime(since[0])
 
 
 def handle(conn: socket.socket, log: Log) -> None:
