@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from relay._config_flows import build_flows
+from relay._config_ratelimit import check_shared_limits
 from relay._config_tokens import build_tokens
 from relay._config_read import (
     NAME,
@@ -81,6 +82,7 @@ def build(data: dict[str, Any], text: str, path: str) -> Config:
     declared_issuers = [i.name for i in issuers]
     flows = build_flows(root, array_of_tables(root, "flow"), declared_sinks, declared_issuers)
     check_flows(problems, flows, bool(issuers))
+    check_shared_limits(problems, flows, shared.redis is not None)
     tokens = build_tokens(root, issuers, flows)
     if problems.items:
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 1 << 30))

@@ -33,6 +33,8 @@ Metrics (all names start with ``relay_``):
 ``relay_audit_pending_records``, ``relay_audit_write_failures``
     gauges; audit records waiting to be written (many only while the log cannot be
     written), and failed writes of the audit log since start; summed over workers.
+``relay_rate_limit_requests_total``, ``relay_rate_limit_errors_total``
+    per flow and limit: see ``relay.metrics_ratelimit``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from relay.errors import BadGateway, GatewayTimeout, InsufficientStorage, ServiceUnavailable
+from relay.metrics_ratelimit import RateLimitRow, merge_rate_limits, rate_limit_families
 from relay.timers import Ticker
 
 if TYPE_CHECKING:
@@ -118,6 +121,7 @@ class Snapshot(TypedDict):
     token_cache: dict[str, int]  # "hit" / "miss" → lookups
     jwks_fetches: list[JwksRow]
     sink_latency: list[LatencyRow]
+    rate_limits: list[RateLimitRow]
     gauges: dict[str, float]
 
 
@@ -165,6 +169,7 @@ class Metrics:
         self._cache = {"hit": 0, "miss": 0}
         self._jwks: dict[tuple[str, bool], int] = {}
         self._sinks: dict[str, _Latency] = {}
+        self._rate_limits: list[RateLimitRow] = []
         self._gauges: dict[str, Callable[[], float]] = {}
         self._refreshers: list[Callable[[Metrics], None]] = []
 
@@ -215,6 +220,10 @@ class Metrics:
         self._jwks[(issuer, True)] = ok
         self._jwks[(issuer, False)] = failed
 
+    def set_rate_limits(self, rows: list[RateLimitRow]) -> None:
+        """The rate limits' own running totals (they count themselves)."""
+        self._rate_limits = rows
+
     def on_snapshot(self, refresh: Callable[[Metrics], None]) -> None:
         """Call ``refresh(self)`` before every snapshot: counters another object keeps anyway
         are copied in at scrape time instead of being counted again per request."""
@@ -245,6 +254,7 @@ class Metrics:
                 LatencyRow(sink=sink, seconds=latency.seconds, buckets=list(latency.buckets))
                 for sink, latency in self._sinks.items()
             ],
+            rate_limits=[RateLimitRow(**row) for row in self._rate_limits],
             gauges={name: float(read()) for name, read in self._gauges.items()},
         )
 
@@ -265,7 +275,9 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     jwks: dict[tuple[str, bool], JwksRow] = {}
     sinks: dict[str, LatencyRow] = {}
     gauges: dict[str, float] = {}
+    limits: list[RateLimitRow] = []
     for snap in snapshots:
+        limits += snap["rate_limits"]
         for r in snap["requests"]:
             key = (r["flow"], r["status"], r["reason"])
             into = requests.get(key)
@@ -290,7 +302,8 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
             seen = gauges.get(name)
             gauges[name] = value if seen is None else (seen + value if how == "sum" else max(seen, value))
     return Snapshot(requests=list(requests.values()), token_cache=cache, jwks_fetches=list(jwks.values()),
-                    sink_latency=list(sinks.values()), gauges=gauges)
+                    sink_latency=list(sinks.values()), gauges=gauges,
+                    rate_limits=merge_rate_limits(limits))
 
 
 def requests_since(now: Snapshot, before: Snapshot) -> Snapshot:
@@ -309,7 +322,7 @@ def requests_since(now: Snapshot, before: Snapshot) -> Snapshot:
                 seconds=r["seconds"] - old["seconds"], buckets=[n - o for n, o in zip(r["buckets"], old["buckets"])],
             ))
     return Snapshot(requests=rows, token_cache=now["token_cache"], jwks_fetches=now["jwks_fetches"],
-                    sink_latency=now["sink_latency"], gauges=now["gauges"])
+                    sink_latency=now["sink_latency"], rate_limits=now["rate_limits"], gauges=now["gauges"])
 
 
 def flow_stats(snapshot: Snapshot) -> list[FlowStats]:
@@ -420,6 +433,7 @@ class _SnapshotCollector(Collector):
         for s in snap["sink_latency"]:
             latency.add_metric((s["sink"],), _buckets(s["buckets"]), s["seconds"])
         yield latency
+        yield from rate_limit_families(snap["rate_limits"])
 
         for name, value in snap["gauges"].items():
             yield GaugeMetricFamily(name, GAUGES[name][0] if name in GAUGES else name, value=value)
