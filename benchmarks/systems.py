@@ -35,6 +35,9 @@ UPLOAD = "/upload/64MiB"
 Auth = Literal["none", "RS256", "ES256"]
 #: relayd's audit.commit
 Commit = Literal["before-answer", "batched"]
+#: the bench flow's rate limit: none, counted in relayd ("local"), or in a redis-server of
+#: the run's own ("shared"); generous enough that every request is admitted
+Limit = Literal["none", "local", "shared"]
 
 
 @dataclass
@@ -156,13 +159,21 @@ def lighttpd_chain(ctx: Context, uploads: bool = False) -> System:
 
 # --- relayd -----------------------------------------------------------------------------
 
-def relay_config(ctx: Context, port: int, sock: str, auth: Auth, commit: Commit = "before-answer") -> str:
+def relay_config(ctx: Context, port: int, sock: str, auth: Auth, commit: Commit = "before-answer",
+                 limit: Limit = "none", redis_url: str = "") -> str:
     """GETs under /bench/ to lighttpd, POSTs under /upload/ to discard.py; a token
     required when ``auth`` names an algorithm (the issuer then accepts only that one,
-    as HAProxy's rules do); audit records written as ``commit`` says."""
+    as HAProxy's rules do); audit records written as ``commit`` says; /bench/ rate
+    limited per subject (per client without tokens) when ``limit`` says so."""
     rules = 'auth = "none"'
     if auth != "none":
         rules = f'auth = "jwt"\nissuers = ["bench"]\nallow = {{ groups = ["{GROUP}"] }}'
+    limited, shared = "", ""
+    if limit != "none":
+        per = "client" if auth == "none" else "subject"
+        limited = f'rate_limit = {{ per = "{per}", rate = "1000000000/s", burst = 1000000000, mode = "{limit}" }}\n'
+    if limit == "shared":
+        shared = f'\n[shared]\nredis = "{redis_url}"\n'
     return f"""\
 [server]
 listen = ["127.0.0.1:{port}", "unix:{sock}"]
@@ -196,7 +207,7 @@ path = "/bench/"
 methods = ["GET"]
 {rules}
 sink = "upstream"
-
+{limited}
 [[flow]]
 name = "upload"
 path = "/upload/"
@@ -204,13 +215,22 @@ methods = ["POST"]
 {rules}
 sink = "discard"
 max_body = "128MiB"
-"""
+{shared}"""
 
 
-def _relayd(ctx: Context, auth: Auth, commit: Commit = "before-answer") -> tuple[Proc, int, str]:
+def _redis(ctx: Context) -> tuple[Proc, str]:
+    """A redis-server of the run's own on the relayd's CPU (it works for relayd), saving nothing."""
+    port = ctx.port()
+    proc = ctx.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--dir", str(ctx.workdir)], [("127.0.0.1", port)])
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def _relayd(ctx: Context, auth: Auth, commit: Commit = "before-answer", limit: Limit = "none",
+            redis_url: str = "") -> tuple[Proc, int, str]:
     port, sock = ctx.port(), str(ctx.path("relay.sock"))
     config = ctx.path("relay.toml")
-    config.write_text(relay_config(ctx, port, sock, auth, commit))
+    config.write_text(relay_config(ctx, port, sock, auth, commit, limit, redis_url))
     ctx.path("audit.jsonl").unlink(missing_ok=True)  # each run's audit starts empty
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -223,6 +243,17 @@ def relayd_direct(ctx: Context, auth: Auth = "none", commit: Commit = "before-an
     """wrk → relayd over TCP with keep-alive → upstream."""
     relayd, port, _ = _relayd(ctx, auth, commit)
     return System(f"http://127.0.0.1:{port}", {"relayd": relayd})
+
+
+def relayd_limited(ctx: Context, auth: Auth, limit: Limit) -> System:
+    """``relayd_direct`` with the flow rate limited; a "shared" limit's Redis is measured too."""
+    measured: dict[str, Proc] = {}
+    redis_url = ""
+    if limit == "shared":
+        measured["redis"], redis_url = _redis(ctx)
+    relayd, port, _ = _relayd(ctx, auth, limit=limit, redis_url=redis_url)
+    measured["relayd"] = relayd
+    return System(f"http://127.0.0.1:{port}", measured)
 
 
 def relay_chain(ctx: Context, auth: Auth = "none", commit: Commit = "before-answer") -> System:

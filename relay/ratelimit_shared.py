@@ -33,6 +33,8 @@ __all__ = ["bucket_key", "charge_shared"]
 # KEYS[i]: limit i's bucket; ARGV[2i-1]: its interval and ARGV[2i]: its tolerance (the
 # burst, in intervals), in microseconds. Answers {0, 0} when all admit (each charged),
 # else {i, wait}: the first limit refusing, and microseconds until the request would fit.
+# (Times near 1.7e15 µs are doubles 0.25 µs apart: finer intervals, rates above a few
+# million a second, are counted coarsely; a bucket lives at least 1 ms.)
 GCRA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -44,7 +46,7 @@ for i, key in ipairs(KEYS) do
   arrivals[i] = arrival
 end
 for i, key in ipairs(KEYS) do
-  redis.call('SET', key, string.format('%.17g', arrivals[i]), 'PX', math.ceil((arrivals[i] - now) / 1000))
+  redis.call('SET', key, string.format('%.17g', arrivals[i]), 'PX', math.max(1, math.ceil((arrivals[i] - now) / 1000)))
 end
 return {0, 0}
 """

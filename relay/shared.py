@@ -108,12 +108,13 @@ class SharedState:
         return self._config
 
     def command(self, command: bytes) -> asyncio.Future[Any]:
-        """Send one command (made by ``pack``) on the session's connection; its answer to
-        come. Raises ConnectionError while not in sync, so nothing waits on a Redis known lost."""
+        """Send one command (made by ``pack``) on the session's connection, with the others
+        of this turn of the loop; its answer to come. Raises ConnectionError while not in
+        sync, so nothing waits on a Redis known lost."""
         connection = self._commands
         if not self.in_sync or connection is None:
             raise ConnectionError(f"Redis at {self._config.redis} is unreachable")
-        return connection.call(command)[0]
+        return connection.call_soon(command)
 
     async def put(self, table: str, field: str, until: float) -> None:
         """Store and publish one entry. Raises ConnectionError while not in sync."""
