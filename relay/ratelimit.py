@@ -1,4 +1,4 @@
-"""Per-identity rate limits, counted in the worker process (GCRA: one time per key).
+"""Per-identity rate limits (GCRA: one time per key), counted in the worker process or in Redis.
 
 Each key of a limit (an issuer and subject, a group, a client address, or the flow as a
 whole) keeps one "theoretical arrival time": when its bucket would be empty again at the
