@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Relayd, Response, Upstream, exchange, poll_until, relay_config, request_bytes
-from support.procs import Address
+from support import Address, Relayd, Response, Upstream, exchange, poll_until, relay_config, request_bytes
 from support.procs import ROOT, Lighttpd, child_env
 from support.redis import REDIS_SERVER, RedisServer
 from support.stack import token_flow

@@ -19,7 +19,7 @@ from relay.identity import Identity
 from relay.ratelimit import Buckets, RateLimiter
 from relay.ratelimit_shared import bucket_key
 from relay.shared import SharedState
-from relay.sinks._resp import RedisAddress, connect, pack
+from relay.sinks._resp import RedisAddress, RedisConnection, connect, pack
 from support.deliveries import run
 from support.redis import REDIS_SERVER, RedisServer, server  # noqa: F401 (a fixture)
 
@@ -202,7 +202,7 @@ def test_a_hung_redis_is_given_up_on_within_the_timeout(tmp_path: Path) -> None:
 
 def test_commands_of_one_turn_share_a_write_and_keep_their_order(server: RedisServer) -> None:
     async def main() -> list[object]:
-        connection = await connect(RedisAddress.from_url(server.url))
+        connection: RedisConnection = await connect(RedisAddress.from_url(server.url))
         try:
             soon = [connection.call_soon(pack("ECHO", f"soon-{i}")) for i in range(3)]
             # written at once, after the corked ones: its answer must not be taken for theirs
