@@ -92,6 +92,8 @@ def test_limits_are_anded_and_a_refusal_charges_none_of_them() -> None:
     clock.now += 0.6  # one interval of 100/min: the flow admits one more, ann still has 2 of 5
     assert admitted(limits, 1, caller("ann")) == 1
     assert admitted(limits, 1, caller("ann")) == 0
+    # each limit counts the requests charged to it and those it refused, for the metrics
+    assert [(buckets.admitted, buckets.limited) for buckets in limits.limits] == [(4, 0), (4, 4)]
 
 
 def test_memory_is_bounded_by_dropping_the_least_recently_seen_key() -> None:
