@@ -1,6 +1,7 @@
 """Micro-benchmark: what a flow's rate limits cost per request (CPU ns), in the process and in Redis.
 
     python -m benchmarks.micro_ratelimit [--repeat N] [--no-shared]
+    python -m benchmarks.micro_ratelimit --case local|shared --count N   # for valgrind
 
 Times, with the process CPU clock (best of N), ``RateLimiter.check`` as relay calls it once
 a request's caller is authorized: one limit per subject over 1,000 callers, two limits
@@ -11,6 +12,10 @@ Then the same limits with ``mode = "shared"``, against a redis-server of its own
 ``RateLimiter.check_shared`` run as relay runs it (a task per request), 64 requests in
 flight at a time, so the commands of one turn of the loop share a write. The CPU is
 relay's side only (packing, the round trip's system calls, the task); Redis' own is apart.
+
+``--case C --count N`` only runs N checks of one limit per subject, in the process
+("local") or in Redis ("shared"), untimed: the instructions per check are the difference
+between two runs under ``valgrind --tool=callgrind``, of N and of 0 checks.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ def _shared(limit: RateLimit) -> RateLimit:
     return RateLimit(limit.name, limit.per, limit.count, limit.period, limit.burst, mode="shared")
 
 
-async def _shared_ns(redis_url: str, limiter: RateLimiter, repeat: int) -> float:
-    """CPU ns per shared check: the best of ``repeat`` runs of SHARED_CHECKS."""
+async def _shared_ns(redis_url: str, limiter: RateLimiter, repeat: int, checks: int = SHARED_CHECKS) -> float:
+    """CPU ns per shared check: the best of ``repeat`` runs of ``checks``."""
     shared = SharedState(SharedConfig(redis=redis_url), {})
     shared.start()
     loop = asyncio.get_running_loop()
@@ -66,14 +71,15 @@ async def _shared_ns(redis_url: str, limiter: RateLimiter, repeat: int) -> float
     try:
         for _ in range(repeat):
             started = time.process_time()
-            await asyncio.gather(*(requests(SHARED_CHECKS // IN_FLIGHT) for _ in range(IN_FLIGHT)))
-            best = min(best, (time.process_time() - started) / SHARED_CHECKS * 1e9)
+            await asyncio.gather(*(requests(checks // IN_FLIGHT) for _ in range(IN_FLIGHT)))
+            best = min(best, (time.process_time() - started) / max(1, checks) * 1e9)
     finally:
         await shared.close()
     return best
 
 
-def _shared_cases(repeat: int) -> list[tuple[str, float]]:
+def _shared_cases(repeat: int, count: int | None = None) -> list[tuple[str, float]]:
+    """The shared cases' CPU ns per check; only the first case, ``count`` checks once, if given."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from support.redis import RedisServer
 
@@ -85,16 +91,32 @@ def _shared_cases(repeat: int) -> list[tuple[str, float]]:
                 ("shared: subject AND flow, one call",
                  RateLimiter((Buckets(_shared(SUBJECT)), Buckets(_shared(FLOW))), (), flow="f")),
             ]
+            if count is not None:
+                return [(cases[0][0], uvloop.run(_shared_ns(redis.url, cases[0][1], 1, count)))]
             return [(name, uvloop.run(_shared_ns(redis.url, limiter, repeat))) for name, limiter in cases]
         finally:
             redis.stop()
+
+
+def _count_only(case: str, count: int) -> None:
+    if case == "shared":
+        _shared_cases(1, count - count % IN_FLIGHT)
+        return
+    check = _checking(RateLimiter((Buckets(SUBJECT),), ()), CALLERS)
+    for _ in range(count):
+        check()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.micro_ratelimit")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--no-shared", action="store_true", help="skip the cases that need redis-server")
+    parser.add_argument("--case", choices=("local", "shared"), help="only run --count checks of this case")
+    parser.add_argument("--count", type=int, default=20_000)
     args = parser.parse_args()
+    if args.case is not None:
+        _count_only(args.case, args.count)
+        return
     repeat = args.repeat
     turn = itertools.cycle(CALLERS)
     baseline = cpu_ns(lambda: next(turn), repeat)
