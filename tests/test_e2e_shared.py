@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Address, Relayd, Response, Upstream, exchange, poll_until, relay_config, request_bytes
+from support import Address, RawConnection, Relayd, Response, Upstream, exchange, poll_until, relay_config, request_bytes
 from support.procs import ROOT, Lighttpd, child_env
 from support.redis import REDIS_SERVER, RedisServer
 from support.stack import token_flow
@@ -183,7 +183,8 @@ def limited_metric(relayd: Relayd, name: str, **labels: str) -> float:
 
 
 class Client(threading.Thread):
-    """Sends GET /limited/N, each on a new connection, to ``targets`` in turn, until stopped."""
+    """Sends GET /limited/N to ``targets`` in turn until stopped, keeping a connection to
+    each alive (bounded: a few sockets, not one per request)."""
 
     def __init__(self, targets: list[Address]) -> None:
         super().__init__(daemon=True)
@@ -192,11 +193,22 @@ class Client(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
-        n = 0
-        while not self.done.is_set():
-            target = self.targets[n % len(self.targets)]
-            self.answers.append((time.monotonic(), target, exchange(target, request_bytes("GET", f"/limited/{n}"))))
-            n += 1
+        connections: dict[int, RawConnection] = {}
+        try:
+            n = 0
+            while not self.done.is_set():
+                i = n % len(self.targets)
+                conn = connections.get(i) or connections.setdefault(i, RawConnection(self.targets[i], 10))
+                sent = time.monotonic()
+                conn.send(request_bytes("GET", f"/limited/{n}"))
+                response = conn.read_response()
+                self.answers.append((sent, self.targets[i], response))
+                if (response.get("Connection") or "").lower() == "close":
+                    connections.pop(i).close()
+                n += 1
+        finally:
+            for conn in connections.values():
+                conn.close()
 
 
 def drive(clients: list[Client], seconds: float, midway: Callable[[], None] | None = None) -> float:
