@@ -43,6 +43,9 @@ SMALL_FILE_HTTP = "/files-http/4KiB.txt"
 Auth = Literal["none", "RS256", "ES256"]
 #: relayd's audit.commit
 Commit = Literal["before-answer", "batched"]
+#: the bench flow's rate limit: none, counted in relayd ("local"), or in a redis-server of
+#: the run's own ("shared"); generous enough that every request is admitted
+Limit = Literal["none", "local", "shared"]
 
 
 @dataclass
@@ -200,17 +203,24 @@ def lighttpd_chain(ctx: Context, uploads: bool = False) -> System:
 # --- relayd -----------------------------------------------------------------------------
 
 def relay_config(ctx: Context, port: int, sock: str, auth: Auth, commit: Commit = "before-answer",
-                 cache: bool = False) -> str:
+                 cache: bool = False, limit: Limit = "none", redis_url: str = "") -> str:
     """GETs under /bench/ and /files-http/ to lighttpd, POSTs under /upload/ to discard.py,
     GETs under /files/ from the files sink; a token
     required when ``auth`` names an algorithm (the issuer then accepts only that one,
     as HAProxy's rules do); audit records written as ``commit`` says; with ``cache`` the
     GET flow keeps lighttpd's answers (per subject, or for everyone without a token) for
-    longer than a run lasts, so every request after the first is a cache hit."""
+    longer than a run lasts, so every request after the first is a cache hit; /bench/ rate
+    limited per subject (per client without tokens) when ``limit`` says so."""
     rules = 'auth = "none"'
     if auth != "none":
         rules = f'auth = "jwt"\nissuers = ["bench"]\nallow = {{ groups = ["{GROUP}"] }}'
     kept = f'cache = {{ scope = "{"public" if auth == "none" else "subject"}", ttl = "1h" }}' if cache else ""
+    limited, shared = "", ""
+    if limit != "none":
+        per = "client" if auth == "none" else "subject"
+        limited = f'rate_limit = {{ per = "{per}", rate = "1000000000/s", burst = 1000000000, mode = "{limit}" }}'
+    if limit == "shared":
+        shared = f'\n[shared]\nredis = "{redis_url}"\n'
     return f"""\
 [server]
 listen = ["127.0.0.1:{port}", "unix:{sock}"]
@@ -245,6 +255,7 @@ methods = ["GET"]
 {rules}
 sink = "upstream"
 {kept}
+{limited}
 
 [[flow]]
 name = "upload"
@@ -270,13 +281,22 @@ path = "/files-http/"
 methods = ["GET"]
 {rules}
 sink = "upstream"
-"""
+{shared}"""
 
 
-def _relayd(ctx: Context, auth: Auth, commit: Commit = "before-answer", cache: bool = False) -> tuple[Proc, int, str]:
+def _redis(ctx: Context) -> tuple[Proc, str]:
+    """A redis-server of the run's own on the relayd's CPU (it works for relayd), saving nothing."""
+    port = ctx.port()
+    proc = ctx.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--dir", str(ctx.workdir)], [("127.0.0.1", port)])
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def _relayd(ctx: Context, auth: Auth, commit: Commit = "before-answer", cache: bool = False,
+            limit: Limit = "none", redis_url: str = "") -> tuple[Proc, int, str]:
     port, sock = ctx.port(), str(ctx.path("relay.sock"))
     config = ctx.path("relay.toml")
-    config.write_text(relay_config(ctx, port, sock, auth, commit, cache))
+    config.write_text(relay_config(ctx, port, sock, auth, commit, cache, limit, redis_url))
     ctx.path("audit.jsonl").unlink(missing_ok=True)  # each run's audit starts empty
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -290,6 +310,17 @@ def relayd_direct(ctx: Context, auth: Auth = "none", commit: Commit = "before-an
     """wrk → relayd over TCP with keep-alive → upstream (or relayd's response cache)."""
     relayd, port, _ = _relayd(ctx, auth, commit, cache)
     return System(f"http://127.0.0.1:{port}", {"relayd": relayd})
+
+
+def relayd_limited(ctx: Context, auth: Auth, limit: Limit) -> System:
+    """``relayd_direct`` with the flow rate limited; a "shared" limit's Redis is measured too."""
+    measured: dict[str, Proc] = {}
+    redis_url = ""
+    if limit == "shared":
+        measured["redis"], redis_url = _redis(ctx)
+    relayd, port, _ = _relayd(ctx, auth, limit=limit, redis_url=redis_url)
+    measured["relayd"] = relayd
+    return System(f"http://127.0.0.1:{port}", measured)
 
 
 def relay_chain(ctx: Context, auth: Auth = "none", commit: Commit = "before-answer",

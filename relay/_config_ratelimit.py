@@ -1,7 +1,9 @@
 """Builder for a flow's ``rate_limit``: one table, or a list of tables that must all admit.
 
 ``rate = "100/s"`` reads as 100 requests per second; ``burst`` defaults to the rate per
-second rounded up (at least 1), so "6000/min" may burst 100 and "10/h" 1.
+second rounded up (at least 1), so "6000/min" may burst 100 and "10/h" 1. ``mode =
+"shared"`` counts the limit in ``[shared] redis`` (checked with the whole file, by
+``check_shared_limits``).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import math
 import re
 from typing import Any, Literal
 
-from relay._config_read import NAME, NAME_RULE, Table, describe
-from relay.config import RateLimit
+from relay._config_read import NAME, NAME_RULE, Problems, Table, describe
+from relay.config import FlowConfig, RateLimit
 
-_KEYS = ("name", "per", "rate", "burst")
+_KEYS = ("name", "per", "rate", "burst", "mode")
+_MODES: tuple[Literal["local", "shared"], ...] = ("local", "shared")
 _PER: tuple[Literal["subject", "group", "client", "flow"], ...] = ("subject", "group", "client", "flow")
 #: the identity a key needs: a flow without tokens has no subject or groups to count
 _NEEDS_TOKEN = ("subject", "group")
@@ -66,4 +69,16 @@ def _limit(t: Table, requires_token: bool) -> RateLimit | None:
         return None
     count, period = int(match[1]), _PERIODS[match[2]]
     burst = t.integer("burst", max(1, math.ceil(count / period)), 1, _MAX_BURST)
-    return RateLimit(name=name, per=per, count=count, period=period, burst=burst)
+    mode = t.choice("mode", "local", _MODES)
+    return RateLimit(name=name, per=per, count=count, period=period, burst=burst, mode=mode)
+
+
+def check_shared_limits(problems: Problems, flows: tuple[FlowConfig, ...], have_redis: bool) -> None:
+    """A shared limit needs the Redis of ``[shared]`` to be counted in."""
+    if have_redis:
+        return
+    for i, flow in enumerate(flows):
+        for limit in flow.rate_limits:
+            if limit.mode == "shared":
+                problems.add(f"flow[{i}].rate_limit", f"limit '{limit.name}' has mode = \"shared\", which needs "
+                             "[shared] redis: set it, or count the limit in each process with mode = \"local\"")

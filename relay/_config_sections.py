@@ -20,6 +20,7 @@ from relay._config_cache import check_caches
 from relay._config_files import adapt_file_flows
 from relay._config_flows import build_flows
 from relay._config_keys import check_key_rotation, key_rotation
+from relay._config_ratelimit import check_shared_limits
 from relay._config_tokens import build_tokens, check_approvals
 from relay._config_read import (
     NAME,
@@ -87,6 +88,7 @@ def build(data: dict[str, Any], text: str, path: str) -> Config:
     flows = build_flows(root, array_of_tables(root, "flow"), declared_sinks, declared_issuers)
     flows = adapt_file_flows(problems, flows, sinks)
     check_flows(problems, flows, bool(issuers))
+    check_shared_limits(problems, flows, shared.redis is not None)
     tokens = build_tokens(root, issuers, flows)
     check_approvals(root, flows)
     check_key_rotation(root, server, flows, tokens)

@@ -279,13 +279,16 @@ class ApprovalConfig:
 @dataclass(frozen=True, slots=True)
 class RateLimit:
     """One limit of a flow: ``count`` requests per ``period`` seconds for each key ``per``
-    names, with up to ``burst`` at once; ``name`` labels it in answers and audit records."""
+    names, with up to ``burst`` at once; ``name`` labels it in answers and audit records.
+    ``mode``: counted in each worker process ("local"), or in ``[shared] redis`` for every
+    relayd behind the proxy at once ("shared")."""
 
     name: str
     per: Literal["subject", "group", "client", "flow"]
     count: int
     period: float
     burst: int
+    mode: Literal["local", "shared"] = "local"
 
 
 @dataclass(frozen=True, slots=True)

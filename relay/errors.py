@@ -179,6 +179,14 @@ class SharedStateUnavailable(ServiceUnavailable):
     code = "shared_state_unavailable"
 
 
+class RateLimitUnavailable(ServiceUnavailable):
+    """A shared rate limit (``mode = "shared"``) could not be checked in Redis, on a flow
+    with ``shared_state = "fail-closed"``: admitting might let a caller past its limit."""
+
+    code = "rate_limit_unavailable"
+    explained = True
+
+
 class AuditUnavailable(ServiceUnavailable):
     """The audit log cannot be written (``audit.on_failure = "refuse"``): nothing is relayed
     or acknowledged without its record."""

@@ -54,7 +54,7 @@ class Exchange:
         self._error = error
         self._raw_target = raw_target
         self._in_step = in_step
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | asyncio.Task[RelayError | None] | None = None
         #: the request relayed from callbacks, without a task, while it is in flight
         self._quick: QuickDelivery | None = None
         self._on_done: Callable[[Exchange], None] | None = None
@@ -101,6 +101,16 @@ class Exchange:
             return
         request = self.request
         assert request is not None
+        limiter = request.flow.limiter
+        if limiter is not None and limiter.shared:
+            # the limits counted in Redis, asked before any of the body is read
+            self._task = self._ctx.loop.create_task(limiter.check_shared(
+                self._ctx.shared, request.identity, request.client, request.flow.shared_fail_closed))
+            self._task.add_done_callback(self._limits_checked)
+            return
+        self._relay(request)
+
+    def _relay(self, request: Request) -> None:
         reply = self.reply
         if isinstance(reply, RecordingReply) and reply.answer_from_cache():
             # past the flow's authentication and authorization: only now may the cache answer
@@ -109,6 +119,27 @@ class Exchange:
         if request.body is NO_BODY and len(request.flow.sinks) == 1 and self._relay_now(request):
             return
         self._start_task()
+
+    def _limits_checked(self, task: asyncio.Task[RelayError | None]) -> None:
+        self._task = None
+        if task.cancelled():  # the client left while Redis was asked
+            self.outcome = self._gone_as
+            self.reply.keep_alive = False
+            self._done()
+            return
+        failure = task.exception()
+        if failure is not None:  # not one a client could cause: never leave the exchange hanging
+            log.error("request %s: checking its shared rate limits failed", self.reply.request_id, exc_info=failure)
+            self.outcome = "internal_error"
+            self.reply.fail(RelayError("internal error"))
+            self._done()
+            return
+        refusal = task.result()
+        if refusal is not None:
+            self._answer_refusal(refusal)
+            return
+        assert self.request is not None
+        self._relay(self.request)
 
     def _start_task(self) -> None:
         self._task = self._ctx.loop.create_task(self._run())

@@ -39,6 +39,8 @@ Metrics (all names start with ``relay_``):
     maximum over workers, 0 while relay signs nothing.
 ``relay_response_cache_*{flow}``
     the response caches' lookups, hit ratio and bytes (see :mod:`relay.cache_metrics`).
+``relay_rate_limit_requests_total``, ``relay_rate_limit_errors_total``
+    per flow and limit: see ``relay.metrics_ratelimit``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from prometheus_client.registry import Collector
 
 from relay.cache_metrics import CacheRow, cache_families, merge_cache_rows
 from relay.errors import BadGateway, GatewayTimeout, InsufficientStorage, ServiceUnavailable
+from relay.metrics_ratelimit import RateLimitRow, merge_rate_limits, rate_limit_families
 from relay.timers import Ticker
 
 if TYPE_CHECKING:
@@ -127,6 +130,7 @@ class Snapshot(TypedDict):
     token_cache: dict[str, int]  # "hit" / "miss" → lookups
     jwks_fetches: list[JwksRow]
     sink_latency: list[LatencyRow]
+    rate_limits: list[RateLimitRow]
     gauges: dict[str, float]
     response_cache: list[CacheRow]  # one row per caching flow
 
@@ -175,6 +179,7 @@ class Metrics:
         self._cache = {"hit": 0, "miss": 0}
         self._jwks: dict[tuple[str, bool], int] = {}
         self._sinks: dict[str, _Latency] = {}
+        self._rate_limits: list[RateLimitRow] = []
         self._gauges: dict[str, Callable[[], float]] = {}
         self._refreshers: list[Callable[[Metrics], None]] = []
         self._response_caches: list[CacheRow] = []
@@ -230,6 +235,10 @@ class Metrics:
         """The response caches' running totals (they count for themselves)."""
         self._response_caches = rows
 
+    def set_rate_limits(self, rows: list[RateLimitRow]) -> None:
+        """The rate limits' own running totals (they count themselves)."""
+        self._rate_limits = rows
+
     def on_snapshot(self, refresh: Callable[[Metrics], None]) -> None:
         """Call ``refresh(self)`` before every snapshot: counters another object keeps anyway
         are copied in at scrape time instead of being counted again per request."""
@@ -260,6 +269,7 @@ class Metrics:
                 LatencyRow(sink=sink, seconds=latency.seconds, buckets=list(latency.buckets))
                 for sink, latency in self._sinks.items()
             ],
+            rate_limits=[RateLimitRow(**row) for row in self._rate_limits],
             gauges={name: float(read()) for name, read in self._gauges.items()},
             response_cache=list(self._response_caches),
         )
@@ -282,8 +292,10 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     sinks: dict[str, LatencyRow] = {}
     gauges: dict[str, float] = {}
     caches: list[CacheRow] = []
+    limits: list[RateLimitRow] = []
     for snap in snapshots:
         caches += snap["response_cache"]
+        limits += snap["rate_limits"]
         for r in snap["requests"]:
             key = (r["flow"], r["status"], r["reason"])
             into = requests.get(key)
@@ -309,7 +321,7 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
             gauges[name] = value if seen is None else (seen + value if how == "sum" else max(seen, value))
     return Snapshot(requests=list(requests.values()), token_cache=cache, jwks_fetches=list(jwks.values()),
                     sink_latency=list(sinks.values()), gauges=gauges,
-                    response_cache=merge_cache_rows(caches))
+                    rate_limits=merge_rate_limits(limits), response_cache=merge_cache_rows(caches))
 
 
 def requests_since(now: Snapshot, before: Snapshot) -> Snapshot:
@@ -328,7 +340,8 @@ def requests_since(now: Snapshot, before: Snapshot) -> Snapshot:
                 seconds=r["seconds"] - old["seconds"], buckets=[n - o for n, o in zip(r["buckets"], old["buckets"])],
             ))
     return Snapshot(requests=rows, token_cache=now["token_cache"], jwks_fetches=now["jwks_fetches"],
-                    sink_latency=now["sink_latency"], gauges=now["gauges"], response_cache=now["response_cache"])
+                    sink_latency=now["sink_latency"], rate_limits=now["rate_limits"], gauges=now["gauges"],
+                    response_cache=now["response_cache"])
 
 
 def flow_stats(snapshot: Snapshot) -> list[FlowStats]:
@@ -439,7 +452,7 @@ class _SnapshotCollector(Collector):
         for s in snap["sink_latency"]:
             latency.add_metric((s["sink"],), _buckets(s["buckets"]), s["seconds"])
         yield latency
-
+        yield from rate_limit_families(snap["rate_limits"])
         yield from cache_families(snap["response_cache"])
 
         for name, value in snap["gauges"].items():

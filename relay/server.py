@@ -40,6 +40,7 @@ from relay.metrics_http import serve_metrics
 from relay.notify import notify
 from relay.policy import Policy, needs_signer
 from relay.protocol import ClientConnection
+from relay.ratelimit import limit_counts
 from relay.shared import SharedState
 from relay.sinks import Sink, build_sink
 from relay.timers import Deadlines
@@ -260,6 +261,8 @@ class Server:
         self.metrics.watch("relay_signing_key_age_seconds", self._signing_key_age)
         self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
         self.metrics.on_snapshot(lambda metrics: metrics.set_response_caches(cache_rows(ctx.policy.flows)))
+        self.metrics.on_snapshot(
+            lambda metrics: metrics.set_rate_limits(limit_counts((flow.name, flow.limiter) for flow in ctx.policy.flows)))
         # requests are counted from their audit notes, as those are flushed: flush them now
         self.metrics.on_snapshot(lambda metrics: ctx.audit.flush())
 

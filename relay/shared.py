@@ -17,7 +17,8 @@ backoff doubling up to ``reconnect_max`` and starts over with subscribe and snap
 
 Revocations are the table ``revocations`` (``relay.identity.revocation_shared``),
 just-in-time grants the table ``grants`` (``relay.grants.shared``); they share the
-connection, channel and snapshot.
+connection, channel and snapshot. State asked of Redis on each request (the shared rate
+limits, ``relay.ratelimit_shared``) sends its commands on the session's connection (``command``).
 """
 
 from __future__ import annotations
@@ -134,6 +135,19 @@ class SharedState:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    @property
+    def config(self) -> SharedConfig:
+        return self._config
+
+    def command(self, command: bytes) -> asyncio.Future[Any]:
+        """Send one command (made by ``pack``) on the session's connection, with the others
+        of this turn of the loop; its answer to come. Raises ConnectionError while not in
+        sync, so nothing waits on a Redis known lost."""
+        connection = self._commands
+        if not self.in_sync or connection is None:
+            raise ConnectionError(f"Redis at {self._config.redis} is unreachable")
+        return connection.call_soon(command)
 
     async def put(self, table: str, field: str, entry: SharedEntry) -> bool:
         """Store and publish one entry; False when Redis holds one of equal or higher rank

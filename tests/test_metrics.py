@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.metrics import DURATION_BUCKETS, EventLoopLag, Metrics, Snapshot, flow_stats, merge, quantile, render
+from relay.metrics_ratelimit import RateLimitRow
 
 
 def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -122,6 +123,22 @@ def test_snapshot_is_json_and_merge_sums_workers() -> None:
     assert s[("relay_event_loop_lag_seconds", labels())] == 0.5  # the worst worker
     # merging must not alter its inputs (a supervisor may keep them)
     assert snaps[0]["requests"][0]["count"] == 2
+
+
+def test_rate_limits_are_counted_per_flow_and_limit_and_summed_over_workers() -> None:
+    one, two = Metrics(), Metrics()
+    one.set_rate_limits([RateLimitRow(flow="orders", limit="subject", mode="shared", admitted=5, limited=2, errors=1),
+                         RateLimitRow(flow="orders", limit="client", mode="local", admitted=7, limited=0, errors=0)])
+    two.set_rate_limits([RateLimitRow(flow="orders", limit="subject", mode="shared", admitted=3, limited=4, errors=0)])
+    snaps: list[Snapshot] = [json.loads(json.dumps(m.snapshot())) for m in (one, two)]
+    s = samples(render(merge(snaps)))
+    shared = {"flow": "orders", "limit": "subject", "mode": "shared"}
+    assert s[("relay_rate_limit_requests_total", labels(**shared, result="admitted"))] == 8
+    assert s[("relay_rate_limit_requests_total", labels(**shared, result="limited"))] == 6
+    assert s[("relay_rate_limit_errors_total", labels(**shared))] == 1
+    assert s[("relay_rate_limit_requests_total",
+              labels(flow="orders", limit="client", mode="local", result="admitted"))] == 7
+    assert snaps[0]["rate_limits"][0]["admitted"] == 5  # the inputs are left as they were
 
 
 def test_flow_stats() -> None:

@@ -92,6 +92,8 @@ def test_limits_are_anded_and_a_refusal_charges_none_of_them() -> None:
     clock.now += 0.6  # one interval of 100/min: the flow admits one more, ann still has 2 of 5
     assert admitted(limits, 1, caller("ann")) == 1
     assert admitted(limits, 1, caller("ann")) == 0
+    # each limit counts the requests charged to it and those it refused, for the metrics
+    assert [(buckets.admitted, buckets.limited) for buckets in limits.limits] == [(4, 0), (4, 4)]
 
 
 def test_memory_is_bounded_by_dropping_the_least_recently_seen_key() -> None:
@@ -163,6 +165,9 @@ def test_rates_and_their_default_bursts(tmp_path: Path) -> None:
         RateLimit("hourly", "flow", 10, 3600.0, 4), RateLimit("group", "group", 500, 86400.0, 1),
     ]
     assert load(tmp_path, 'rate_limit = { per = "flow", rate = "3/s" }') == [RateLimit("flow", "flow", 3, 1.0, 3)]
+    shared = load(tmp_path, 'rate_limit = { per = "flow", rate = "3/s", mode = "shared" }\n\n'
+                            '[shared]\nredis = "redis://127.0.0.1:6379"')
+    assert shared == [RateLimit("flow", "flow", 3, 1.0, 3, mode="shared")]
 
 
 @pytest.mark.parametrize(("flow", "problem"), [
@@ -176,7 +181,11 @@ def test_rates_and_their_default_bursts(tmp_path: Path) -> None:
      "flow[0].rate_limit[1]: another limit of this flow is named 'flow': give each a distinct name"),
     ('rate_limit = { per = "flow", rate = "1/s", burst = 0 }',
      "flow[0].rate_limit.burst: 0 is out of range (1 .. 1000000000)"),
-    ('rate_limit = { per = "flow", rate = "1/s", mode = "shared" }', "flow[0].rate_limit.mode: unknown key 'mode'"),
+    ('rate_limit = { per = "flow", rate = "1/s", mode = "shared" }',
+     "flow[0].rate_limit: limit 'flow' has mode = \"shared\", which needs [shared] redis"),
+    ('rate_limit = { per = "flow", rate = "1/s", mode = "redis" }',
+     "flow[0].rate_limit.mode: 'redis' is not one of local, shared"),
+    ('rate_limit = { per = "flow", rate = "1/s", window = "1s" }', "flow[0].rate_limit.window: unknown key 'window'"),
     ('rate_limit = "100/s"', "flow[0].rate_limit: must be a table or a list of tables, not the string"),
     ('auth = "none"\nrate_limit = { per = "subject", rate = "1/s" }',
      "flow[0].rate_limit.per: 'subject' needs a verified token, and this flow has auth = \"none\""),

@@ -99,6 +99,8 @@ class RedisConnection(asyncio.Protocol):
         self._reader = hiredis.Reader()
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._transport: asyncio.Transport | None = None
+        #: commands of ``call_soon`` not yet written
+        self._corked: list[bytes] = []
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,6 +134,8 @@ class RedisConnection(asyncio.Protocol):
         """Send ``commands`` (each made by ``pack`` or ``pack_large``) in one write."""
         if self.closed or self._transport is None:
             raise ConnectionError("connection to Redis is closed")
+        if self._corked:
+            self._uncork()  # written before these, as their answers are awaited first
         loop = self._loop
         waiters = [loop.create_future() for _ in commands]
         self._waiting.extend(waiters)
@@ -141,6 +145,24 @@ class RedisConnection(asyncio.Protocol):
             self._transport.writelines([buffer for command in commands
                                         for buffer in ((command,) if isinstance(command, bytes) else command)])
         return waiters
+
+    def call_soon(self, command: bytes) -> asyncio.Future[Any]:
+        """``call`` for one command, written together with every other one made in the same
+        turn of the event loop: many requests' commands, one write (one system call)."""
+        if self.closed or self._transport is None:
+            raise ConnectionError("connection to Redis is closed")
+        loop = asyncio.get_running_loop()
+        if not self._corked:
+            loop.call_soon(self._uncork)
+        self._corked.append(command)
+        waiter = loop.create_future()
+        self._waiting.append(waiter)
+        return waiter
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, []
+        if corked and not self.closed and self._transport is not None:
+            self._transport.writelines(corked)
 
     def close(self) -> None:
         self.closed = True
