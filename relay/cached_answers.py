@@ -66,7 +66,9 @@ class FlowCache:
 def _request_header(request: Request) -> HeaderLookup:
     """The value of a header (several lines joined) as the upstream received it, for the Vary
     part of a key: the client's, or for Host and X-Forwarded-For what relay sent in their place
-    (identity headers are kept out by ``storable``)."""
+    (identity headers are kept out by ``storable``). Authorization is the client's even when
+    the flow does not forward it: an answer that varies on it is one caller's, and the upstream
+    told who the caller is in relay's identity headers instead."""
     forward = request.headers.forward
     client = request.client.encode("latin-1") if request.client else b""
 
@@ -75,9 +77,18 @@ def _request_header(request: Request) -> HeaderLookup:
             return request.host or b""
         if name == "x-forwarded-for":
             return client
+        if name == "authorization":
+            return request.headers.authorization or b""
         return b", ".join(header_values(forward, name.encode("latin-1")))
 
     return value
+
+
+def _cache_target(request: Request) -> bytes:
+    """The key's target: the Host forwarded and the target, since the upstream receives the
+    client's Host and may answer each virtual host differently (RFC 9111 §4: the key is the
+    target URI, authority included). A Host holds no space, so the two cannot run together."""
+    return (request.host or b"") + b" " + request.forward_target
 
 
 def _first(block: bytes, name: bytes) -> bytes | None:
@@ -120,7 +131,7 @@ class RecordingReply(Reply):
         request = self._request
         forward = request.headers.forward
         now = time.monotonic()
-        entry = self._cache.store.lookup(scope, request.forward_target, _request_header(request), now)
+        entry = self._cache.store.lookup(scope, _cache_target(request), _request_header(request), now)
         if entry is None:
             counters.misses += 1
             if request.method == "GET":
@@ -198,13 +209,13 @@ class RecordingReply(Reply):
         request = self._request
         lookup = _request_header(request)
         if status != 304:
-            cache.store.forget(self._scope, request.forward_target, lookup)
+            cache.store.forget(self._scope, _cache_target(request), lookup)
             cache.counters.misses += 1
             return False
         now = time.monotonic()
         refreshed = self._entry(stale.status, updated_with(stale.headers, headers), stale.body, now)
         if refreshed is None:
-            cache.store.forget(self._scope, request.forward_target, lookup)
+            cache.store.forget(self._scope, _cache_target(request), lookup)
         else:
             self._keep(*refreshed)
         cache.counters.revalidated += 1
@@ -248,4 +259,4 @@ class RecordingReply(Reply):
     def _keep(self, entry: Entry, vary: tuple[str, ...]) -> None:
         assert self._scope is not None
         request = self._request
-        self._cache.store.store(self._scope, request.forward_target, vary, _request_header(request), entry)
+        self._cache.store.store(self._scope, _cache_target(request), vary, _request_header(request), entry)

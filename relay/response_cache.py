@@ -1,8 +1,8 @@
 """One flow's response cache in one worker: entries keyed by identity scope, LRU-bounded.
 
 An entry's key is the scope's value (``issuer subject`` for "subject", the group for
-"group", nothing for "public"), the normalized target, and the values the request had for
-the headers the upstream's ``Vary`` named. The names ``Vary`` lists are remembered per
+"group", nothing for "public"), the Host and normalized target, and the headers the
+upstream's ``Vary`` named with the values the request had for them. The names ``Vary`` lists are remembered per
 (scope value, target), as the answer that set them is the only one that knows them. The
 whole flow's bytes (bodies plus stored heads) stay under ``max_bytes``: the least recently
 used entries go first. A body over ``max_entry_bytes`` is never stored; the caller tees
@@ -23,8 +23,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-#: (scope value, target, values of the Vary headers)
-Key = tuple[str, bytes, tuple[bytes, ...]]
+#: (scope value, target, the names Vary listed, the request's values of them): the names
+#: too, since the names a target's answers vary on can change, and one request's value of
+#: one header must never find the entry another stored under its value of another
+Key = tuple[str, bytes, tuple[str, ...], tuple[bytes, ...]]
 HeaderLookup = Callable[[str], bytes]
 
 
@@ -106,7 +108,7 @@ class ResponseCache:
 
     def key(self, scope_value: str, target: bytes, header: HeaderLookup) -> Key:
         names = self._vary.get((scope_value, target), ())
-        return (scope_value, target, tuple(header(name) for name in names))
+        return (scope_value, target, names, tuple(header(name) for name in names))
 
     def lookup(self, scope_value: str, target: bytes, header: HeaderLookup, now: float) -> Entry | None:
         """The request's entry: fresh, or stale with a validator to revalidate it by; a

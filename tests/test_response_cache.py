@@ -107,6 +107,14 @@ def test_vary_keys_on_the_named_request_headers() -> None:
     assert cache.lookup("", b"/r", lambda n: english(n, b""), 0.0) is not None
 
 
+def test_an_entry_stored_under_one_vary_is_not_found_under_another() -> None:
+    cache = ResponseCache(1024, 512)
+    cache.store("", b"/r", ("X-Team",), lambda n: b"k" if n == "x-team" else b"", _entry(b"team k"))
+    cache.store("", b"/r", ("X-Locale",), lambda n: b"z" if n == "x-locale" else b"", _entry(b"locale z"))
+    # the same value under another name: the names are part of the key
+    assert cache.lookup("", b"/r", lambda n: b"k" if n == "x-locale" else b"", 0.0) is None
+
+
 def test_least_recently_used_goes_first_under_max_bytes() -> None:
     cache = ResponseCache(250, 100)
     for name in (b"/a", b"/b"):

@@ -15,7 +15,8 @@ answer (the options combine):
 
     status=N      answer with this status (default 200)
     body=echo     send the request body back; body=N sends pattern(N); body=subject sends
-                  the request's X-Relay-Subject (an answer that differs per caller)
+                  the request's X-Relay-Subject (an answer that differs per caller);
+                  body=host sends its Host (an answer that differs per virtual host)
     fill=N        send N bytes of b"f" instead, made as they go out (answers of any size)
     te=chunked    frame the answer chunked instead of with Content-Length
     delay=S       wait S seconds (after reading the body) before answering
@@ -24,6 +25,8 @@ answer (the options combine):
     fail=garbage  answer bytes that are not HTTP, then close
     fail=close    close without answering
     header=N:V    add this header field to the answer (may be given more than once)
+    header_from=H add each value of the request's header H as a "N:V" field to the answer
+                  (answers to one target whose fields differ per request)
     validate=1    answer 304 without a body when the request's If-None-Match names the
                   ETag given with header= or its If-Modified-Since is no earlier than the
                   Last-Modified given so (each answer still carries a new X-Upstream-Seq)
@@ -249,6 +252,8 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
         body = b"".join(received)
     elif options.get("body") == "subject":
         body = ",".join(header(headers, "X-Relay-Subject")).encode("latin-1")
+    elif options.get("body") == "host":
+        body = ",".join(header(headers, "Host")).encode("latin-1")
     else:
         body = pattern(int(options.get("body", "0")))
     chunked = options.get("te") == "chunked"
@@ -261,7 +266,8 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
              "Content-Type: application/octet-stream",
              "Transfer-Encoding: chunked" if chunked else f"Content-Length: {fill or len(body)}",
              "Connection: keep-alive" if keep_alive else "Connection: close",
-             *query.get("header", [])]
+             *query.get("header", []),
+             *(header(headers, options["header_from"]) if "header_from" in options else [])]
     conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     for piece in filled(fill, chunked) if fill else frame(body, chunked):
         conn.sendall(piece)
