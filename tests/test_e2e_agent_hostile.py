@@ -197,6 +197,8 @@ def test_a_grant_asked_approved_used_and_revoked(client: Client) -> None:
     bob, olivia = client.user("bob", ["analysts"]), client.user("olivia", ["data-owners"])
     before = client.issued()
     refused(client, client.swap(bob, "flow:vault"), "invalid_scope", before)  # no access, no grant yet
+    elsewhere = client.user("bob", ["analysts"], client.other)  # not an issuer of subjects
+    assert client.grants("POST", "", elsewhere, {"flow": "vault", "reason": "x"}).error == "issuer_not_accepted"
     asked = client.grants("POST", "", bob, {"flow": "vault", "reason": "incident 9", "ttl": "30m"})
     assert asked.status == 202, asked
     grant_id = asked.body["grant_id"]
@@ -319,6 +321,10 @@ def test_actors_must_be_allowed_where_the_flow_says_so(client: Client) -> None:
     expired_agent = client.user("agent-7", ["agents"], exp=int(time.time()) - 60)
     assert refused(client, client.swap(carol, "flow:reports", expired_agent), "invalid_request",
                    before) == "actor_token_expired"  # fmt: skip
+    revoked_agent = client.user("agent-7", ["agents"])
+    ask(client.workdir / "admin.sock", "revoke", "jti", _claims(revoked_agent)["jti"], "--ttl", "1h")
+    assert refused(client, client.swap(carol, "flow:reports", revoked_agent), "invalid_request",
+                   before) == "actor_token_revoked"  # fmt: skip
 
 
 # --- relay's own tokens ----------------------------------------------------------------------
@@ -352,7 +358,7 @@ def test_chaining_never_widens_nor_lengthens_nor_sheds_the_actor(client: Client)
 def test_relay_tokens_that_were_tampered_with(client: Client) -> None:
     carol = client.user("carol", ["writers"])
     token = client.swap(carol, "flow:notes").body["access_token"]
-    claims = json.loads(_b64decode(token.split(".")[1]))
+    claims = _claims(token)
     wider = _with_payload(token, claims | {"scope": "flow:notes flow:reports", "exp": claims["exp"] + 86400})
     none = forge({"alg": "none", "kid": json.loads(_b64decode(token.split(".")[0]))["kid"]}, claims).decode()
     confused = client.key.token(claims, kid=None).decode()  # the issuer's key, relay's claims
@@ -437,6 +443,11 @@ def test_parameters_in_the_query_do_not_count(client: Client) -> None:
 
 def _b64decode(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _claims(token: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(_b64decode(token.split(".")[1]))
+    return document
 
 
 def _with_payload(token: str, claims: dict[str, Any]) -> str:
