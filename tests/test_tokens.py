@@ -11,7 +11,7 @@ import pytest
 from relay.errors import Unauthorized
 from relay.identity.jose import parse_compact
 from relay.tokens.issue import ACCESS_TOKEN_TYPE, EXCHANGE_GRANT, check_request
-from relay.tokens.oauth import OAuthError, parse_form
+from relay.tokens.oauth import OAuthError, check_form_type, parse_form
 from relay.tokens.own import OwnTokens, flows_of_scope
 from test_identity_support import relay_signer
 from test_config import ISSUER, doc, here, load, problems_of  # noqa: F401 (here is a fixture)
@@ -64,6 +64,16 @@ def test_forms() -> None:
         with pytest.raises(OAuthError) as caught:
             parse_form(bad)
         assert caught.value.code == "invalid_request" and caught.value.status == 400
+
+
+def test_only_a_form_is_a_form() -> None:
+    for good in (b"application/x-www-form-urlencoded", b"Application/X-WWW-Form-URLEncoded ; charset=utf-8"):
+        check_form_type([good])
+    for bad in ([], [b"text/plain"], [b"application/json"], [b"application/x-www-form-urlencoded-ish"],
+                [b"application/x-www-form-urlencoded"] * 2):
+        with pytest.raises(OAuthError) as caught:
+            check_form_type(bad)
+        assert (caught.value.code, caught.value.reason) == ("invalid_request", "not_a_form")
 
 
 def test_scope_values_name_flows() -> None:

@@ -20,6 +20,7 @@ from relay.config import Config, FlowConfig, FlowHeaders, ServerConfig, TokensCo
 from relay.errors import Unauthorized
 from relay.grants.endpoint import ITEM_METHODS, LIST_METHODS, grants_sinks
 from relay.grants.service import GrantService
+from relay.header_block import header_values
 from relay.identity import Authenticator, Identity, IdentitySigner
 from relay.policy import JWKS_PATH, Flow
 from relay.reply import Reply
@@ -28,7 +29,8 @@ from relay.sinks import Sink
 from relay.sinks.answering import AnsweringSink
 from relay.sinks.static import StaticSink
 from relay.tokens import issue
-from relay.tokens.oauth import MAX_FORM_BYTES, OAuthError, parse_form, send_json, send_oauth_error
+from relay.tokens.oauth import (MAX_FORM_BYTES, OAuthError, check_form_type, parse_form, send_json,
+                               send_oauth_error)
 from relay.tokens.own import OwnTokens, flows_of_scope
 from relay.tokens.records import exchange_record, introspection_record
 
@@ -55,6 +57,10 @@ class TokenService:
         except Unauthorized as exc:
             raise OAuthError("invalid_request", f"{role}: {exc.detail}", f"{role}_{exc.reason}") from None
 
+    def _exchange_refused(self, request: Request, err: OAuthError) -> None:
+        """A token request refused before its parameters were read: still a token decision."""
+        self.audit.record(exchange_record(request.request_id, err.reason, None, None, ()))
+
     def flows(self, flows: tuple[Flow, ...], server: ServerConfig) -> tuple[Flow, ...]:
         """The built-in flows of the endpoints, deciding over ``flows`` (one policy's)."""
         config = self.config
@@ -66,7 +72,8 @@ class TokenService:
             _builtin(server, item, config.grants_path + "/", ITEM_METHODS, "jwt"),
             _builtin(server, StaticSink("relay-oauth-metadata", _metadata(config), b"application/json"),
                      config.metadata_path, ("GET", "HEAD"), "none"),
-            _builtin(server, _form_endpoint("relay-oauth-token", exchange), config.token_path, ("POST",), "none"),
+            _builtin(server, _form_endpoint("relay-oauth-token", exchange, self._exchange_refused),
+                     config.token_path, ("POST",), "none"),
             _builtin(server, _form_endpoint("relay-oauth-introspect", _introspect(self)),
                      config.introspection_path, ("POST",), "jwt"),
         )  # fmt: skip
@@ -84,13 +91,18 @@ def token_service(config: Config, signer: IdentitySigner | None, authenticator: 
     return TokenService(config.tokens, authenticator, signer, audit, grants)
 
 
-def _form_endpoint(name: str, respond: Callable[[Request, dict[str, str], Reply], None]) -> AnsweringSink:
-    """A sink answering a form body (RFC 6749 §3.2); a malformed one is refused the OAuth way."""
+def _form_endpoint(name: str, respond: Callable[[Request, dict[str, str], Reply], None],
+                   refused: Callable[[Request, OAuthError], None] | None = None) -> AnsweringSink:  # fmt: skip
+    """A sink answering a form body (RFC 6749 §3.2); a malformed one, or a body that is
+    not a form, is refused the OAuth way (and told to ``refused``, for the audit log)."""
 
     async def answer(request: Request, body: bytes, reply: Reply) -> None:
         try:
+            check_form_type(header_values(request.forward_headers, b"content-type"))
             form = parse_form(body)
         except OAuthError as err:
+            if refused is not None:
+                refused(request, err)
             send_oauth_error(reply, err)
             return
         respond(request, form, reply)

@@ -96,12 +96,14 @@ def decide(form: Mapping[str, str], subject: Identity, actor: Identity | None, f
     }  # fmt: skip
     if used:
         claims["grants"] = list(used)
+    earlier = subject.claims.get("act")
     if actor is not None:
         act: dict[str, object] = {"sub": actor.subject, "iss": str(actor.claims.get("iss"))}
-        earlier = subject.claims.get("act")
         if isinstance(earlier, dict):
             act["act"] = earlier  # RFC 8693 §4.1: the chain of delegation, newest first
         claims["act"] = act
+    elif isinstance(earlier, dict):
+        claims["act"] = earlier  # re-exchanging a token must not shed who acted in it
     token_type = form.get("requested_token_type", ACCESS_TOKEN_TYPE)
     return Issued(claims, names, granted, jti, exp, token_type, max(exp - int(now), 0), tuple(used))
 

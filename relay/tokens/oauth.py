@@ -14,10 +14,11 @@ import orjson
 
 from relay.reply import Reply
 
-__all__ = ["MAX_FORM_BYTES", "OAuthError", "parse_form", "send_json", "send_oauth_error"]
+__all__ = ["MAX_FORM_BYTES", "OAuthError", "check_form_type", "parse_form", "send_json", "send_oauth_error"]
 
 MAX_FORM_BYTES = 64 * 1024  # the body limit of relay's token endpoints
 _MAX_FIELDS = 32
+_FORM_TYPE = b"application/x-www-form-urlencoded"
 _HEADERS = b"Content-Type: application/json\r\nCache-Control: no-store\r\nPragma: no-cache\r\n"
 
 
@@ -33,6 +34,15 @@ class OAuthError(Exception):
     @property
     def status(self) -> int:
         return 401 if self.code == "invalid_client" else 400
+
+
+def check_form_type(content_types: list[bytes]) -> None:
+    """The body is declared a form (one Content-Type, any parameters such as charset);
+    raises OAuthError(invalid_request) if not. A body of another type is not read as one:
+    a browser may send text/plain across origins without asking first."""
+    media = content_types[0].partition(b";")[0].strip().lower() if len(content_types) == 1 else b""
+    if media != _FORM_TYPE:
+        raise OAuthError("invalid_request", f"the body must be sent as {_FORM_TYPE.decode()}", "not_a_form")
 
 
 def parse_form(body: bytes) -> dict[str, str]:
