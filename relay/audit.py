@@ -64,7 +64,7 @@ GENESIS = "0" * 64
 #: what record_exchange notes of a finished exchange, serialised at flush:
 #: (ts, request_id, status, reason, flow, method, path, client, sink, failed_sink,
 #:  bytes_in, bytes_out, seconds, identity, sink_seconds, detail, served). A request refused before it had
-#: a flow has flow, method, client and sink None, and its raw target (cut to 256 bytes)
+#: a flow has flow, method, client and sink None, and its raw target's path (cut to 256 bytes)
 #: as ``path``. ``bytes_out`` is -1 for a streamed answer noted as its head goes. ``served``
 #: is the file a files sink answered with (path beneath its root, size, who sent it).
 ExchangeNote = tuple[float, str, int, str, "str | None", "str | None", str, "str | None", "str | None",
@@ -335,7 +335,8 @@ def _note(exchange: Exchange, seconds: float, bytes_out: int) -> ExchangeNote:
     if request is None:
         return (
             time.time(), reply.request_id, reply.status, exchange.outcome, None, None,
-            exchange.raw_target[:256].decode("latin-1"), None, None, None, 0, 0, seconds, None, None,
+            # the path alone: a query may carry credentials (an access_token, a subject_token)
+            exchange.raw_target.partition(b"?")[0][:256].decode("latin-1"), None, None, None, 0, 0, seconds, None, None,
             exchange.detail, None,
         )
     flow = request.flow

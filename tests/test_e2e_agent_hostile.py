@@ -432,6 +432,9 @@ def test_the_token_endpoint_takes_only_post(client: Client) -> None:
         assert answer.status == 405 and "POST" in answer.headers["allow"], method
         assert "access_token" not in answer.body
     assert client.issued() == before
+    # the refusals' records name the path alone: no part of the token sent in the query
+    subject_token = dict(_exchange_pairs(client))["subject_token"]
+    assert subject_token[:24] not in (client.workdir / "audit.jsonl").read_text()
 
 
 def test_parameters_in_the_query_do_not_count(client: Client) -> None:
