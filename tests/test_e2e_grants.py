@@ -17,9 +17,11 @@ import pytest
 
 from support import Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
 from support.procs import Lighttpd
-from support.rawhttp import Address
+from support.rawhttp import Address, ConnectionClosed
 from support.redis import REDIS_SERVER, RedisServer
 from support.stack import token_flow
+from support.tmpfs import small_tmpfs
+from test_e2e_audit import fill
 from test_e2e_revocations import ask, relayctl
 from test_e2e_tokens import ACCESS, EXCHANGE, user_token
 from test_identity_support import AUD, ISS, Key, ec_key, jwks
@@ -298,3 +300,55 @@ def test_two_instances_share_grants_through_redis(tmp_path: Path, upstream: Upst
         for relayd in relays:
             relayd.stop()
         redis.stop()
+
+
+def test_approvals_acknowledged_before_a_kill_in_the_middle_of_saving_survive(
+        tmp_path: Path, upstream: Upstream, key: Key) -> None:
+    """kill -9 amid a run of approvals, each saved before it is answered: relayd starts again
+    (the file is whole: the old version or the new), and every approval answered 200 is held."""
+    config = grants_config(tmp_path, upstream, key)
+    relayd = Relayd(tmp_path, config)
+    acknowledged: list[str] = []
+    try:
+        here = Front(tmp_path, relayd.tcp, key)
+        for n in range(40):
+            grant_id = here.ask_grant(token=user_token(key, f"caller-{n}", ["analysts"]))
+            if n == 20:
+                relayd.service.send_signal(signal.SIGKILL)  # the next approvals meet a relayd going down
+            try:
+                status, _ = here.call("POST", f"/oauth/grants/{grant_id}/approve", here.olivia)
+            except (OSError, ConnectionClosed):
+                break
+            if status != 200:
+                break
+            acknowledged.append(grant_id)
+        relayd.service.wait_exit(10)
+        relayd = Relayd(tmp_path, config)
+        held = {g["grant_id"]: g["status"] for g in ask(tmp_path / "admin.sock", "grants", "list")["grants"]}
+        assert len(acknowledged) >= 20
+        assert all(held.get(grant_id) == "approved" for grant_id in acknowledged), held
+    finally:
+        relayd.stop()
+
+
+def test_a_full_disk_refuses_grant_changes_and_loses_none(tmp_path: Path, upstream: Upstream, key: Key) -> None:
+    """With state_dir full, a change is answered 503 + Retry-After and nothing changed; once
+    space is back the same change is made, and it survives a restart."""
+    with small_tmpfs(tmp_path / "state", "1m") as state:
+        config = grants_config(tmp_path, upstream, key)
+        relayd = Relayd(tmp_path, config)
+        try:
+            here = Front(tmp_path, relayd.tcp, key)
+            grant_id = here.ask_grant()
+            filler = fill(state)
+            status, refusal = here.call("POST", f"/oauth/grants/{grant_id}/approve", here.olivia)
+            assert status == 503 and refusal["error"] == "grants_unavailable", refusal
+            assert here.call("GET", f"/oauth/grants/{grant_id}", here.alice)[1]["status"] == "pending"
+            assert here.swap()[0] == 400  # no grant held: no token for the flow
+            filler.unlink()
+            assert here.approve(grant_id)["status"] == "approved"
+            relayd.stop()
+            relayd = Relayd(tmp_path, config)
+            assert here.swap()[0] == 200
+        finally:
+            relayd.stop()
