@@ -11,6 +11,7 @@ on with the entry's ``ETag`` and ``Last-Modified`` as its conditionals
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from email.utils import parsedate_to_datetime
 
 from relay.header_block import header_values, list_items, without_fields
@@ -28,6 +29,21 @@ def _opaque(tag: bytes) -> bytes:
     return tag[2:] if tag.startswith(b"W/") else tag
 
 
+def etag_listed(candidates: Iterable[bytes], tag: bytes, weak: bool = True) -> bool:
+    """Whether ``tag`` is among the ETags a client listed (or it listed ``*``). Weakly
+    (If-None-Match, RFC 9110 §8.8.3.2) ``W/"x"`` and ``"x"`` are one tag; strongly (under a
+    Range) a weak tag on either side matches nothing."""
+    for candidate in candidates:
+        if candidate == b"*":
+            return True
+        if weak:
+            if _opaque(candidate) == _opaque(tag):
+                return True
+        elif candidate == tag and not tag.startswith(b"W/"):
+            return True
+    return False
+
+
 def _seconds(value: bytes) -> float | None:
     try:
         return parsedate_to_datetime(value.decode("latin-1")).timestamp()
@@ -41,9 +57,7 @@ def not_modified(request_headers: bytes, etag: bytes | None, last_modified: byte
     it, and an unreadable date is ignored (RFC 9110 §13.2.2)."""
     tags = list_items(header_values(request_headers, b"if-none-match"))
     if tags:
-        if b"*" in tags:
-            return True
-        return etag is not None and _opaque(etag) in {_opaque(tag) for tag in tags}
+        return b"*" in tags or (etag is not None and etag_listed(tags, etag))
     since = header_values(request_headers, b"if-modified-since")
     if not since or last_modified is None:
         return False

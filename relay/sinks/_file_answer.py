@@ -29,6 +29,8 @@ import mimetypes
 import os
 from dataclasses import dataclass
 
+from relay.conditional import etag_listed
+
 #: the request headers a file answer depends on (lowercase)
 _ASKED = frozenset((b"range", b"if-range", b"if-none-match", b"if-modified-since", b"x-sendfile-type"))
 #: more ranges than this in one Range header are not looked at (a client asking for many
@@ -138,7 +140,7 @@ def decide(asked: Asked, info: os.stat_result, tag: bytes, modified: bytes,
 
 def _not_modified(asked: Asked, tag: bytes, modified: bytes, mtime: int, ranged: bool) -> bool:
     if asked.if_none_match is not None:
-        return _etag_matches(asked.if_none_match, tag, weak_ok=not ranged)
+        return etag_listed((c.strip(b" \t") for c in asked.if_none_match.split(b",")), tag, weak=not ranged)
     since = asked.if_modified_since
     if since is None:
         return False
@@ -151,20 +153,6 @@ def _not_modified(asked: Asked, tag: bytes, modified: bytes, mtime: int, ranged:
     if parsed is None:
         return False  # an unreadable date: the file is sent
     return mtime <= email.utils.mktime_tz(parsed)
-
-
-def _etag_matches(listed: bytes, tag: bytes, weak_ok: bool) -> bool:
-    for candidate in listed.split(b","):
-        candidate = candidate.strip(b" \t")
-        if candidate == b"*":
-            return True
-        if candidate.startswith(b"W/"):
-            if not weak_ok:
-                continue
-            candidate = candidate[2:]
-        if candidate == tag:
-            return True
-    return False
 
 
 def _if_range_holds(if_range: bytes | None, tag: bytes, modified: bytes) -> bool:
