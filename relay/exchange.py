@@ -116,7 +116,7 @@ class Exchange:
             # past the flow's authentication and authorization: only now may the cache answer
             self._ctx.loop.call_soon(self._done)
             return
-        if request.body is NO_BODY and len(request.flow.sinks) == 1 and self._relay_now(request):
+        if request.body.complete and len(request.flow.sinks) == 1 and self._relay_now(request):
             return
         self._start_task()
 
@@ -159,10 +159,12 @@ class Exchange:
             self.reply.keep_alive = False
             self._done()
 
-    # --- a bodiless request to a flow's only sink, relayed from callbacks -----------------
+    # --- a request whose body is complete, to a flow's only sink, relayed from callbacks ---
 
     def _relay_now(self, request: Request) -> bool:
         sink = request.flow.sinks[0]
+        if request.body is not NO_BODY and sink.remembers_keys and request.headers.idempotency_key is not None:
+            return False  # the key's claim is made and kept the general way (relay.idempotency)
         if not sink.slots.try_take():
             return False  # the general path answers the 503
         quick = sink.relay_now(request, self.reply, self._relayed_now)

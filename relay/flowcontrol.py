@@ -149,6 +149,24 @@ class RequestBody:
 
     # --- consumer side (a sink) -------------------------------------------------------
 
+    def peek_whole(self) -> bytes:
+        """A complete body's bytes, all of them, without reading them (see ``take_whole``):
+        what a sink taking the body at once looks at before it decides to."""
+        chunks = self._chunks
+        if len(chunks) > 1:
+            whole = b"".join(chunks)
+            chunks.clear()
+            chunks.append(whole)
+        return chunks[0] if chunks else b""
+
+    def take_whole(self) -> None:
+        """Read the complete body ``peek_whole`` showed, all at once."""
+        while self._chunks:
+            self.consumed += len(self._chunks.popleft())
+        self._buffered = 0
+        if self._gate is not None:
+            self._gate.resume("body")
+
     async def read(self) -> bytes:
         if self._on_first_read is not None:
             callback, self._on_first_read = self._on_first_read, None

@@ -49,6 +49,9 @@ _READ_SLACK = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: how long relay keeps draining a half-closed connection (see _close_lingering)
 _LINGER = 2.0
+#: a body up to this size that arrives in the read that completed its head is read whole
+#: before its exchange starts, so that a sink may take it at once (``Sink.relay_now``)
+_WHOLE_BODY_BYTES = 64 * 1024
 
 
 class ParseState(IntEnum):
@@ -69,7 +72,7 @@ class ClientConnection(asyncio.Protocol):
         "_ctx", "_unix", "_trusted_peer", "_peer", "_transport", "_parser", "_gate", "_state",
         "_url", "_headers", "_head_size", "_head_bytes", "_parsing", "_active", "_queue", "_closed",
         "_write_paused", "deadline", "_begun", "_body_pace", "_send_watch", "_gone_as",
-        "_read", "_read_fresh", "_line", "_line_at_start", "_line_open",
+        "_read", "_read_fresh", "_line", "_line_at_start", "_line_open", "_waiting",
     )
 
     def __init__(self, ctx: ServerContext, unix: bool) -> None:
@@ -104,6 +107,8 @@ class ClientConnection(asyncio.Protocol):
         self._line = b""           # the bytes the current request began in, from its start when known
         self._line_at_start = False
         self._line_open = False    # the request line may not be complete in _line yet
+        #: the exchange of a small body still arriving in this read (see _WHOLE_BODY_BYTES)
+        self._waiting: Exchange | None = None
 
     # --- connection lifecycle ------------------------------------------------------------
 
@@ -246,6 +251,9 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(BadRequest(str(exc)))
             return
+        finally:
+            if self._waiting is not None:  # its body goes on in later reads (or failed)
+                self._start_waiting()
         if self._state == HEAD:
             if self._head_bytes > self._ctx.max_header_bytes + _READ_SLACK:
                 self._fail(HeadersTooLarge("request head too large"))
@@ -291,7 +299,11 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(outcome, tuple):
             request, refusal = outcome
             self._parsing = request
-            self._start(Exchange(self._ctx, request, self._make_reply(request), refusal))
+            exchange = Exchange(self._ctx, request, self._make_reply(request), refusal)
+            if refusal is None and 0 < request.headers.content_length <= _WHOLE_BODY_BYTES:
+                self._waiting = exchange  # started once its body is complete, or this read ends
+            else:
+                self._start(exchange)
         else:
             # a well-formed, bodiless request for no flow: answered, and the connection stays usable
             parser = self._parser
@@ -313,6 +325,13 @@ class ClientConnection(asyncio.Protocol):
                 request.body.feed_eof()
             self._parsing = None
         self._state = IDLE
+        if self._waiting is not None:
+            self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        exchange, self._waiting = self._waiting, None
+        assert exchange is not None
+        self._start(exchange)
 
     # --- the head: relay's own strictness ------------------------------------------------
 

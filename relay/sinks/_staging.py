@@ -40,6 +40,18 @@ def write_all(fd: int, pieces: Sequence[bytes | memoryview]) -> None:
                 written = 0
 
 
+def check_whole(body: bytes) -> tuple[int, bool] | None:
+    """A whole body checked as NDJSON: its records and whether a final "\\n" is due; None
+    when a line is bad (the general path then reads it again and says which)."""
+    checker = NdjsonChecker()
+    try:
+        checker.feed(body)
+        newline_due = checker.finish()
+    except InvalidBody:
+        return None
+    return checker.records, newline_due
+
+
 class NdjsonChecker:
     """Checks a body as NDJSON while it streams in, whatever the read boundaries."""
 

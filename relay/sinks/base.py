@@ -50,7 +50,7 @@ class Delivery(Protocol):
 
 
 class QuickDelivery(Protocol):
-    """A bodiless request a sink relays from callbacks alone (see ``Sink.relay_now``)."""
+    """A request a sink relays from callbacks alone (see ``Sink.relay_now``)."""
 
     @property
     def retriable(self) -> bool:
@@ -64,6 +64,21 @@ class QuickDelivery(Protocol):
     def abort(self) -> None: ...
 
 
+class Answered:
+    """The quick delivery of a request already answered whole: nothing is left to do."""
+
+    retriable = False
+
+    def release(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+ANSWERED = Answered()
+
+
 class Sink(Protocol):
     """A destination for flows' data."""
 
@@ -75,9 +90,12 @@ class Sink(Protocol):
 
     def relay_now(self, request: Request, reply: Reply,
                   on_done: Callable[[BaseException | None], None]) -> QuickDelivery | None:
-        """Relay a bodiless request, as the flow's only sink, without a task — when the sink
-        can start at once (the common case, and the cheapest); else None. ``on_done`` is
-        called once: with None when the answer went to the client, else with the failure."""
+        """Relay a request whose body is complete (none, or read whole before the exchange
+        began: ``RequestBody.peek_whole``), as the flow's only sink, without a task — when
+        the sink can take it at once (the common case, and the cheapest); else None, with
+        nothing done and the body left unread, for the general path. ``on_done`` is called
+        once, never from inside ``relay_now``: with None when the answer went to the
+        client, else with the failure."""
         ...
 
     def open(self, request: Request, answers: bool, reply: Reply | None) -> Delivery:

@@ -3,7 +3,8 @@
 A 2xx means the whole body is in the file as one contiguous run that no other request's
 bytes interrupt, within the file's committed length (and on disk when ``fsync =
 "always"``). A body is held in memory up to ``STAGE_BYTES``; one that ends there is
-appended whole (``relay.sinks._target``). A larger one is written once, into the end of the
+appended whole (``relay.sinks._target``), and a small one read whole before its exchange
+began is appended from the exchange's callbacks, without a task, when the file is free. A larger one is written once, into the end of the
 file as it streams in (``HeldBody``): it holds the file's lock and end until it is complete
 and its length committed, while other appends wait; an aborted or failed body is cut off.
 A large body that finds the end taken (another large body streaming in, in this process or
@@ -44,12 +45,13 @@ from typing import Any
 
 from relay.config import FileSinkConfig
 from relay.errors import InsufficientStorage, RelayError, ServiceUnavailable
+from relay.flowcontrol import NO_BODY
 from relay.idempotency import RecentReceipts, Reservation
 from relay.reply import Reply
 from relay.request import Request
-from relay.sinks._staging import MAX_RECORD_BYTES, STAGE_BYTES, NdjsonChecker, Staging
+from relay.sinks._staging import MAX_RECORD_BYTES, STAGE_BYTES, NdjsonChecker, Staging, check_whole
 from relay.sinks._target import INLINE_BYTES, Target, rotated_name
-from relay.sinks.base import Receipt, SinkSlots, send_receipt
+from relay.sinks.base import ANSWERED, Answered, Receipt, SinkSlots, send_receipt
 from relay.timers import Deadlines
 
 __all__ = [
@@ -112,8 +114,34 @@ class FileSink:
             deadlines.watch(self)
 
     def relay_now(self, request: Request, reply: Reply,
-                  on_done: Callable[[BaseException | None], None]) -> None:
-        return None  # delivered the general way
+                  on_done: Callable[[BaseException | None], None]) -> Answered | None:
+        """A small body read whole, appended and answered at once when no step would wait
+        (``Target.try_append``); else None, and the general way stages it."""
+        body = request.body
+        if body is NO_BODY or self._closed:
+            return None
+        data = body.peek_whole()
+        pieces = [data]
+        records = None
+        if self.config.format == "ndjson":
+            checked = check_whole(data)
+            if checked is None:
+                return None
+            records, newline_due = checked
+            if newline_due:
+                pieces.append(b"\n")
+        try:
+            offset = self._target.try_append(pieces, len(data) + len(pieces) - 1)
+        except OSError as exc:
+            body.take_whole()
+            self._loop.call_soon(on_done, self.disk_failure(exc))
+            return ANSWERED
+        if offset is None:
+            return None
+        body.take_whole()
+        send_receipt(reply, request, {self.name: self.accepted(offset)}, records)
+        self._loop.call_soon(on_done, None)
+        return ANSWERED
 
     def open(self, request: Request, answers: bool, reply: Reply | None) -> FileDelivery:
         if self._closed:

@@ -34,32 +34,18 @@ from urllib.parse import quote_from_bytes
 
 from relay.config import FilesSinkConfig
 from relay.errors import BadGateway, RelayError
+from relay.flowcontrol import NO_BODY
 from relay.reply import STREAMING, Reply
 from relay.request import Request
 from relay.sinks._confine import open_beneath
 from relay.sinks._file_answer import decide, etag, http_date, media_type, read_asked
 from relay.sinks._sendfile import FileSender
-from relay.sinks.base import Receipt, SinkSlots
+from relay.sinks.base import ANSWERED, Answered, Receipt, SinkSlots
 from relay.timers import Deadlines
 
 #: bodies up to this size are read and sent with the head in one write: cheaper than
 #: a sendfile, and as large as a socket buffer takes at once
 _READ_WHOLE = 64 * 1024
-
-
-class _Answered:
-    """The quick delivery of an answer that went out whole: nothing is left to do."""
-
-    retriable = False
-
-    def release(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
-_ANSWERED = _Answered()
 
 
 class FilesSink:
@@ -77,20 +63,26 @@ class FilesSink:
         self._front_root = quote_from_bytes(os.fsencode(config.root).rstrip(b"/") + b"/", safe="/").encode("ascii")
 
     def relay_now(self, request: Request, reply: Reply,
-                  on_done: Callable[[BaseException | None], None]) -> FileSender | _Answered:
+                  on_done: Callable[[BaseException | None], None]) -> FileSender | Answered | None:
+        if request.body is not NO_BODY:
+            return None  # read (and dropped) the general way
+        return self.answer_now(request, reply, on_done)
+
+    def answer_now(self, request: Request, reply: Reply,
+                   on_done: Callable[[BaseException | None], None]) -> FileSender | Answered:
         """Answer at once; ``on_done`` follows on a later turn (or when a file sent with
         sendfile is all out)."""
         try:
             sender = self._serve(request, reply, on_done)
         except RelayError as err:
             self._loop.call_soon(on_done, err)
-            return _ANSWERED
+            return ANSWERED
         except OSError as exc:  # the file system failed under a file relay had opened (EIO, ...)
             self._loop.call_soon(on_done, BadGateway(f"reading the file failed: {exc.strerror or exc}", self.name))
-            return _ANSWERED
+            return ANSWERED
         if sender is None:
             self._loop.call_soon(on_done, None)
-            return _ANSWERED
+            return ANSWERED
         return sender
 
     def _serve(self, request: Request, reply: Reply,
@@ -169,7 +161,7 @@ class FilesDelivery:
     def __init__(self, sink: FilesSink, request: Request) -> None:
         self._sink = sink
         self._request = request
-        self._quick: FileSender | _Answered = _ANSWERED
+        self._quick: FileSender | Answered = ANSWERED
 
     async def write(self, data: bytes) -> None:
         pass  # a body sent with a GET means nothing to a file
@@ -184,7 +176,7 @@ class FilesDelivery:
             if not done.done():
                 done.set_result(failure)
 
-        self._quick = self._sink.relay_now(self._request, reply, settle)
+        self._quick = self._sink.answer_now(self._request, reply, settle)
         try:
             failure = await done
         finally:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from relay.config import HttpSinkConfig
 from relay.errors import BadGateway
 from relay.fastpath import LAST_CHUNK, encode_chunk
+from relay.flowcontrol import NO_BODY
 from relay.identity import identity_headers
 from relay.reply import Reply
 from relay.request import Request
@@ -46,6 +47,8 @@ class HttpSink:
         """Send a bodiless request on an idle pooled connection at once, its answer going
         straight to ``reply``, then ``on_done(failure or None)``; None when no connection
         is idle (then the general path). The connection itself is the quick delivery."""
+        if request.body is not NO_BODY:
+            return None  # a body is streamed the general way
         conn = self.pool.take_idle()
         if conn is None:
             return None

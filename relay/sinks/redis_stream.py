@@ -12,7 +12,9 @@ entry. Every entry has these fields:
     idempotency_key  the client's Idempotency-Key, when it sent one
 
 Nothing reaches Redis before the whole body has arrived and passed its checks, so the body
-is held in memory meanwhile (the flow's ``max_body`` bounds it). Then all of the request's
+is held in memory meanwhile (the flow's ``max_body`` bounds it); a small body without an
+Idempotency-Key read whole before its exchange began is added from callbacks, without a
+task (``QuickAdd``). Then all of the request's
 entries are added (XADD, with ``MAXLEN ~ maxlen`` when ``maxlen`` is set) as one atomic
 step: no other client's entry falls between them, and a request that fails adds none.
 The receipt is ``{"stream", "ids": [first, last], "records"}``, so ``XRANGE stream first
@@ -48,6 +50,7 @@ and the client decides.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -55,12 +58,13 @@ from typing import Any
 
 from relay.config import RedisStreamSinkConfig
 from relay.errors import BadGateway, IdempotencyKeyInFlight, RelayError, ServiceUnavailable
+from relay.flowcontrol import NO_BODY
 from relay.idempotency import Claim
 from relay.reply import Reply
 from relay.request import Request
 from relay.sinks._redis_batch import BatchFailed, Batcher, Op
 from relay.sinks._resp import RedisAddress
-from relay.sinks._staging import NdjsonChecker
+from relay.sinks._staging import NdjsonChecker, check_whole
 from relay.sinks.base import Receipt, SinkSlots, send_receipt
 
 __all__ = ["KEY_LEASE", "RedisStreamSink"]
@@ -121,8 +125,25 @@ class RedisStreamSink:
         self._replays = 0
 
     def relay_now(self, request: Request, reply: Reply,
-                  on_done: Callable[[BaseException | None], None]) -> None:
-        return None  # delivered the general way
+                  on_done: Callable[[BaseException | None], None]) -> QuickAdd | None:
+        """A small body read whole, without an Idempotency-Key: its entries added from
+        callbacks; None (the general way) for a bad record, which that way names."""
+        body = request.body
+        if body is NO_BODY:
+            return None
+        data = body.peek_whole()
+        records = None
+        entries = [data]
+        if self.config.entry == "record":
+            checked = check_whole(data)
+            if checked is None:
+                return None
+            records = checked[0]
+            entries = data.split(b"\n")
+            if not entries[-1]:
+                entries.pop()
+        body.take_whole()
+        return QuickAdd(self, request, reply, entries, records, on_done)
 
     def open(self, request: Request, answers: bool, reply: Reply | None) -> RedisStreamDelivery:
         return RedisStreamDelivery(self, request)
@@ -148,6 +169,13 @@ class RedisStreamSink:
         receipt says which ids they got."""
         if not entries and claim is None:
             return {"stream": self._stream_name, "ids": [], "records": 0}
+        added = self.submit_add(request, entries, claim)
+        with contextlib.suppress(BatchFailed):  # the receipt raises it as the client's error
+            await added
+        return self.receipt(added, entries, claim)
+
+    def submit_add(self, request: Request, entries: list[bytes], claim: Claim | None) -> asyncio.Future[Any]:
+        """Hand ``entries`` to the batcher as one adding step; the future gets Redis's answer."""
         fields = [b"request_id", request.request_id, b"flow", request.flow.name]
         if request.identity is not None:
             fields += (b"subject", request.identity.subject)
@@ -159,8 +187,12 @@ class RedisStreamSink:
         future: asyncio.Future[Any] = self._loop.create_future()
         self._batcher.submit(Op(b"a", key, [request.request_id, fingerprint, len(fields) // 2, *fields,
                                             len(entries), *entries], size, future))
+        return future
+
+    def receipt(self, added: asyncio.Future[Any], entries: list[bytes], claim: Claim | None) -> Receipt:
+        """The receipt of an adding step that is done (see ``submit_add``), or its client's error."""
         try:
-            answer = await future
+            answer = added.result()
         except BatchFailed as failed:
             raise self.failure(failed) from None
         if answer[0] == b"added":
@@ -196,6 +228,43 @@ class RedisStreamSink:
 
     async def close(self) -> None:
         await self._batcher.close()
+
+
+class QuickAdd:
+    """A small body's entries added from callbacks: answered once Redis acknowledged them."""
+
+    __slots__ = ("_sink", "_request", "_reply", "_entries", "_records", "_on_done", "_added")
+
+    retriable = False
+
+    def __init__(self, sink: RedisStreamSink, request: Request, reply: Reply, entries: list[bytes],
+                 records: int | None, on_done: Callable[[BaseException | None], None]) -> None:
+        self._sink = sink
+        self._request = request
+        self._reply = reply
+        self._entries = entries
+        self._records = records
+        self._on_done = on_done
+        self._added = sink.submit_add(request, entries, None)
+        self._added.add_done_callback(self._answer)
+
+    def _answer(self, added: asyncio.Future[Any]) -> None:
+        if added.cancelled():
+            return  # aborted: the client went
+        try:
+            receipt = self._sink.receipt(added, self._entries, None)
+        except RelayError as err:
+            self._on_done(err)
+            return
+        send_receipt(self._reply, self._request, {self._sink.name: receipt}, self._records)
+        self._on_done(None)
+
+    def release(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        if not self._added.done():
+            self._added.cancel()  # not sent, if its batch has not left yet
 
 
 class RedisStreamDelivery:

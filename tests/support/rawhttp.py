@@ -162,6 +162,13 @@ class RawConnection:
             fields.append((name, value.strip(" \t")))
         return fields
 
+    def read_interim(self) -> int:
+        """The status of the next response, which must be an interim one (100 Continue, ...)."""
+        _, status, _ = self._status_line()
+        self._fields()
+        assert 100 <= status < 200, f"expected an interim response, got {status}"
+        return status
+
     def read_response(self, head_request: bool = False) -> Response:
         """The next final response (1xx interim responses are skipped)."""
         while True:
