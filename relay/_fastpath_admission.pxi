@@ -49,7 +49,9 @@ def admit_head(ctx, Py_ssize_t head_size, bytes method not None, str version not
         _check_framing(scan, http10)
         if scan.chunked or scan.content_length > 0:
             raise
-        return exc
+        # answered later: without its traceback, whose frames would hold it (and the
+        # connection) in a cycle for the garbage collector
+        return exc.with_traceback(None)
     if ";" in <str>route_path and not _routes_alike(table, without_params(route_path), method_name, flow):
         raise BadRequest("path parameters would route the request to another flow")
     scan = _scan_pairs(headers, flow.drop)
@@ -73,7 +75,7 @@ def admit_head(ctx, Py_ssize_t head_size, bytes method not None, str version not
                 identity = ctx.authenticator.authenticate(scan.authorization, flow.issuers)
                 flow.authorizer.check(identity)
             except _REFUSED as exc:
-                refusal = exc
+                refusal = exc.with_traceback(None)  # as for a routing refusal above
     if trusted_peer:
         client = scan.forwarded_for.decode("latin-1") if scan.forwarded_for else peer
     else:

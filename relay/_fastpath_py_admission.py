@@ -77,7 +77,9 @@ def admit_head(
         _check_framing(unrouted, version)
         if unrouted.chunked or unrouted.content_length > 0:
             raise  # its body would have to be read and discarded: close instead
-        return exc
+        # answered later: without its traceback, whose frames would hold it (and the
+        # connection) in a cycle for the garbage collector
+        return exc.with_traceback(None)
     if ";" in route_path and not _routes_alike(policy.table, without_params(route_path), method_name, flow):
         # an upstream that cuts ";" parameters off (Tomcat, Jetty, Spring) would serve another flow's path
         raise BadRequest("path parameters would route the request to another flow")
@@ -107,7 +109,7 @@ def admit_head(
             flow.authorizer.check(identity)
         except (Unauthorized, Forbidden) as exc:
             # answered by its exchange; the connection carries on if there is no body to skip
-            refusal = exc
+            refusal = exc.with_traceback(None)  # as for a routing refusal above
     if trusted_peer:
         client = scan.forwarded_for.decode("latin-1") if scan.forwarded_for else peer
     else:

@@ -97,6 +97,8 @@ GAUGES: dict[str, tuple[str, Literal["sum", "max"]]] = {
         "Requests of fail-open flows served on local state while out of sync with Redis.", "sum"),
     "relay_signing_keys_published": ("relay's own signing keys its JWKS lists.", "max"),
     "relay_signing_key_age_seconds": ("How long relay's current signing key has signed.", "max"),
+    "relay_gc_collected_objects": (
+        "Objects Python's cyclic garbage collector found unreachable since start (requests leave none).", "sum"),
 }
 
 

@@ -54,6 +54,10 @@ _LINGER = 2.0
 _WHOLE_BODY_BYTES = 64 * 1024
 
 
+#: what a closed connection keeps in place of its parser (which nothing feeds any more)
+_SPENT_PARSER = httptools.HttpRequestParser(object())
+
+
 class ParseState(IntEnum):
     IDLE = 0   # between requests
     HEAD = 1   # inside a request head
@@ -130,6 +134,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        # the parser calls back into this object: let go of it, so that the connection's
+        # objects are freed as it ends rather than left for the garbage collector to find
+        self._parser = _SPENT_PARSER
         self._ctx.release(self)
         if self._send_watch is not None:
             self._ctx.deadlines.unwatch(self._send_watch)
@@ -371,6 +378,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _fail(self, err: RelayError) -> None:
         """The parser side failed: answer ``err`` in turn and close, parsing nothing more."""
+        # kept until answered: without its traceback, whose frames would hold this
+        # connection in a cycle for the garbage collector
+        err = err.with_traceback(None)
         self._state = DEAD
         self._gate.pause("dead")
         request = self._parsing

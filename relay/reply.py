@@ -214,6 +214,9 @@ class Reply:
     def release(self) -> None:
         """Send what was held, and from now on send at once."""
         held, self.held = self.held, None
+        # the exchange's callback is not needed any more, and keeping it would leave the
+        # exchange and its reply in a cycle for the garbage collector to find
+        self._on_stream = None
         if held:
             self._send(held)
         released, self._on_release = self._on_release, None
@@ -224,6 +227,7 @@ class Reply:
         """Drop what was held and answer ``err`` instead, closing the connection after it.
         What a streamed answer's producer still writes goes nowhere."""
         self.held = None
+        self._on_stream = None
         self.state = NOT_STARTED
         self.keep_alive = False
         self.bytes_out = 0

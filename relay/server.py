@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import signal
@@ -258,6 +259,7 @@ class Server:
             self.metrics.watch("relay_shared_state_disconnects", lambda: shared.disconnects)
             self.metrics.watch("relay_shared_state_unsynced_requests", lambda: shared.unsynced_requests)
         self.metrics.watch("relay_signing_keys_published", self._published_keys)
+        self.metrics.watch("relay_gc_collected_objects", lambda: sum(gen["collected"] for gen in gc.get_stats()))
         self.metrics.watch("relay_signing_key_age_seconds", self._signing_key_age)
         self.metrics.on_snapshot(lambda metrics: _copy_identity_counters(metrics, ctx.authenticator))
         self.metrics.on_snapshot(lambda metrics: metrics.set_response_caches(cache_rows(ctx.policy.flows)))
