@@ -1,12 +1,18 @@
 """relayd's instructions per request under callgrind: a figure the machine's load cannot blur.
 
-    python -m benchmarks.instructions [--requests N] [--tree DIR ...]
+    python -m benchmarks.instructions [--requests N] [--tree DIR ...] [--records]
 
 relayd runs under ``valgrind --tool=callgrind`` in front of the benchmarks' upstream
 lighttpd; after a warm-up the counters are zeroed, ``N`` requests for one RS256 token's
 flow are sent one after the other, and the instructions counted since are divided by
 ``N``. Two ways in: keep-alive over TCP (as wrk or an API client comes), and a new Unix
 connection per request with ``Connection: close`` (as lighttpd's mod_proxy comes).
+
+``--records`` measures instead 1 KiB NDJSON records POSTed one per request on 16
+connections at once (as ``benchmarks.sinks`` sends them) into a file sink and a
+redis-stream sink, configured as ``benchmarks.sinks`` configures them: under callgrind
+relayd is the slowest party by far, so concurrent requests share its loop turns and Redis
+round trips as they do when it is saturated.
 
 ``--tree`` adds another checkout of relay (its compiled module built) measured in the
 same invocation, for before/after ratios; ``RELAY_NO_EXTENSIONS=1`` in the environment
@@ -16,6 +22,7 @@ measures the pure-Python twin.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import subprocess
@@ -24,11 +31,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import tokens
+from benchmarks import sinks, tokens
 from benchmarks.procs import Cores, Proc
 from benchmarks.systems import HELLO, ROOT, Context, relay_config, start_upstreams
 
 _WARM_UP = 50
+_RECORD = b'{"record": "' + b"x" * 1010 + b'"}\n'  # 1 KiB with its newline
+_CONNECTIONS = 16
 
 
 def _head(token: str, close: bool) -> bytes:
@@ -91,34 +100,80 @@ def _callgrind_total(out: Path) -> int:
     raise RuntimeError(f"no totals in {out}")
 
 
+def _records(port: int, flow: str) -> Callable[[int], None]:
+    """``count`` records POSTed to ``flow`` over ``_CONNECTIONS`` keep-alive connections at once."""
+    request = (b"POST /%s/x HTTP/1.1\r\nHost: bench.test\r\nContent-Length: %d\r\n\r\n"
+               % (flow.encode(), len(_RECORD)) + _RECORD)
+
+    async def connection(count: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(count):
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200 "):
+                raise RuntimeError(f"relayd answered {head[:40]!r}")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+        writer.close()
+
+    async def send_all(count: int) -> None:
+        await asyncio.gather(*(connection(count // _CONNECTIONS) for _ in range(_CONNECTIONS)))
+
+    return lambda count: asyncio.run(send_all(count))
+
+
+def _under_callgrind(workdir: Path, relayd: Proc, ways: list[tuple[str, Callable[[int], None]]],
+                     requests: int, warm_up: int) -> dict[str, float]:
+    """Instructions per request of a started ``relayd``, each way in, after ``warm_up`` requests."""
+    figures = {}
+    for name, send in ways:
+        send(warm_up)
+        subprocess.run(["callgrind_control", "--zero", str(relayd.pid)], check=True, capture_output=True)
+        send(requests)
+        for old in workdir.glob("callgrind.out.*"):
+            old.unlink()
+        subprocess.run(["callgrind_control", "--dump", str(relayd.pid)], check=True, capture_output=True)
+        dump = next(workdir.glob("callgrind.out.*"))
+        figures[name] = _callgrind_total(dump) / requests
+    return figures
+
+
+def _callgrind(workdir: Path) -> list[str]:
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir / 'callgrind.out'}"]
+
+
+def _tree_env(tree: Path) -> dict[str, str]:
+    return dict(os.environ) | {"PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+
+
 def measure(ctx: Context, tree: Path, requests: int, token: str) -> dict[str, float]:
     """Instructions per request of relayd from ``tree``, each way in."""
     port, sock = ctx.port(), str(ctx.path("relay.sock"))
     config = ctx.path("relay.toml")
     config.write_text(relay_config(ctx, port, sock, "RS256"))
-    env = dict(os.environ) | {"PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
-    out = ctx.path("callgrind.out")
-    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-            sys.executable, "-m", "relay", "-c", str(config)]
-    relayd = Proc("relayd", argv, ctx.path("relayd.log"), cpus=None, env=env, cwd=tree)
-    figures = {}
+    argv = [*_callgrind(ctx.workdir), sys.executable, "-m", "relay", "-c", str(config)]
+    relayd = Proc("relayd", argv, ctx.path("relayd.log"), cpus=None, env=_tree_env(tree), cwd=tree)
     try:
         relayd.wait_ready([("127.0.0.1", port), sock], timeout=300)
-        for name, send in (("keep-alive (TCP)", _keep_alive(port, token)),
-                           ("a connection per request (Unix)", _per_connection(sock, token))):
-            send(_WARM_UP)
-            subprocess.run(["callgrind_control", "--zero", str(relayd.pid)], check=True,
-                           capture_output=True)
-            send(requests)
-            for old in ctx.workdir.glob("callgrind.out.*"):
-                old.unlink()
-            subprocess.run(["callgrind_control", "--dump", str(relayd.pid)], check=True,
-                           capture_output=True)
-            dump = next(ctx.workdir.glob("callgrind.out.*"))
-            figures[name] = _callgrind_total(dump) / requests
+        return _under_callgrind(ctx.workdir, relayd, [("keep-alive (TCP)", _keep_alive(port, token)),
+                                                      ("a connection per request (Unix)", _per_connection(sock, token))],
+                                requests, _WARM_UP)
     finally:
         relayd.stop(60)
-    return figures
+
+
+def measure_records(workdir: Path, tree: Path, requests: int) -> dict[str, float]:
+    """Instructions per 1 KiB record of relayd from ``tree``, into a file and a redis stream."""
+    bench = sinks.Bench(workdir, Cores(None, None))
+    try:
+        relayd, url = sinks.relayd(bench, tree, _callgrind(workdir), timeout=300)
+        port = int(url.rsplit(":", 1)[1])
+        return _under_callgrind(workdir, relayd, [("1 KiB records into a file", _records(port, "file-records")),
+                                                  ("1 KiB records into a redis stream", _records(port, "redis-records"))],
+                                requests, _WARM_UP * _CONNECTIONS)
+    finally:
+        bench.stop()
 
 
 def main() -> None:
@@ -126,18 +181,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--tree", action="append", type=Path, default=[],
                         help="another relay checkout to measure beside this one")
+    parser.add_argument("--records", action="store_true",
+                        help="1 KiB NDJSON records into a file and a redis stream, 16 connections at once")
     args = parser.parse_args()
-    keys = tokens.ensure()
-    token = keys.first_token("RS256")
     trees = [ROOT, *args.tree]
     with tempfile.TemporaryDirectory(prefix="relay-instructions-") as scratch:
-        ctx = Context(Path(scratch), Cores(None, None), keys)
-        upstreams = start_upstreams(ctx)
-        try:
-            results = {tree: measure(ctx, tree, args.requests, token) for tree in trees}
-        finally:
-            for proc in reversed(upstreams):
-                proc.stop()
+        if args.records:
+            results = {}
+            for n, tree in enumerate(trees):
+                workdir = Path(scratch) / str(n)
+                workdir.mkdir()
+                results[tree] = measure_records(workdir, tree, args.requests)
+        else:
+            keys = tokens.ensure()
+            token = keys.first_token("RS256")
+            ctx = Context(Path(scratch), Cores(None, None), keys)
+            upstreams = start_upstreams(ctx)
+            try:
+                results = {tree: measure(ctx, tree, args.requests, token) for tree in trees}
+            finally:
+                for proc in reversed(upstreams):
+                    proc.stop()
     ways = list(results[ROOT])
     print(f"{'tree':<40} " + " ".join(f"{way:>32}" for way in ways) + "   (instructions per request)")
     for tree, figures in results.items():

@@ -27,7 +27,7 @@ import socket
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +59,12 @@ class Bench:
         self.cores = cores
         self.procs: list[Proc] = []
 
-    def start(self, name: str, argv: list[str], port: int, cpus: tuple[int, ...] | None) -> Proc:
-        proc = Proc(name, argv, self.workdir / f"{name}.log", cpus=cpus, cwd=ROOT,
-                    env=dict(os.environ) | {"PYTHONPATH": str(ROOT)})
+    def start(self, name: str, argv: list[str], port: int, cpus: tuple[int, ...] | None, tree: Path = ROOT,
+              timeout: float = 20.0) -> Proc:
+        proc = Proc(name, argv, self.workdir / f"{name}.log", cpus=cpus, cwd=tree,
+                    env=dict(os.environ) | {"PYTHONPATH": str(tree)})
         self.procs.append(proc)
-        proc.wait_ready([("127.0.0.1", port)])
+        proc.wait_ready([("127.0.0.1", port)], timeout)
         return proc
 
     def stop(self) -> None:
@@ -108,7 +109,8 @@ def _fresh_disk(bench: Bench) -> None:
     os.sync()
 
 
-def relayd(bench: Bench) -> tuple[Proc, str]:
+def relayd(bench: Bench, tree: Path = ROOT, prefix: Sequence[str] = (), timeout: float = 20.0) -> tuple[Proc, str]:
+    """relayd from ``tree`` (run under ``prefix``, a profiler say) with the sinks above."""
     redis_port, nats_port, port = _free_port(), _free_port(), _free_port()
     bench.start("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(nats_port), "-js",
                          "-sd", str(bench.workdir / "nats")], nats_port, bench.cores.load)
@@ -167,7 +169,8 @@ url = "nats://127.0.0.1:{nats_port}"
 stream = "RECORDS"
 subject = "records"
 {flows}""")
-    proc = bench.start("relayd", [sys.executable, "-m", "relay", "-c", str(config)], port, bench.cores.sut)
+    proc = bench.start("relayd", [*prefix, sys.executable, "-m", "relay", "-c", str(config)], port, bench.cores.sut,
+                       tree, timeout)
     return proc, f"http://127.0.0.1:{port}"
 
 
