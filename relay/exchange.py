@@ -186,17 +186,21 @@ class Exchange:
         if quick is None:
             return  # the client left first; client_gone finished the exchange
         sink = self._give_back_quick_slot()
+        request = self.request
+        assert request is not None
         if failure is None:
             quick.release()
-            assert self.request is not None
-            self.sink_seconds = time.monotonic() - self.request.received_at
+            request.body.take_whole()  # what the sink took (if it left it to the exchange)
+            self.sink_seconds = time.monotonic() - request.received_at
             self._done()
             return
         quick.abort()
         if quick.retriable and not self.reply.started:
-            # a pooled connection the upstream had meanwhile closed: the general path tries afresh
+            # a pooled connection the upstream had meanwhile closed: the general path tries
+            # afresh, reading the body (still unread) from the start
             self._start_task()
             return
+        request.body.take_whole()
         if not isinstance(failure, RelayError):
             failure = BadGateway("upstream closed the connection without answering", sink.name)
         self._refuse(failure)

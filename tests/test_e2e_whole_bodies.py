@@ -10,6 +10,7 @@ dead Redis and pipelined requests get what they get the general way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -18,15 +19,16 @@ from typing import Any
 
 import pytest
 
-from support import RawConnection, Relayd, Response, exchange, free_port, request_bytes
+from support import RawConnection, Relayd, Response, Upstream, exchange, free_port, poll_until, request_bytes
 from support.redis import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
 
-def relay_config(workdir: Path, port: int, redis_url: str, dead_url: str) -> str:
+def relay_config(workdir: Path, port: int, redis_url: str, dead_url: str, upstream_url: str) -> str:
     data = workdir / "data"
     sinks = {
+        "up": f'type = "http"\nurl = "{upstream_url}"',
         "records": f'type = "file"\npath = "{data / "records.ndjson"}"\nfsync = "never"',
         "raw": f'type = "file"\npath = "{data / "blobs.raw"}"\nformat = "raw"\nfsync = "never"',
         "stream": f'type = "redis-stream"\nurl = "{redis_url}"\nstream = "events"',
@@ -45,8 +47,9 @@ class Whole:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.redis = RedisServer(workdir)
+        self.upstream = Upstream(workdir)
         self.relayd = Relayd(workdir, relay_config(workdir, free_port(), self.redis.url,
-                                                   f"redis://127.0.0.1:{free_port()}/0"))
+                                                   f"redis://127.0.0.1:{free_port()}/0", self.upstream.url))
 
     def stored(self, flow: str, receipt: dict[str, Any], size: int) -> list[bytes]:
         """What the flow's sink holds for ``receipt``: the file's bytes, or the stream's entries."""
@@ -65,6 +68,7 @@ class Whole:
     def close(self) -> None:
         self.relayd.stop()
         self.redis.stop()
+        self.upstream.service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +169,23 @@ def test_pipelined_small_bodies_are_answered_in_order_and_stored_in_order(whole:
     ids = [str(a.get("X-Relay-Request-Id")) for a in answers]
     audited = [r["request_id"] for r in whole.audit() if r.get("request_id") in ids]
     assert sorted(audited) == sorted(ids)  # one record each
+
+
+def test_a_small_body_to_an_http_upstream_goes_in_one_write_and_a_stale_connection_sends_it_again(
+        whole: Whole) -> None:
+    body = b"\n".join(records(uuid.uuid4().hex[:8], 30)) + b"\n"
+    response = post_whole(whole, "up", body)  # leaves a pooled connection
+    assert response.status == 200, str(response)
+    mark = len(whole.upstream.records())
+    # the upstream closes that connection without answering: a stale pooled connection as
+    # far as relay can tell, so the request goes again on a fresh one, its body whole
+    response = exchange(whole.relayd.tcp, request_bytes("POST", "/up/x?fail=close", [("Connection", "close")], body))
+    assert response.status == 502, str(response)
+
+    def attempts() -> list[dict[str, Any]] | None:
+        done = [r for r in whole.upstream.records()[mark:] if r["phase"] == "done"]
+        return done if len(done) == 2 else None
+
+    for attempt in poll_until(attempts, 5, "both attempts at the upstream"):
+        assert attempt["complete"] and attempt["body_len"] == len(body)
+        assert attempt["sha256"] == hashlib.sha256(body).hexdigest()

@@ -44,15 +44,20 @@ class HttpSink:
 
     def relay_now(self, request: Request, reply: Reply,
                   on_done: Callable[[BaseException | None], None]) -> UpstreamConnection | None:
-        """Send a bodiless request on an idle pooled connection at once, its answer going
-        straight to ``reply``, then ``on_done(failure or None)``; None when no connection
-        is idle (then the general path). The connection itself is the quick delivery."""
-        if request.body is not NO_BODY:
-            return None  # a body is streamed the general way
+        """Send a request whose body is complete (none, or a small one read whole) on an
+        idle pooled connection at once, in one write, its answer going straight to
+        ``reply``, then ``on_done(failure or None)``; None when no connection is idle (then
+        the general path). The body stays unread until the exchange ends, so that a stale
+        connection's retry the general way sends it again. The connection itself is the
+        quick delivery."""
+        body = request.body
+        if request.headers.chunked:
+            return None  # re-framed as it streams, the general way
         conn = self.pool.take_idle()
         if conn is None:
             return None
-        conn.begin([self.request_head(request)], request.head_only, True)
+        head = self.request_head(request)
+        conn.begin([head] if body is NO_BODY else [head, body.peek_whole()], request.head_only, True)
         conn.pass_on(reply, on_done)
         return conn
 
