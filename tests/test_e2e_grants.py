@@ -1,28 +1,35 @@
 """Just-in-time grants through lighttpd: asked for, approved or denied by an approver (never
 the requester, never a non-approver), used by token exchange until they end (expiry,
 revocation), kept across restarts (kill -9 too), seen by both workers of a supervisor and
-by two relayd sharing one redis-server; one audit record per decision.
+by two relayd sharing one redis-server; one audit record per decision. Under faults (kill -9
+of relayd, of a worker, of the supervisor; a full state_dir), alone or with workers, no
+change answered 200 is lost and none refused is made.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support import Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
+from support import Relayd, Response, Upstream, exchange, poll_until, relay_config, request_bytes
 from support.procs import Lighttpd
 from support.rawhttp import Address, ConnectionClosed
 from support.redis import REDIS_SERVER, RedisServer
 from support.stack import token_flow
 from support.tmpfs import small_tmpfs
 from test_e2e_audit import fill
-from test_e2e_revocations import ask, relayctl
+from test_e2e_revocations import ask, relayctl, start, worker_pids
 from test_e2e_tokens import ACCESS, EXCHANGE, user_token
 from test_identity_support import AUD, ISS, Key, ec_key, jwks
 
@@ -72,10 +79,13 @@ class Front:
         self.olivia = user_token(key, "olivia", ["data-owners"])
         self.bob = user_token(key, "bob", ["analysts"])
 
-    def call(self, method: str, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    def send(self, method: str, path: str, token: str, body: dict[str, Any] | None = None) -> Response:
         data = json.dumps(body).encode() if body is not None else b""
         headers = [("Authorization", "Bearer " + token), ("Content-Type", "application/json")]
-        answer = exchange(self.address, request_bytes(method, path, headers, data))
+        return exchange(self.address, request_bytes(method, path, headers, data))
+
+    def call(self, method: str, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        answer = self.send(method, path, token, body)
         return answer.status, json.loads(answer.body) if answer.body else None
 
     def ask_grant(self, flow: str = "vault", ttl: str = "30m", token: str | None = None) -> str:
@@ -90,10 +100,14 @@ class Front:
         assert status == 200, grant
         return dict(grant)
 
-    def swap(self, flow: str = "vault", token: str | None = None) -> tuple[int, dict[str, Any]]:
+    def swapping(self, flow: str = "vault", token: str | None = None) -> Response:
+        """The answer to an exchange of the requester's token for one of ``flow``."""
         form = f"grant_type={EXCHANGE}&subject_token={token or self.alice}&subject_token_type={ACCESS}&scope=flow:{flow}"
-        answer = exchange(self.address, request_bytes(
+        return exchange(self.address, request_bytes(
             "POST", "/oauth/token", [("Content-Type", "application/x-www-form-urlencoded")], form.encode()))
+
+    def swap(self, flow: str = "vault", token: str | None = None) -> tuple[int, dict[str, Any]]:
+        answer = self.swapping(flow, token)
         return answer.status, json.loads(answer.body)
 
     def use(self, token: str, path: str = "/vault/q") -> int:
@@ -113,6 +127,11 @@ def front(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, key: Key
     yield Front(workdir, lighttpd.address, key)
     lighttpd.stop()
     relayd.stop()
+
+
+def held_grants(admin_socket: Path) -> dict[str, str]:
+    """Each grant's status as the process behind ``admin_socket`` holds it."""
+    return {g["grant_id"]: g["status"] for g in ask(admin_socket, "grants", "list")["grants"]}
 
 
 def test_metadata_names_the_grants_endpoint(front: Front) -> None:
@@ -255,13 +274,13 @@ def test_two_workers_see_a_grant_approved_through_either(tmp_path: Path, upstrea
         grant_id = here.ask_grant()
         here.approve(grant_id)
         for worker in (1, 2):  # each worker holds it (its own admin socket)
-            held = {g["grant_id"]: g["status"] for g in ask(tmp_path / f"admin.w{worker}.sock", "grants", "list")["grants"]}
+            held = held_grants(tmp_path / f"admin.w{worker}.sock")
             assert held[grant_id] == "approved"
         assert all(here.swap()[0] == 200 for _ in range(6))
         reply = ask(tmp_path / "admin.sock", "grants", "revoke", grant_id)
         assert reply["grant"]["status"] == "revoked"
         for worker in (1, 2):
-            held = {g["grant_id"]: g["status"] for g in ask(tmp_path / f"admin.w{worker}.sock", "grants", "list")["grants"]}
+            held = held_grants(tmp_path / f"admin.w{worker}.sock")
             assert held[grant_id] == "revoked"
         records = here.records(grant_id, "audit.w1.jsonl") + here.records(grant_id, "audit.w2.jsonl")
         assert sorted(r["action"] for r in records if r["reason"] == "done") == ["approve", "request", "revoke"]
@@ -302,53 +321,163 @@ def test_two_instances_share_grants_through_redis(tmp_path: Path, upstream: Upst
         redis.stop()
 
 
-def test_approvals_acknowledged_before_a_kill_in_the_middle_of_saving_survive(
-        tmp_path: Path, upstream: Upstream, key: Key) -> None:
-    """kill -9 amid a run of approvals, each saved before it is answered: relayd starts again
-    (the file is whole: the old version or the new), and every approval answered 200 is held."""
-    config = grants_config(tmp_path, upstream, key)
-    relayd = Relayd(tmp_path, config)
-    acknowledged: list[str] = []
-    try:
-        here = Front(tmp_path, relayd.tcp, key)
-        for n in range(40):
-            grant_id = here.ask_grant(token=user_token(key, f"caller-{n}", ["analysts"]))
-            if n == 20:
-                relayd.service.send_signal(signal.SIGKILL)  # the next approvals meet a relayd going down
+# --- under faults ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """An approval answered 200: the grant, its requester's token, the process that answered."""
+
+    grant_id: str
+    requester: str
+    process: str
+
+
+def process_of(answer: Response) -> str:
+    """Which relayd process answered (relayd alone, or one worker): its request ids' prefix."""
+    request_id = answer.get("X-Relay-Request-Id")
+    assert request_id, f"an answer {answer.status} without a request id"
+    return request_id.rpartition("-")[0]
+
+
+def answered_by(call: Callable[[], Response], processes: int, besides: str = "", tries: int = 60) -> list[Response]:
+    """Every answer to ``call()``, made again until ``processes`` relayd processes other than
+    ``besides`` have answered (a supervisor's workers each take the connections SO_REUSEPORT
+    gives their socket)."""
+    answers: list[Response] = []
+    seen: set[str] = set()
+    while len(seen - {besides}) < processes:
+        assert len(answers) < tries, f"{tries} answers, all from the processes {sorted(seen)}"
+        answers.append(call())
+        seen.add(process_of(answers[-1]))
+    return answers
+
+
+def approvals_amid(here: Front, kill: Callable[[], None], count: int = 40, at: int = 20) -> list[Acknowledged]:
+    """A run of ``count`` grants asked for and approved one after the other, and ``kill``
+    called while it goes on, once ``at`` approvals were answered 200 (so it meets relayd
+    saving a change, or between two): the approvals answered 200. A connection cut or
+    refused, or any other answer, acknowledges nothing, and the run goes on (another worker
+    may take the next)."""
+    acknowledged: list[Acknowledged] = []
+
+    def run() -> None:
+        for n in range(count):
+            requester = user_token(here.key, f"caller-{n}", ["analysts"])
             try:
-                status, _ = here.call("POST", f"/oauth/grants/{grant_id}/approve", here.olivia)
+                status, grant = here.call("POST", "/oauth/grants", requester, {"flow": "vault", "reason": "incident 7"})
+                if status != 202:
+                    continue
+                answer = here.send("POST", f"/oauth/grants/{grant['grant_id']}/approve", here.olivia)
             except (OSError, ConnectionClosed):
-                break
-            if status != 200:
-                break
-            acknowledged.append(grant_id)
+                continue
+            if answer.status == 200:
+                acknowledged.append(Acknowledged(grant["grant_id"], requester, process_of(answer)))
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run)
+        poll_until(lambda: len(acknowledged) >= at or running.done() or None, 30, f"{at} approvals answered")
+        kill()
+        running.result(60)
+    return acknowledged
+
+
+def assert_held(admin_sockets: list[Path], acknowledged: list[Acknowledged]) -> None:
+    for admin_socket in admin_sockets:
+        held = held_grants(admin_socket)
+        lost = [a.grant_id for a in acknowledged if held.get(a.grant_id) != "approved"]
+        assert not lost, f"{admin_socket.name}: approvals answered 200 that are not held: {lost}"
+
+
+def admin_sockets(workdir: Path, workers: int) -> list[Path]:
+    """relayd's admin socket, and with workers each worker's own."""
+    return [workdir / "admin.sock", *(workdir / f"admin.w{n}.sock" for n in range(1, workers + 1) if workers > 1)]
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only its exit status left (an orphan's, until init reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_approvals_acknowledged_before_a_kill_in_the_middle_of_saving_survive(
+        tmp_path: Path, upstream: Upstream, key: Key, workers: int) -> None:
+    """kill -9 amid a run of approvals, each saved before it is answered (with workers: of the
+    supervisor, then of each worker, as a crash leaves it): relayd starts again (the file is
+    whole: the old version or the new), and every approval answered 200 is held, by each worker."""
+    config = grants_config(tmp_path, upstream, key, server=f"workers = {workers}")
+    relayd = start(tmp_path, config)
+    pids = [relayd.service.pid, *(worker_pids(tmp_path) if workers > 1 else [])]
+
+    def crash() -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # a worker told of its supervisor's end may be gone
+                os.kill(pid, signal.SIGKILL)
+
+    try:
+        acknowledged = approvals_amid(Front(tmp_path, relayd.tcp, key), crash)
         relayd.service.wait_exit(10)
-        relayd = Relayd(tmp_path, config)
-        held = {g["grant_id"]: g["status"] for g in ask(tmp_path / "admin.sock", "grants", "list")["grants"]}
+        poll_until(lambda: all(map(gone, pids)) or None, 10, "every process of relayd to be gone")
+        saved = json.loads((tmp_path / "state" / "grants.json").read_bytes())["grants"]
+        assert {a.grant_id for a in acknowledged} <= {g["grant_id"] for g in saved if g["status"] == "approved"}
+        relayd = start(tmp_path, config)
         assert len(acknowledged) >= 20
-        assert all(held.get(grant_id) == "approved" for grant_id in acknowledged), held
+        assert_held(admin_sockets(tmp_path, workers), acknowledged)
     finally:
         relayd.stop()
 
 
-def test_a_full_disk_refuses_grant_changes_and_loses_none(tmp_path: Path, upstream: Upstream, key: Key) -> None:
-    """With state_dir full, a change is answered 503 + Retry-After and nothing changed; once
-    space is back the same change is made, and it survives a restart."""
+def test_a_worker_killed_amid_approvals_loses_none_and_the_other_honours_them(
+        tmp_path: Path, upstream: Upstream, key: Key) -> None:
+    """kill -9 of one worker amid a run of approvals: the other serves on, the supervisor
+    restarts the one killed, and every approval answered 200 is held by both workers and
+    honoured (a token exchanged for it) by a process other than the one that approved it."""
+    relayd = start(tmp_path, grants_config(tmp_path, upstream, key, server="workers = 2"))
+    try:
+        here = Front(tmp_path, relayd.tcp, key)
+        first = worker_pids(tmp_path)
+        acknowledged = approvals_amid(here, lambda: os.kill(first[0], signal.SIGKILL))
+        poll_until(lambda: len(now := worker_pids(tmp_path)) == 2 and first[0] not in now or None, 20,
+                   "the killed worker to be restarted")
+        assert len(acknowledged) >= 20
+        assert_held(admin_sockets(tmp_path, 2), acknowledged)
+        for approved in acknowledged:
+            swaps = answered_by(functools.partial(here.swapping, token=approved.requester), 1, approved.process)
+            assert all(swap.status == 200 for swap in swaps), [(swap.status, swap.body) for swap in swaps]
+    finally:
+        relayd.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_refuses_grant_changes_and_loses_none(
+        tmp_path: Path, upstream: Upstream, key: Key, workers: int) -> None:
+    """With state_dir full, a change is answered 503 + Retry-After (by each worker) and nothing
+    changed anywhere: still pending, no token; once space is back the same change is made,
+    and it survives a restart."""
     with small_tmpfs(tmp_path / "state", "1m") as state:
-        config = grants_config(tmp_path, upstream, key)
-        relayd = Relayd(tmp_path, config)
+        config = grants_config(tmp_path, upstream, key, server=f"workers = {workers}")
+        relayd = start(tmp_path, config)
         try:
             here = Front(tmp_path, relayd.tcp, key)
             grant_id = here.ask_grant()
             filler = fill(state)
-            status, refusal = here.call("POST", f"/oauth/grants/{grant_id}/approve", here.olivia)
-            assert status == 503 and refusal["error"] == "grants_unavailable", refusal
-            assert here.call("GET", f"/oauth/grants/{grant_id}", here.alice)[1]["status"] == "pending"
-            assert here.swap()[0] == 400  # no grant held: no token for the flow
+            approving = functools.partial(here.send, "POST", f"/oauth/grants/{grant_id}/approve", here.olivia)
+            for refusal in answered_by(approving, workers):
+                assert (refusal.status, json.loads(refusal.body)["error"]) == (503, "grants_unavailable"), refusal.body
+                assert refusal.get("Retry-After") == "1"
+            for reading in answered_by(functools.partial(here.send, "GET", f"/oauth/grants/{grant_id}", here.alice),
+                                       workers):
+                assert json.loads(reading.body)["status"] == "pending"
+            for swap in answered_by(here.swapping, workers):  # no grant held: no token for the flow
+                assert (swap.status, json.loads(swap.body)["error"]) == (400, "invalid_scope")
             filler.unlink()
             assert here.approve(grant_id)["status"] == "approved"
             relayd.stop()
-            relayd = Relayd(tmp_path, config)
-            assert here.swap()[0] == 200
+            relayd = start(tmp_path, config)
+            assert all(swap.status == 200 for swap in answered_by(here.swapping, workers))
         finally:
             relayd.stop()
