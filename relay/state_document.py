@@ -78,6 +78,13 @@ class StateFile(Generic[E]):
         if mode & (stat.S_IWGRP | stat.S_IWOTH):
             log.warning("state directory %s is writable by other users (mode %o): chmod 700 it",
                         self.state_dir, stat.S_IMODE(mode))
+        try:
+            removed = durable.remove_leftovers(self.path)
+        except OSError as exc:
+            raise StartupError(f"state directory {self.state_dir}: {exc.strerror or exc}") from None
+        if removed:
+            log.warning("%s %s: removed %s, left by a relayd that died while saving", self._what, self.path,
+                        ", ".join(removed))
         return self.load()
 
     def load(self) -> list[E]:
