@@ -1,28 +1,31 @@
 """The audit log under faults, against real relayd processes.
 
 kill -9 right after acknowledged requests (sequential, pipelined, a streamed answer,
-several workers): every request_id a client got a 2xx for is in the log. A torn last line
+several workers) and amid a load, one relayd or two workers: every request_id a client got a 2xx for is in the log. A torn last line
 is cut at the next start and the chain verifies, naming the repair. A full disk (a small
 tmpfs under the log; needs root, skipped otherwise): no 2xx without a record, nothing
-reaches the upstream without a record, and relayd recovers by itself once space returns;
+reaches the upstream without a record, and relayd (each worker, with two) recovers by
+itself once space returns;
 ``relayctl audit verify`` passes after every one of these crashes.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support import RawConnection, Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
+from support import ConnectionClosed, RawConnection, Relayd, Upstream, exchange, poll_until, relay_config, request_bytes
 from support.procs import ROOT, child_env
 from support.rawhttp import connect
 
@@ -141,6 +144,61 @@ def test_workers_each_keep_their_records_through_kill_9(workdir: Path, upstream:
         relayd.stop()
 
 
+def load_until_killed(relayd: Relayd, kill: Callable[[], None]) -> list[str]:
+    """Four clients POSTing while ``kill`` runs once 40 requests are acknowledged (the
+    records of those in flight being written as it lands); the acknowledged ids."""
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            try:
+                response = exchange(relayd.unix, request_bytes("POST", f"/data/load-{n}-{i}", body=b"z" * 200), 5)
+            except (OSError, ConnectionClosed):
+                continue  # cut off by the kill, or refused until the restart
+            if response.status == 200:
+                acked.append(acknowledged_id(response.status, response.get("X-Relay-Request-Id")))
+
+    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        poll_until(lambda: len(acked) >= 40 or None, 30, "40 acknowledged requests")
+        kill()
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(10)
+    return acked
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_kill_9_amid_a_load_loses_no_acknowledged_record(workdir: Path, upstream: Upstream, workers: int) -> None:
+    config = relay_config(workdir, upstream.url).replace("[server]\n", f"[server]\nworkers = {workers}\n", 1)
+    relayd = Relayd(workdir, config)
+    try:
+        if workers == 1:
+            acked = load_until_killed(relayd, lambda: kill_9(relayd))
+            relayd = Relayd(workdir, config, name="relayd-again")  # repairs a torn tail, if the kill left one
+            files = [workdir / "audit.jsonl"]
+        else:
+            pids = worker_pids(workdir)
+            acked = load_until_killed(relayd, lambda: [os.kill(pid, signal.SIGKILL) for pid in pids])
+            poll_until(lambda: len(now := worker_pids(workdir)) == 2 and not set(pids) & set(now) or None, 15,
+                       "the workers to be restarted")
+            files = [workdir / "audit.w1.jsonl", workdir / "audit.w2.jsonl"]
+        after = [acknowledged_id(r.status, r.get("X-Relay-Request-Id"))
+                 for r in (exchange(relayd.unix, request_bytes("GET", f"/data/after-{n}")) for n in range(10))]
+    finally:
+        relayd.stop()
+    assert {*acked, *after} <= logged_ids(*files)
+    for path in files:
+        result = audit_verify(path)
+        assert result.returncode == 0, result.stderr
+
+
 def worker_pids(workdir: Path) -> list[int]:
     result = subprocess.run([sys.executable, "-m", "relay.ctl", "--socket", str(workdir / "admin.sock"), "--json",
                              "status"], capture_output=True, text=True, timeout=30, cwd=ROOT, env=child_env())
@@ -180,16 +238,17 @@ def fill(directory: Path) -> Path:
 
 
 @pytest.fixture
-def on_small_fs(workdir: Path, upstream: Upstream, small_fs: Path) -> Iterator[Callable[[str], Relayd]]:
+def on_small_fs(workdir: Path, upstream: Upstream, small_fs: Path) -> Iterator[Callable[..., Relayd]]:
     """Starts relayd with its audit log on the small tmpfs and ``audit.on_failure`` as given;
     stops each one before the tmpfs goes."""
     started: list[Relayd] = []
 
-    def start(on_failure: str) -> Relayd:
+    def start(on_failure: str, workers: int = 1) -> Relayd:
         config = relay_config(workdir, upstream.url).replace(
             f'[audit]\npath = "{workdir / "audit.jsonl"}"',
             f'[audit]\npath = "{small_fs / "audit.jsonl"}"\non_failure = "{on_failure}"')
         assert str(small_fs) in config
+        config = config.replace("[server]\n", f"[server]\nworkers = {workers}\n", 1)
         started.append(Relayd(workdir, config))
         return started[-1]
 
@@ -272,3 +331,36 @@ def test_a_restart_on_a_full_disk_serves_once_space_returns(small_fs: Path,
     filler.unlink()
     poll_until(lambda: get(relayd, "/data/back")[0] == 200 or None, 10, "relayd to relay again")
     kill_9_and_verify(relayd, log)
+
+
+def test_a_full_disk_with_two_workers_refuses_through_both_and_both_recover(
+        workdir: Path, upstream: Upstream, small_fs: Path, on_small_fs: Callable[..., Relayd]) -> None:
+    relayd = on_small_fs("refuse", workers=2)
+    poll_until(lambda: len(worker_pids(workdir)) == 2 or None, 15, "two workers")
+    answers = [get(relayd, f"/data/first-{n}") for n in range(10)]
+    assert {status for status, _, _ in answers} == {200}
+    filler = fill(small_fs)
+    for n in range(400):  # until both workers refuse (each has its own file and its own outage)
+        answers.append(get(relayd, f"/data/full-{n}"))
+        refusing = {rid.split("-")[0] for status, rid, _ in answers[10:] if status == 503}
+        if len(refusing) == 2:
+            break
+    assert len(refusing) == 2, "both workers refuse once their log cannot be written"
+    assert {(status, retry) for status, _, retry in answers if status != 200} == {(503, "1")}
+    filler.unlink()
+    poll_until(lambda: all(get(relayd, f"/data/back-{n}")[0] == 200 for n in range(10)) or None, 10,
+               "both workers to relay again")
+    answers += [get(relayd, f"/data/after-{n}") for n in range(10)]
+    files = [small_fs / "audit.w1.jsonl", small_fs / "audit.w2.jsonl"]
+    pids = worker_pids(workdir)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    poll_until(lambda: len(now := worker_pids(workdir)) == 2 and not set(pids) & set(now) or None, 15,
+               "the workers to be restarted")
+    assert {rid for status, rid, _ in answers if status == 200} <= logged_ids(*files)  # no 2xx without its record
+    reached = {r["target"] for r in upstream.records() if r["target"].startswith("/data/full-")}
+    logged_paths = {r.get("path") for path in files for r in records(path)}
+    assert reached <= logged_paths  # nothing relayed without its record
+    for path in files:
+        result = audit_verify(path)
+        assert result.returncode == 0, result.stderr
