@@ -131,7 +131,7 @@ class FileSink:
             if newline_due:
                 pieces.append(b"\n")
         try:
-            offset = self._target.try_append(pieces, len(data) + len(pieces) - 1)
+            offset = self._target.try_append(pieces, sum(map(len, pieces)))
         except OSError as exc:
             body.take_whole()
             self._loop.call_soon(on_done, self.disk_failure(exc))
