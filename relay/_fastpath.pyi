@@ -2,7 +2,7 @@
 has the same API. Import it through relay.fastpath."""
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeAlias, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, final
 
 from relay.errors import RelayError
 from relay.flowcontrol import RequestBody
@@ -12,8 +12,8 @@ from relay.request import Request
 if TYPE_CHECKING:
     from relay.context import ServerContext
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
-           "check_request_line", "encode_chunk", "encode_chunks", "scan_headers"]
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
+           "b64url_decode", "check_request_line", "encode_chunk", "encode_chunks", "parse_compact", "scan_headers"]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 _Payload = TypeVar("_Payload", bytes, bytearray, memoryview)
@@ -110,3 +110,29 @@ def admit_head(
     peer: str | None, trusted_peer: bool, make_body: Callable[[int, bool], RequestBody],
 ) -> tuple[Request, RelayError | None] | RelayError: ...
 def check_request_line(line: bytes, at_start: bool, method: bytes, url: bytes) -> None: ...
+
+
+# 5. Token decoding
+
+@final
+class Compact:
+    """A structurally valid JWS: decoded header and payload, the bytes that were signed."""
+
+    def __init__(self, header: dict[str, Any], payload: dict[str, Any], signing_input: bytes,
+                 signature: bytes) -> None: ...
+    @property
+    def header(self) -> dict[str, Any]: ...
+    @property
+    def payload(self) -> dict[str, Any]: ...
+    @property
+    def signing_input(self) -> bytes: ...
+    @property
+    def signature(self) -> bytes: ...
+
+def b64url_decode(segment: bytes) -> bytes:
+    """Unpadded base64url; raises ValueError unless ``segment`` is its canonical spelling."""
+    ...
+
+def parse_compact(token: bytes) -> Compact:
+    """Split and decode a compact JWS; raises relay.errors.Unauthorized(reason="malformed")."""
+    ...

@@ -11,6 +11,7 @@ One included file per fast-path job, each cimporting what it uses:
 3. chunked transfer coding, ``ChunkedDecoder``, ``encode_chunk``, ``encode_chunks`` and
    ``LAST_CHUNK``: _fastpath_chunked.pxi
 4. admission, ``admit_head`` and ``check_request_line``: _fastpath_admission.pxi
+5. token decoding, ``Compact``, ``b64url_decode`` and ``parse_compact``: _fastpath_jose.pxi
 
 This file holds what they share: the RFC 9110 character classes and bytes helpers.
 """
@@ -20,8 +21,8 @@ from libc.string cimport memchr, memcmp, memcpy
 
 from relay.errors import BadRequest
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
-           "check_request_line", "encode_chunk", "encode_chunks", "scan_headers"]
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
+           "b64url_decode", "check_request_line", "encode_chunk", "encode_chunks", "parse_compact", "scan_headers"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,3 +128,4 @@ include "_fastpath_headers.pxi"
 include "_fastpath_tokencache.pxi"
 include "_fastpath_chunked.pxi"
 include "_fastpath_admission.pxi"
+include "_fastpath_jose.pxi"

@@ -17,9 +17,13 @@ Sections (one per fast-path job):
 4. admission: ``admit_head`` turns a parsed request head into the request to relay or
    the refusal to answer (the sans-IO core of the request path); ``check_request_line``
    is its check of the spaces httptools skips.
+5. token decoding: ``parse_compact`` checks the structure of a token nobody has seen
+   yet and decodes its header, payload and signature into a ``Compact``;
+   ``b64url_decode`` is its strict base64url.
 
-Like the compiled side's one include per job, jobs 1, 3 and 4 have a module each
-(``_fastpath_py_headers``, ``_fastpath_py_chunked``, ``_fastpath_py_admission``); the
+Like the compiled side's one include per job, jobs 1, 3, 4 and 5 have a module each
+(``_fastpath_py_headers``, ``_fastpath_py_chunked``, ``_fastpath_py_admission``,
+``_fastpath_py_jose``); the
 token cache, short, is here.
 """
 
@@ -30,12 +34,13 @@ from typing import TYPE_CHECKING
 from relay._fastpath_py_admission import admit_head, check_request_line
 from relay._fastpath_py_chunked import LAST_CHUNK, ChunkedDecoder, encode_chunk, encode_chunks
 from relay._fastpath_py_headers import HeaderRules, HeaderScan, scan_headers
+from relay._fastpath_py_jose import Compact, b64url_decode, parse_compact
 
 if TYPE_CHECKING:
     from relay.identity.claims import Identity
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
-           "check_request_line", "encode_chunk", "encode_chunks", "scan_headers"]
+__all__ = ["LAST_CHUNK", "ChunkedDecoder", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
+           "b64url_decode", "check_request_line", "encode_chunk", "encode_chunks", "parse_compact", "scan_headers"]
 
 # ---------------------------------------------------------------------------------------
 # 2. Verified-token cache

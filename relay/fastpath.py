@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from relay import _fastpath_py
 
-__all__ = ["COMPILED", "LAST_CHUNK", "ChunkedDecoder", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
-           "check_request_line", "encode_chunk", "encode_chunks", "scan_headers"]
+__all__ = ["COMPILED", "LAST_CHUNK", "ChunkedDecoder", "Compact", "HeaderRules", "HeaderScan", "TokenCache",
+           "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "encode_chunks", "parse_compact",
+           "scan_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ COMPILED: bool = _impl is not _fastpath_py
 
 if TYPE_CHECKING:
     # Both implementations share one API; type-check callers against the compiled stub.
-    from relay._fastpath import (LAST_CHUNK, ChunkedDecoder, HeaderRules, HeaderScan, TokenCache, admit_head,
-                                 check_request_line, encode_chunk, encode_chunks, scan_headers)
+    from relay._fastpath import (LAST_CHUNK, ChunkedDecoder, Compact, HeaderRules, HeaderScan, TokenCache,
+                                 admit_head, b64url_decode, check_request_line, encode_chunk, encode_chunks,
+                                 parse_compact, scan_headers)
 else:
     # 1. header scanning
     HeaderRules = _impl.HeaderRules
@@ -55,3 +57,7 @@ else:
     # 4. admission
     admit_head = _impl.admit_head
     check_request_line = _impl.check_request_line
+    # 5. token decoding
+    Compact = _impl.Compact
+    b64url_decode = _impl.b64url_decode
+    parse_compact = _impl.parse_compact

@@ -1,16 +1,22 @@
-"""Token structure and keys: strict base64url, the compact pre-check, JWK parsing, and the
-published RFC 7515 / RFC 8037 vectors verified with relay's own verifiers."""
+"""Token structure and keys: strict base64url, the compact pre-check (on both fast-path
+implementations, plus a differential property test), JWK parsing, and the published
+RFC 7515 / RFC 8037 vectors verified with relay's own verifiers."""
 
 from __future__ import annotations
 
 import json
+from types import ModuleType
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from relay import fastpath
 from relay.errors import Unauthorized
 from relay.identity.jose import b64url_decode, b64url_encode, parse_compact
 from relay.identity.jwk import parse_jwk, parse_jwks
+from support.impls import COMPILED, NOT_BUILT, TWIN
 from test_identity_support import b64, ec_key, ed_key, forge, jwks, rsa_key, segment
 
 # RFC 7515 A.2 (RS256) and A.3 (ES256): same payload, {"iss":"joe","exp":1300819380,...}
@@ -53,8 +59,8 @@ def reason(call: object) -> str:
 
 
 @pytest.mark.parametrize("data", [b"", b"f", b"fo", b"foo", b"foob", bytes(range(256))])
-def test_b64url_round_trips(data: bytes) -> None:
-    assert b64url_decode(b64url_encode(data)) == data
+def test_b64url_round_trips(impl: ModuleType, data: bytes) -> None:
+    assert impl.b64url_decode(b64url_encode(data)) == data
     assert b"=" not in b64url_encode(data)
 
 
@@ -67,17 +73,17 @@ def test_b64url_round_trips(data: bytes) -> None:
     b"Zm9vYmF",    # ditto, 3-character tail
     b"Zm9v\x00",
 ])  # fmt: skip
-def test_b64url_refuses_anything_but_the_canonical_spelling(bad: bytes) -> None:
+def test_b64url_refuses_anything_but_the_canonical_spelling(impl: ModuleType, bad: bytes) -> None:
     with pytest.raises(ValueError):
-        b64url_decode(bad)
+        impl.b64url_decode(bad)
 
 
 # -- the compact pre-check -----------------------------------------------------------------
 
 
-def test_parse_compact_gives_header_payload_and_the_signed_bytes() -> None:
+def test_parse_compact_gives_header_payload_and_the_signed_bytes(impl: ModuleType) -> None:
     token = forge({"alg": "RS256", "kid": "k"}, {"sub": "a"}, b"sig")
-    compact = parse_compact(token)
+    compact = impl.parse_compact(token)
     assert compact.header == {"alg": "RS256", "kid": "k"}
     assert compact.payload == {"sub": "a"}
     assert compact.signature == b"sig"
@@ -101,17 +107,77 @@ def test_parse_compact_gives_header_payload_and_the_signed_bytes() -> None:
     segment({"alg": "RS256"}) + b"." + segment({}) + b".sig=",
     segment({"alg": "RS256"}) + b"." + segment(b"{\"a\":\"\xff\"}") + b".",  # not UTF-8
 ])  # fmt: skip
-def test_parse_compact_refuses_malformed_tokens(token: bytes) -> None:
-    assert reason(lambda: parse_compact(token)) == "malformed"
+def test_parse_compact_refuses_malformed_tokens(impl: ModuleType, token: bytes) -> None:
+    assert reason(lambda: impl.parse_compact(token)) == "malformed"
 
 
 @pytest.mark.parametrize("name", ["jku", "jwk", "x5u", "x5c", "crit"])
-def test_headers_that_name_a_key_or_demand_extensions_are_refused(name: str) -> None:
+def test_headers_that_name_a_key_or_demand_extensions_are_refused(impl: ModuleType, name: str) -> None:
     header = {"alg": "RS256", "kid": "k", name: ["b64"] if name == "crit" else "https://attacker.example/k"}
     with pytest.raises(Unauthorized) as caught:
-        parse_compact(forge(header, {"sub": "a"}, b"s"))
+        impl.parse_compact(forge(header, {"sub": "a"}, b"s"))
     assert caught.value.reason == "malformed"
     assert name in caught.value.detail
+
+
+def test_relay_decodes_tokens_with_the_implementation_relay_fastpath_chose() -> None:
+    chosen = COMPILED if fastpath.COMPILED else TWIN
+    assert chosen is not None
+    assert (parse_compact, b64url_decode) == (chosen.parse_compact, chosen.b64url_decode)
+
+
+# -- the two implementations agree -----------------------------------------------------------
+
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# segments: canonical encodings of JSON (objects and not), of any bytes, and near misses
+# (other characters, any length) that only a strict decoder refuses
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+_HEADERS = st.fixed_dictionaries(
+    {}, optional={"alg": st.sampled_from(["RS256", "ES256", 7]), "kid": st.sampled_from(["k", 1, None]),
+                  "jwk": st.just("x"), "crit": st.just(["b64"]), "typ": st.just("JWT")})  # fmt: skip
+_SEGMENTS = st.one_of(
+    _HEADERS.map(segment),
+    _JSON.map(lambda v: segment(json.dumps(v).encode())),
+    st.binary(max_size=40).map(lambda b: b64(b).encode()),
+    st.text(_B64URL + "=+/. \x00\xff", max_size=12).map(lambda t: t.encode("utf-8")),
+)
+_TOKENS = st.one_of(
+    st.lists(_SEGMENTS, min_size=1, max_size=5).map(b".".join),
+    st.binary(max_size=60),
+)
+
+
+def _outcome(impl: ModuleType, token: bytes) -> object:
+    try:
+        compact = impl.parse_compact(token)
+    except Unauthorized as refused:
+        return ("refused", refused.reason, refused.detail)
+    return (compact.header, compact.payload, compact.signing_input, compact.signature)
+
+
+def _decoded(impl: ModuleType, segment: bytes) -> object:
+    try:
+        return impl.b64url_decode(segment)
+    except ValueError as refused:
+        return ("refused", str(refused))
+
+
+@pytest.mark.skipif(COMPILED is None, reason=NOT_BUILT)
+@settings(max_examples=1500, deadline=None)
+@given(token=_TOKENS)
+def test_compiled_and_twin_parse_alike(token: bytes) -> None:
+    assert _outcome(COMPILED, token) == _outcome(TWIN, token)
+
+
+@pytest.mark.skipif(COMPILED is None, reason=NOT_BUILT)
+@settings(max_examples=1500, deadline=None)
+@given(segment=st.one_of(_SEGMENTS, st.binary(max_size=24)))
+def test_compiled_and_twin_decode_base64url_alike(segment: bytes) -> None:
+    assert _decoded(COMPILED, segment) == _decoded(TWIN, segment)
 
 
 # -- JWKs ----------------------------------------------------------------------------------
