@@ -101,10 +101,10 @@ class RecordingReply(Reply):
 
     __slots__ = ("_cache", "_request", "_scope", "_status", "_head", "_intake", "_stale", "result")
 
-    def __init__(self, transport: asyncio.WriteTransport, request: Request, cache: FlowCache,
+    def __init__(self, transport: asyncio.WriteTransport, request: Request, cache: FlowCache, *,
                  http10: bool, client_paused: bool) -> None:
-        super().__init__(transport, request.request_id, request.head_only, http10, request.keep_alive,
-                         client_paused)
+        super().__init__(transport, request.request_id, head_only=request.head_only, http10=http10,
+                         keep_alive=request.keep_alive, client_paused=client_paused)
         self._cache = cache
         self._request = request
         self._scope = cache.scope_value(request.identity)

@@ -205,10 +205,10 @@ class Metrics:
     def count_exchanges(self, notes: list[ExchangeNote]) -> None:
         """Count a batch of finished exchanges, as the audit log noted them."""
         request_done = self.request_done
-        for _, _, status, reason, flow, _, _, _, sink, _, bytes_in, bytes_out, seconds, _, sink_seconds, _, _ in notes:
-            request_done(flow or "-", status, reason, bytes_in, bytes_out, seconds)
-            if sink_seconds is not None and sink is not None:
-                self.sink_latency(sink, sink_seconds)
+        for note in notes:
+            request_done(note.flow or "-", note.status, note.reason, note.bytes_in, note.bytes_out, note.seconds)
+            if note.sink_seconds is not None and note.sink is not None:
+                self.sink_latency(note.sink, note.sink_seconds)
 
     def token_cache(self, hit: bool) -> None:
         self._cache["hit" if hit else "miss"] += 1

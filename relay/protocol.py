@@ -315,8 +315,9 @@ class ClientConnection(asyncio.Protocol):
             # a well-formed, bodiless request for no flow: answered, and the connection stays usable
             parser = self._parser
             reply = Reply(
-                self._transport, self._ctx.next_request_id(), parser.get_method() == b"HEAD",
-                parser.get_http_version() == "1.0", parser.should_keep_alive(), self._write_paused,
+                self._transport, self._ctx.next_request_id(), head_only=parser.get_method() == b"HEAD",
+                http10=parser.get_http_version() == "1.0", keep_alive=parser.should_keep_alive(),
+                client_paused=self._write_paused,
             )
             self._start(Exchange.rejected(self._ctx, outcome, reply, self._url, in_step=True))
 
@@ -364,10 +365,11 @@ class ClientConnection(asyncio.Protocol):
     def _make_reply(self, request: Request) -> Reply:
         cache = request.flow.cache
         if cache is not None:
-            return RecordingReply(self._transport, request, cache, request.version == "1.0", self._write_paused)
+            return RecordingReply(self._transport, request, cache, http10=request.version == "1.0",
+                                  client_paused=self._write_paused)
         return Reply(
-            self._transport, request.request_id, request.head_only,
-            request.version == "1.0", request.keep_alive, self._write_paused,
+            self._transport, request.request_id, head_only=request.head_only, http10=request.version == "1.0",
+            keep_alive=request.keep_alive, client_paused=self._write_paused,
         )
 
     def _send_continue(self) -> None:
@@ -391,7 +393,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if not self._closed:
             request_id = self._ctx.next_request_id()
-            reply = Reply(self._transport, request_id, False, False, False, self._write_paused)
+            reply = Reply(self._transport, request_id, head_only=False, http10=False, keep_alive=False,
+                          client_paused=self._write_paused)
             self._start(Exchange.rejected(self._ctx, err, reply, self._url, in_step=False))
 
     # --- running exchanges in order ------------------------------------------------------

@@ -60,6 +60,7 @@ class Reply:
         self,
         transport: asyncio.WriteTransport,
         request_id: str,
+        *,
         head_only: bool,
         http10: bool,
         keep_alive: bool,
