@@ -16,6 +16,7 @@ from relay._config_ratelimit import build_rate_limits
 from relay._config_read import HEADER_NAME, NAME, NAME_RULE, Table, label
 from relay._toml_locate import join_key
 from relay.config import ApprovalConfig, FlowConfig, FlowHeaders, Rule, strips
+from relay.http_rules import CONNECTION_FIELDS
 
 _FLOW = FlowConfig(name="", path="", sink="")
 _FLOW_KEYS = (
@@ -31,10 +32,7 @@ _REFUSED_METHODS = {
     "TRACE": "TRACE is refused: it would echo credentials back to the caller",
 }
 #: framing and hop-by-hop headers belong to the connection, so a flow may not set them
-_UNSETTABLE = frozenset({
-    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
-    "trailer", "upgrade", "proxy-connection",
-})
+_UNSETTABLE = CONNECTION_FIELDS | {"host", "content-length"}
 _BAD_VALUE = re.compile(r"[^\t\x20-\x7e]")  # header values relay sets are printable ASCII
 _BAD_PATH = re.compile(r"[\x00-\x20\x7f%#?\\]")
 _TiB = 1024**4

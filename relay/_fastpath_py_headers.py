@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from relay.errors import BadRequest
+from relay.http_rules import CONNECTION_FIELDS
 
 #: What httptools may hand over; results are always plain bytes.
 BytesLike = bytes | bytearray | memoryview
@@ -28,24 +29,12 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORBIDDEN_IN_VALUE = bytes([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F])
 _OWS = b" \t"
 
-#: Headers relay never forwards because it sets them itself: hop-by-hop (RFC 9110 §7.6.1),
-#: framing, and the ones it rewrites (Host, X-Forwarded-For, Expect).
-_NOT_FORWARDED = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"host",
-        b"content-length",
-        b"expect",
-        b"x-forwarded-for",
-    }
-)
+#: Headers relay never forwards because it sets them itself: hop-by-hop and framing
+#: (relay.http_rules), Proxy-Authorization, and the ones it rewrites (Host, X-Forwarded-For,
+#: Expect).
+_NOT_FORWARDED = frozenset(name.encode("ascii") for name in CONNECTION_FIELDS) | {
+    b"proxy-authorization", b"host", b"content-length", b"expect", b"x-forwarded-for",
+}  # fmt: skip
 #: Names relay reads itself: a header spelled like one of them with `_` is never forwarded.
 _READ = _NOT_FORWARDED | {b"authorization", b"idempotency-key"}
 #: relay owns this namespace downstream; inbound values would be spoofed identity.

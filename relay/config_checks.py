@@ -1,24 +1,19 @@
 """Checks that look at all flows together: unique names, no two flows for one
 (path, method), and authentication that can actually happen.
 
-A flow's effective methods include HEAD whenever they include GET, since the router
-answers HEAD with the GET flow; two flows may therefore not split GET and HEAD of
-one path between them.
+A flow serves HEAD whenever it takes GET (``relay.http_rules.served_methods``); two
+flows may therefore not split GET and HEAD of one path between them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from relay.http_rules import served_methods
+
 if TYPE_CHECKING:
     from relay._config_read import Problems
     from relay.config import FlowConfig
-
-
-def effective_methods(flow: FlowConfig) -> frozenset[str]:
-    """The methods a flow serves: its own, plus HEAD when it takes GET."""
-    methods = frozenset(flow.methods)
-    return methods | {"HEAD"} if "GET" in methods else methods
 
 
 def check_flows(problems: Problems, flows: tuple[FlowConfig, ...], have_issuers: bool) -> None:
@@ -34,7 +29,7 @@ def check_flows(problems: Problems, flows: tuple[FlowConfig, ...], have_issuers:
             names.setdefault(flow.name, i)
         clashes: dict[int, list[str]] = {}
         if flow.path:
-            for method in sorted(effective_methods(flow)):
+            for method in sorted(served_methods(flow.methods)):
                 owner = owners.setdefault((flow.path, method), i)
                 if owner != i:
                     clashes.setdefault(owner, []).append(method)

@@ -4,8 +4,8 @@ The most specific path decides: an exact path beats any prefix, and a longer pre
 beats a shorter one. Only the flows at that one path are considered for the method;
 when none takes it the answer is 405 with their methods, never a fall-back to a
 shorter prefix (a subtree given to one flow stays with it). HEAD goes wherever GET
-does unless a flow at the same path takes HEAD itself. No match at all is 404: the
-table is default-deny.
+does (``relay.http_rules.served_methods``). No match at all is 404: the table is
+default-deny.
 
 Lookups cost one dict probe for an exact path and one per "/" of the request path
 for prefixes, whatever the number of flows; a path already resolved to a prefix is
@@ -19,6 +19,7 @@ from typing import Generic, Protocol, TypeVar
 
 from relay.config import FlowConfig
 from relay.errors import MethodNotAllowed, NotFound
+from relay.http_rules import served_methods
 
 __all__ = ["FlowTable", "HasFlowConfig"]
 
@@ -42,7 +43,7 @@ class _Route(Generic[T]):
         self.allowed: tuple[str, ...] = ()
 
     def add(self, flow: T) -> None:
-        for method in flow.config.methods:
+        for method in sorted(served_methods(flow.config.methods)):
             other = self.by_method.get(method)
             if other is not None:
                 raise ValueError(
@@ -52,9 +53,6 @@ class _Route(Generic[T]):
             self.by_method[method] = flow
 
     def seal(self) -> None:
-        get = self.by_method.get("GET")
-        if get is not None:
-            self.by_method.setdefault("HEAD", get)
         self.allowed = tuple(sorted(self.by_method))
 
 
