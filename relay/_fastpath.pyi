@@ -12,8 +12,8 @@ from relay.request import Request
 if TYPE_CHECKING:
     from relay.context import ServerContext
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
-           "b64url_decode", "check_request_line", "encode_chunk", "encode_chunks", "parse_compact", "scan_headers"]
+__all__ = ["LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head", "b64url_decode",
+           "check_request_line", "encode_chunk", "parse_compact", "scan_headers"]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 _Payload = TypeVar("_Payload", bytes, bytearray, memoryview)
@@ -76,30 +76,12 @@ class TokenCache:
     def stats(self) -> dict[str, int]: ...
 
 
-# 3. Chunked transfer coding
-
-@final
-class ChunkedDecoder:
-    """One chunked body, fed in pieces split anywhere; strict RFC 9112 §7.1 framing.
-
-    Defaults: max_chunk 2**40, max_line 4096, max_trailers 16384 (each at most 2**63 - 1).
-    feed returns the payload runs in data: memoryviews into it when it is bytes, else
-    copies. Raises relay.errors.BadRequest on a framing violation, and again on every later
-    feed. Once done, tail is where the bytes after the message begin in the data fed last.
-    """
-
-    def __init__(self, max_chunk: int = ..., max_line: int = ..., max_trailers: int = ...) -> None: ...
-    def feed(self, data: BytesLike) -> list[memoryview | bytes]: ...
-    @property
-    def done(self) -> bool: ...
-    @property
-    def tail(self) -> int: ...
+# 3. Chunked transfer coding (framing)
 
 #: The last chunk and an empty trailer section: b"0\r\n\r\n".
 LAST_CHUNK: bytes
 
 def encode_chunk(data: _Payload) -> tuple[bytes, _Payload, bytes]: ...
-def encode_chunks(pieces: Iterable[BytesLike]) -> list[BytesLike]: ...
 
 
 # 4. Admission

@@ -8,8 +8,7 @@ One included file per fast-path job, each cimporting what it uses:
 
 1. header scanning, ``scan_headers``: _fastpath_headers.pxi
 2. verified-token cache, ``TokenCache``: _fastpath_tokencache.pxi
-3. chunked transfer coding, ``ChunkedDecoder``, ``encode_chunk``, ``encode_chunks`` and
-   ``LAST_CHUNK``: _fastpath_chunked.pxi
+3. chunked transfer coding (framing), ``encode_chunk`` and ``LAST_CHUNK``: _fastpath_chunked.pxi
 4. admission, ``admit_head`` and ``check_request_line``: _fastpath_admission.pxi
 5. token decoding, ``Compact``, ``b64url_decode`` and ``parse_compact``: _fastpath_jose.pxi
 
@@ -21,8 +20,8 @@ from libc.string cimport memchr, memcmp, memcpy
 
 from relay.errors import BadRequest
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
-           "b64url_decode", "check_request_line", "encode_chunk", "encode_chunks", "parse_compact", "scan_headers"]
+__all__ = ["LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head", "b64url_decode",
+           "check_request_line", "encode_chunk", "parse_compact", "scan_headers"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,9 +11,8 @@ Sections (one per fast-path job):
    what a ``HeaderRules`` (built once per flow) strips.
 2. verified-token cache: ``TokenCache`` maps tokens already verified to their identity,
    bounded, so a repeated token costs one lookup instead of a signature check.
-3. chunked transfer coding: ``ChunkedDecoder`` takes a chunked body apart as it arrives,
-   handing back payload runs without copying them; ``encode_chunk``, ``encode_chunks`` and
-   ``LAST_CHUNK`` frame outgoing payloads as pieces for ``transport.writelines``.
+3. chunked transfer coding: ``encode_chunk`` and ``LAST_CHUNK`` frame outgoing payloads
+   as pieces for ``transport.writelines`` (httptools decodes chunked bodies on both sides).
 4. admission: ``admit_head`` turns a parsed request head into the request to relay or
    the refusal to answer (the sans-IO core of the request path); ``check_request_line``
    is its check of the spaces httptools skips.
@@ -32,15 +31,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay._fastpath_py_admission import admit_head, check_request_line
-from relay._fastpath_py_chunked import LAST_CHUNK, ChunkedDecoder, encode_chunk, encode_chunks
+from relay._fastpath_py_chunked import LAST_CHUNK, encode_chunk
 from relay._fastpath_py_headers import HeaderRules, HeaderScan, scan_headers
 from relay._fastpath_py_jose import Compact, b64url_decode, parse_compact
 
 if TYPE_CHECKING:
     from relay.identity.claims import Identity
 
-__all__ = ["LAST_CHUNK", "ChunkedDecoder", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
-           "b64url_decode", "check_request_line", "encode_chunk", "encode_chunks", "parse_compact", "scan_headers"]
+__all__ = ["LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head", "b64url_decode",
+           "check_request_line", "encode_chunk", "parse_compact", "scan_headers"]
 
 # ---------------------------------------------------------------------------------------
 # 2. Verified-token cache

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING
 
 from relay import _fastpath_py
 
-__all__ = ["COMPILED", "LAST_CHUNK", "ChunkedDecoder", "Compact", "HeaderRules", "HeaderScan", "TokenCache",
-           "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "encode_chunks", "parse_compact",
-           "scan_headers"]
+__all__ = ["COMPILED", "LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
+           "b64url_decode", "check_request_line", "encode_chunk", "parse_compact", "scan_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +38,8 @@ COMPILED: bool = _impl is not _fastpath_py
 
 if TYPE_CHECKING:
     # Both implementations share one API; type-check callers against the compiled stub.
-    from relay._fastpath import (LAST_CHUNK, ChunkedDecoder, Compact, HeaderRules, HeaderScan, TokenCache,
-                                 admit_head, b64url_decode, check_request_line, encode_chunk, encode_chunks,
-                                 parse_compact, scan_headers)
+    from relay._fastpath import (LAST_CHUNK, Compact, HeaderRules, HeaderScan, TokenCache, admit_head,
+                                 b64url_decode, check_request_line, encode_chunk, parse_compact, scan_headers)
 else:
     # 1. header scanning
     HeaderRules = _impl.HeaderRules
@@ -49,10 +47,8 @@ else:
     scan_headers = _impl.scan_headers
     # 2. verified-token cache
     TokenCache = _impl.TokenCache
-    # 3. chunked transfer coding
-    ChunkedDecoder = _impl.ChunkedDecoder
+    # 3. chunked transfer coding (framing)
     encode_chunk = _impl.encode_chunk
-    encode_chunks = _impl.encode_chunks
     LAST_CHUNK = _impl.LAST_CHUNK
     # 4. admission
     admit_head = _impl.admit_head
