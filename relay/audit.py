@@ -48,7 +48,7 @@ from relay.config import AuditConfig
 from relay.errors import AuditUnavailable
 
 if TYPE_CHECKING:
-    from relay.exchange import Exchange
+    from relay.exchange import Answer
     from relay.identity import Identity
 
 log = logging.getLogger("relay.audit")
@@ -117,7 +117,7 @@ class AuditLog:
         #: records not yet written, in order: whole field dicts, or notes of exchanges
         self._pending: list[dict[str, Any] | ExchangeNote] = []
         #: exchanges whose answer waits for a pending record, and that record's number
-        self._held: list[tuple[Exchange, int]] = []
+        self._held: list[tuple[Answer, int]] = []
         #: how many records were written: the number of the first pending one
         self._written = 0
         #: final notes of streamed answers, whose records went with their heads: counted only
@@ -159,7 +159,7 @@ class AuditLog:
         self._pending.append(fields)
         self._schedule()
 
-    def record_exchange(self, exchange: Exchange, seconds: float) -> bool:
+    def record_exchange(self, exchange: Answer, seconds: float) -> bool:
         """Note a finished exchange that took ``seconds`` since its head arrived.
 
         True when its answer waits for the record: ``exchange.committed()`` follows.
@@ -188,7 +188,7 @@ class AuditLog:
             self._timer = self._loop.call_later(_FLUSH_INTERVAL, self.flush)
         return False
 
-    def record_stream(self, exchange: Exchange) -> None:
+    def record_stream(self, exchange: Answer) -> None:
         """Note an exchange whose streamed answer is beginning; its head waits for the record."""
         request = exchange.request
         seconds = 0.0 if request is None else time.monotonic() - request.received_at
@@ -303,7 +303,7 @@ class AuditLog:
             "failed_since": _ms(outage.since), "error": str(outage.error), "lost": outage.lost,
         })
 
-    def _withhold(self, held: list[tuple[Exchange, int]]) -> None:
+    def _withhold(self, held: list[tuple[Answer, int]]) -> None:
         """Replace the held answers that are not errors with 503s: their records are not written."""
         pending = self._pending
         for exchange, number in held:
@@ -350,7 +350,7 @@ def _ms(ts: float) -> float:
     return int(ts * 1000) / 1000
 
 
-def _note(exchange: Exchange, seconds: float, bytes_out: int) -> ExchangeNote:
+def _note(exchange: Answer, seconds: float, bytes_out: int) -> ExchangeNote:
     # positional, in the fields' order: a third of what keywords cost, on every request
     request = exchange.request
     reply = exchange.reply

@@ -17,7 +17,7 @@ from relay.policy import Policy
 from relay.timers import Deadlines
 
 if TYPE_CHECKING:
-    from relay.exchange import Exchange
+    from relay.exchange import Answer
     from relay.protocol import ClientConnection
     from relay.shared import SharedState
 
@@ -73,7 +73,7 @@ class ServerContext:
         self._request_counter += 1
         return f"{self._request_prefix}-{self._request_counter:08x}"
 
-    def exchange_done(self, exchange: Exchange) -> bool:
+    def exchange_done(self, exchange: Answer) -> bool:
         """Account for a finished exchange: its audit record (the metrics count it from
         the record's note when the audit log flushes). True when its answer waits for
         that record (``exchange.committed()`` follows)."""

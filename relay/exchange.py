@@ -1,9 +1,11 @@
 """One request's journey through its flow: deliver to the sink, answer, audit.
 
-An ``Exchange`` runs as one task per request, except in the two commonest cases, which
-need none: a request refused before any sink is involved is answered at once, and a
-request without a body for a flow's only sink is relayed from callbacks when the sink can
-start at once (``Sink.relay_now``; the sink calls back once the answer is out). The sink
+An ``Exchange`` relays an admitted request. It runs as one task per request, except in the
+commonest case, which needs none: a request whose body is complete (none, or read whole
+with its head) for a flow's only sink is relayed from callbacks when the sink can start at
+once (``Sink.relay_now``; the sink calls back once the answer is out). A request refused
+before any sink is involved (404, 401, 403, a shed 503, a malformed head) is a
+``Refusal``: answered at once, without a task. The sink
 streams the body out and the answer back through the ``Reply``; whatever goes wrong is a
 ``RelayError`` and is answered by ``Reply.fail`` (the one place errors become responses).
 Exactly one audit record is written per exchange, whatever its outcome; with
@@ -33,74 +35,142 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.exchange")
 
 
-class Exchange:
-    __slots__ = (
-        "_ctx", "request", "reply", "_error", "_raw_target", "_in_step", "_task", "_on_done", "outcome",
-        "failed_sink", "_quick", "sink_seconds", "_gone_as", "_ended", "head_noted", "detail",
-    )
+class Answer:
+    """What an ``Exchange`` and a ``Refusal`` share, and all the connection and the audit
+    log see of them: one answer, and its one audit record."""
 
-    def __init__(
-        self,
-        ctx: ServerContext,
-        request: Request | None,
-        reply: Reply,
-        error: RelayError | None = None,
-        raw_target: bytes = b"",
-        in_step: bool = False,
-    ) -> None:
+    __slots__ = ("_ctx", "reply", "_on_done", "outcome", "failed_sink", "detail", "_ended")
+
+    #: the admitted request; None for one refused before it had a flow
+    request: Request | None
+    #: a request refused before it had a flow: its target as it came (for the audit record)
+    raw_target: bytes = b""
+    #: how long the sink took to accept, when it answered from callbacks
+    sink_seconds: float | None = None
+    #: a streamed answer's record was noted as its head went
+    head_noted: bool = False
+
+    def __init__(self, ctx: ServerContext, reply: Reply, outcome: str) -> None:
         self._ctx = ctx
-        self.request = request
         self.reply = reply
-        self._error = error
-        self._raw_target = raw_target
-        self._in_step = in_step
-        self._task: asyncio.Task[None] | asyncio.Task[RelayError | None] | None = None
-        #: the request relayed from callbacks, without a task, while it is in flight
-        self._quick: QuickDelivery | None = None
-        self._on_done: Callable[[Exchange], None] | None = None
+        self._on_done: Callable[[Answer], None] | None = None
         #: the audit reason: "relayed", or the error code / failure that decided the answer
-        self.outcome = "relayed"
+        self.outcome = outcome
         #: the sink whose failure decided the answer, if one did
         self.failed_sink: str | None = None
         #: why the request was refused, for the audit record, when the error said more than its code
         self.detail: str | None = None
-        #: how long the sink took to accept, when it answered from callbacks (the general
-        #: path counts its sinks' latencies itself)
-        self.sink_seconds: float | None = None
-        #: the audit reason should the client go (or be cut off) before the end
-        self._gone_as = "client_gone"
         self._ended = False
-        #: a streamed answer's record was noted as its head went
-        self.head_noted = False
+
+    def _refuse(self, err: RelayError) -> None:
+        self.outcome = err.reason or err.code
+        if err.detail != err.code:
+            self.detail = err.detail
+        if isinstance(err, SinkError):
+            self.failed_sink = err.sink
+        self.reply.fail(err)
+
+    def _done(self) -> None:
+        self._ended = True
+        if not self._ctx.exchange_done(self):
+            self._answered()
+
+    def _answered(self) -> None:
+        if self._on_done is not None:
+            self._on_done(self)
+
+    def committed(self) -> None:
+        """The audit record the answer waited for is written (or the answer withdrawn)."""
+        self.reply.release()
+        if self._ended:
+            self._answered()
+
+    @property
+    def request_drained(self) -> bool:
+        """The client's request was read to its end, so the connection is in step."""
+        raise NotImplementedError
+
+    def start(self, on_done: Callable[[Answer], None]) -> None:
+        """Answer, then call ``on_done`` once the answer is out (and its record written)."""
+        raise NotImplementedError
+
+    def client_gone(self, reason: str = "client_gone") -> None:
+        """The client's connection is gone; ``reason`` says why, for the audit record."""
+        raise NotImplementedError
+
+
+class Refusal(Answer):
+    """A request refused before any sink is involved, answered without a task: on the
+    next turn of the loop, not from inside the parser still reading the request, so
+    refusing stays the cheapest thing relay does.
+
+    ``request``: the admitted request a 401, 403 or a shed 503 refuses (its flow and
+    identity go into the audit record); None for a request that never had one (no flow, a
+    malformed head), whose ``raw_target`` is recorded instead. ``in_step``: such a request
+    was read whole, so the connection may carry on.
+    """
+
+    __slots__ = ("request", "_error", "raw_target", "_in_step")
+
+    def __init__(self, ctx: ServerContext, reply: Reply, error: RelayError, *, request: Request | None = None,
+                 raw_target: bytes = b"", in_step: bool = False) -> None:  # fmt: skip
+        super().__init__(ctx, reply, error.reason or error.code)
+        self.request = request
+        self._error = error
+        self.raw_target = raw_target
+        self._in_step = in_step
         if ctx.audit.holds_answers:
-            reply.hold(self._stream_begins)
-
-    @classmethod
-    def rejected(
-        cls, ctx: ServerContext, err: RelayError, reply: Reply, raw_target: bytes, in_step: bool
-    ) -> Exchange:
-        """An exchange that only answers ``err`` (a request refused while parsing).
-
-        ``in_step``: the refused request was read whole, so the connection may carry on.
-        """
-        return cls(ctx, None, reply, err, raw_target, in_step)
+            reply.hold(None)  # an error answer is never streamed
 
     @property
     def request_drained(self) -> bool:
         """The client's request was read to its end, so the connection is in step."""
         return self.request.body.drained if self.request is not None else self._in_step
 
-    def start(self, on_done: Callable[[Exchange], None]) -> None:
+    def start(self, on_done: Callable[[Answer], None]) -> None:
         self._on_done = on_done
         self._ctx.exchanges += 1
-        if self._error is not None:
-            # refused before any sink is involved (404, 401, 403, shed 503, ...): answered
-            # without a task, so refusing stays the cheapest thing relay does (on the next
-            # turn of the loop, not from inside the parser that is still reading the request)
-            self._ctx.loop.call_soon(self._answer_refusal, self._error)
-            return
+        self._ctx.loop.call_soon(self._answer)
+
+    def _answer(self) -> None:
+        self._refuse(self._error)
+        self._done()
+
+    def client_gone(self, reason: str = "client_gone") -> None:
+        """Nothing to stop: the answer is already on its way."""
+
+
+class Exchange(Answer):
+    """An admitted request relayed to its flow's sinks."""
+
+    __slots__ = ("request", "_task", "_quick", "sink_seconds", "_gone_as", "head_noted")
+
+    request: Request  # always admitted
+
+    def __init__(self, ctx: ServerContext, request: Request, reply: Reply) -> None:
+        super().__init__(ctx, reply, "relayed")
+        self.request = request
+        self._task: asyncio.Task[None] | asyncio.Task[RelayError | None] | None = None
+        #: the request relayed from callbacks, without a task, while it is in flight
+        self._quick: QuickDelivery | None = None
+        #: how long the sink took to accept, when it answered from callbacks (the general
+        #: path counts its sinks' latencies itself)
+        self.sink_seconds: float | None = None
+        #: the audit reason should the client go (or be cut off) before the end
+        self._gone_as = "client_gone"
+        self.head_noted = False
+        if ctx.audit.holds_answers:
+            reply.hold(self._stream_begins)
+
+    @property
+    def request_drained(self) -> bool:
+        """The client's request was read to its end, so the connection is in step."""
+        return self.request.body.drained
+
+    def start(self, on_done: Callable[[Answer], None]) -> None:
+        self._on_done = on_done
+        self._ctx.exchanges += 1
         request = self.request
-        assert request is not None
         limiter = request.flow.limiter
         if limiter is not None and limiter.shared:
             # the limits counted in Redis, asked before any of the body is read
@@ -136,9 +206,9 @@ class Exchange:
             return
         refusal = task.result()
         if refusal is not None:
-            self._answer_refusal(refusal)
+            self._refuse(refusal)
+            self._done()
             return
-        assert self.request is not None
         self._relay(self.request)
 
     def _start_task(self) -> None:
@@ -147,7 +217,6 @@ class Exchange:
         self._task.add_done_callback(self._finished)
 
     def client_gone(self, reason: str = "client_gone") -> None:
-        """The client's connection is gone; ``reason`` says why, for the audit record."""
         self._gone_as = reason
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -176,7 +245,6 @@ class Exchange:
 
     def _give_back_quick_slot(self) -> Sink:
         """Give back the slot the quick lane took; the sink it belongs to."""
-        assert self.request is not None
         sink = self.request.flow.sinks[0]
         sink.slots.give_back()
         return sink
@@ -187,7 +255,6 @@ class Exchange:
             return  # the client left first; client_gone finished the exchange
         sink = self._give_back_quick_slot()
         request = self.request
-        assert request is not None
         if failure is None:
             quick.release()
             request.body.take_whole()  # what the sink took (if it left it to the exchange)
@@ -206,21 +273,8 @@ class Exchange:
         self._refuse(failure)
         self._done()
 
-    def _answer_refusal(self, err: RelayError) -> None:
-        self._refuse(err)
-        self._done()
-
-    def _refuse(self, err: RelayError) -> None:
-        self.outcome = err.reason or err.code
-        if err.detail != err.code:
-            self.detail = err.detail
-        if isinstance(err, SinkError):
-            self.failed_sink = err.sink
-        self.reply.fail(err)
-
     async def _run(self) -> None:
         request = self.request
-        assert request is not None
         try:
             await self._deliver(request)
         except RelayError as err:
@@ -246,25 +300,13 @@ class Exchange:
             self.detail = "cache " + reply.result
 
     def _done(self) -> None:
-        self._ended = True
         self._note_cache()
-        if not self._ctx.exchange_done(self):
-            self._answered()
-
-    def _answered(self) -> None:
-        if self._on_done is not None:
-            self._on_done(self)
+        super()._done()
 
     def _stream_begins(self) -> None:
         self.head_noted = True
         self._note_cache()
         self._ctx.audit.record_stream(self)
-
-    def committed(self) -> None:
-        """The audit record the answer waited for is written (or the answer withdrawn)."""
-        self.reply.release()
-        if self._ended:
-            self._answered()
 
     async def _deliver(self, request: Request) -> None:
         """Read the body once into every sink of the flow; answer once all accepted."""
@@ -328,7 +370,3 @@ class Exchange:
                 raise result
             receipts[name] = result
         return receipts
-
-    @property
-    def raw_target(self) -> bytes:
-        return self._raw_target

@@ -30,7 +30,7 @@ from relay.errors import (
     RequestTimeout,
 )
 from relay.cached_answers import RecordingReply
-from relay.exchange import Exchange
+from relay.exchange import Answer, Exchange, Refusal
 from relay.fastpath import admit_head
 from relay.flowcontrol import NO_BODY, ClientGone, ReadGate, RequestBody
 from relay.pacing import BodyPace, SendWatch
@@ -95,8 +95,8 @@ class ClientConnection(asyncio.Protocol):
         self._head_size = 0   # the head as relay counts it: target, names and values, 4 more a header
         self._head_bytes = 0  # raw bytes read while a head was due (the coarse guard)
         self._parsing: Request | None = None      # the request whose body is arriving
-        self._active: Exchange | None = None      # the exchange writing its response
-        self._queue: deque[Exchange] = deque()    # pipelined exchanges waiting their turn
+        self._active: Answer | None = None        # the exchange writing its response
+        self._queue: deque[Answer] = deque()      # pipelined exchanges waiting their turn
         self._closed = False
         self._write_paused = False
         self.deadline = 0.0
@@ -306,8 +306,11 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(outcome, tuple):
             request, refusal = outcome
             self._parsing = request
-            exchange = Exchange(self._ctx, request, self._make_reply(request), refusal)
-            if refusal is None and 0 < request.headers.content_length <= _WHOLE_BODY_BYTES:
+            if refusal is not None:
+                self._start(Refusal(self._ctx, self._make_reply(request), refusal, request=request))
+                return
+            exchange = Exchange(self._ctx, request, self._make_reply(request))
+            if 0 < request.headers.content_length <= _WHOLE_BODY_BYTES:
                 self._waiting = exchange  # started once its body is complete, or this read ends
             else:
                 self._start(exchange)
@@ -319,7 +322,7 @@ class ClientConnection(asyncio.Protocol):
                 http10=parser.get_http_version() == "1.0", keep_alive=parser.should_keep_alive(),
                 client_paused=self._write_paused,
             )
-            self._start(Exchange.rejected(self._ctx, outcome, reply, self._url, in_step=True))
+            self._start(Refusal(self._ctx, reply, outcome, raw_target=self._url, in_step=True))
 
     def on_body(self, body: bytes) -> None:
         request = self._parsing
@@ -395,11 +398,11 @@ class ClientConnection(asyncio.Protocol):
             request_id = self._ctx.next_request_id()
             reply = Reply(self._transport, request_id, head_only=False, http10=False, keep_alive=False,
                           client_paused=self._write_paused)
-            self._start(Exchange.rejected(self._ctx, err, reply, self._url, in_step=False))
+            self._start(Refusal(self._ctx, reply, err, raw_target=self._url))
 
     # --- running exchanges in order ------------------------------------------------------
 
-    def _start(self, exchange: Exchange) -> None:
+    def _start(self, exchange: Answer) -> None:
         if self._active is None:
             self._active = exchange
             exchange.start(self._exchange_done)
@@ -407,7 +410,7 @@ class ClientConnection(asyncio.Protocol):
             self._queue.append(exchange)
             self._gate.pause("pipeline")
 
-    def _exchange_done(self, exchange: Exchange) -> None:
+    def _exchange_done(self, exchange: Answer) -> None:
         self._active = None
         if self._closed:
             return

@@ -206,7 +206,7 @@ class Reply:
 
     # --- held until the audit record is written ------------------------------------------
 
-    def hold(self, on_stream: Callable[[], None]) -> None:
+    def hold(self, on_stream: Callable[[], None] | None) -> None:
         """Keep everything sent until ``release``; ``on_stream`` is called as a streamed
         answer begins (its head is held, and what follows until the release)."""
         self.held = []

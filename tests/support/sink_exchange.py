@@ -114,7 +114,8 @@ def make_request(body: RequestBody, length: int, key: bytes | None = None, chunk
 
 async def _serve(sink: FileSink, request: Request, transport: asyncio.BaseTransport, result: Result) -> None:
     """What ``Exchange`` does for a flow's only sink, turning a RelayError into the answer."""
-    reply = Reply(cast(asyncio.WriteTransport, transport), request.request_id, False, False, False, False)
+    reply = Reply(cast(asyncio.WriteTransport, transport), request.request_id, head_only=False, http10=False,
+                  keep_alive=False, client_paused=False)
     try:
         delivery = sink.open(request, True, reply)
         try:
