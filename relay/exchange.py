@@ -70,8 +70,16 @@ class Answer:
             self.failed_sink = err.sink
         self.reply.fail(err)
 
+    def _note_cache(self) -> None:
+        # how a caching flow's cache answered, for the audit record (a refusal's own words
+        # win; a refusal never asked it)
+        reply = self.reply
+        if self.detail is None and isinstance(reply, RecordingReply) and reply.result:
+            self.detail = "cache " + reply.result
+
     def _done(self) -> None:
         self._ended = True
+        self._note_cache()
         if not self._ctx.exchange_done(self):
             self._answered()
 
@@ -114,7 +122,9 @@ class Refusal(Answer):
 
     def __init__(self, ctx: ServerContext, reply: Reply, error: RelayError, *, request: Request | None = None,
                  raw_target: bytes = b"", in_step: bool = False) -> None:  # fmt: skip
-        super().__init__(ctx, reply, error.reason or error.code)
+        # the base named, not super(): Python 3.11 builds a super object per call, and one
+        # of these is made for every request
+        Answer.__init__(self, ctx, reply, error.reason or error.code)
         self.request = request
         self._error = error
         self.raw_target = raw_target
@@ -148,7 +158,7 @@ class Exchange(Answer):
     request: Request  # always admitted
 
     def __init__(self, ctx: ServerContext, request: Request, reply: Reply) -> None:
-        super().__init__(ctx, reply, "relayed")
+        Answer.__init__(self, ctx, reply, "relayed")  # (not super(): see Refusal)
         self.request = request
         self._task: asyncio.Task[None] | asyncio.Task[RelayError | None] | None = None
         #: the request relayed from callbacks, without a task, while it is in flight
@@ -292,16 +302,6 @@ class Exchange(Answer):
             self.outcome = self._gone_as
             self.reply.keep_alive = False
         self._done()
-
-    def _note_cache(self) -> None:
-        # how a caching flow's cache answered, for the audit record (a refusal's own words win)
-        reply = self.reply
-        if self.detail is None and isinstance(reply, RecordingReply) and reply.result:
-            self.detail = "cache " + reply.result
-
-    def _done(self) -> None:
-        self._note_cache()
-        super()._done()
 
     def _stream_begins(self) -> None:
         self.head_noted = True
