@@ -167,3 +167,18 @@ def test_the_audit_record_of_a_transition_names_the_key_and_its_times(first: tup
     record = key_record(first[0].times, KeyState.CURRENT)
     assert record["event"] == "signing_key" and record["reason"] == "key_current"
     assert record["kid"] == first[0].times.kid and record["activates"] == 0.0 and record["decision"] == "audit"
+
+
+def test_a_key_that_went_past_two_states_between_looks_is_reported_in_both(tmp_path: Path) -> None:
+    # no retention: a key retired at once is removed at once, as a process that was paused
+    # past both instants sees it
+    at_once = Schedule(period=None, refresh=1.0, retention=0.0)
+    decider = keeper(tmp_path, True, at_once)
+    first_kid = decider.open().keys[0].times.kid
+    seen: list[tuple[str, KeyState]] = []
+    follower = keeper(tmp_path, False, at_once, on_transition=lambda t, s: seen.append((t.kid, s)))
+    follower.open()
+    new = decider.rotate(immediately=True)
+    assert follower.follow() is True
+    assert [s for kid, s in seen if kid == first_kid] == [KeyState.CURRENT, KeyState.RETIRED, KeyState.EXPIRED]
+    assert [s for kid, s in seen if kid == new.times.kid] == [KeyState.CURRENT]

@@ -61,6 +61,18 @@ def _signer_of(keys: tuple[StoredKey, ...], now: float) -> str | None:
     return None if signer is None else signer.kid
 
 
+_LIFE = tuple(KeyState)  # the order a key passes through its states
+
+
+def _entered(seen: KeyState | None, now_state: KeyState) -> tuple[KeyState, ...]:
+    """The states a key entered since it was last seen in ``seen``: each one in turn, so
+    a tick that comes late (a busy or paused process) still logs and audits a key's
+    retirement before its removal. A key seen for the first time is in its state now."""
+    if seen is None or _LIFE.index(now_state) < _LIFE.index(seen):
+        return (now_state,)
+    return _LIFE[_LIFE.index(seen) + 1 : _LIFE.index(now_state) + 1]
+
+
 def _when(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -232,12 +244,11 @@ class KeyKeeper:
         changes += [(t, KeyState.EXPIRED) for kid, (t, _) in self._seen.items() if kid not in current]
         for times, now_state in changes:
             seen = self._seen.get(times.kid)
-            if seen is not None and seen[1] is now_state:
-                continue
-            self._seen[times.kid] = (times, now_state)
-            log.info("signing key %s: %s (activates %s, retires %s, removed %s)", times.kid, _MEANING[now_state],
-                     _when(times.activates), _when(times.retires), _when(times.removes))  # fmt: skip
-            if self._on_transition is not None:
-                self._on_transition(times, now_state)
+            for entered in _entered(None if seen is None else seen[1], now_state):
+                self._seen[times.kid] = (times, entered)
+                log.info("signing key %s: %s (activates %s, retires %s, removed %s)", times.kid, _MEANING[entered],
+                         _when(times.activates), _when(times.retires), _when(times.removes))  # fmt: skip
+                if self._on_transition is not None:
+                    self._on_transition(times, entered)
         for kid in [kid for kid, (_, s) in self._seen.items() if s is KeyState.EXPIRED and kid not in current]:
             del self._seen[kid]  # reported gone: forget it
