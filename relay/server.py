@@ -118,6 +118,9 @@ class Server:
         if self.shared is not None:
             ctx.shared = self.shared
             self.shared.start()
+            if not await self.shared.first_session():
+                log.warning("starting out of sync with Redis at %s: flows with shared_state = \"fail-closed\" "
+                            "answer 503 until it is reached", config.shared.redis)
         self._spawn(self._expire_grants())
         admin = None
         if config.server.admin_socket is not None:

@@ -24,6 +24,7 @@ limits, ``relay.ratelimit_shared``) sends its commands on the session's connecti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -122,6 +123,8 @@ class SharedState:
         self.since = time.time()  # when in_sync last changed
         #: requests of fail-open flows served while not in sync
         self.unsynced_requests = 0
+        #: set when the first session is in sync or has failed
+        self._first_session = asyncio.Event()
 
     def status(self) -> dict[str, object]:
         """For ``relayctl status`` and the metrics: whether in sync, since when, how often lost."""
@@ -130,6 +133,15 @@ class SharedState:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="shared-state")
+
+    async def first_session(self) -> bool:
+        """Wait for the first session to be in sync or to fail, at most the connect and a
+        few commands' ``timeout``; True when in sync. relayd listens after this, so a
+        fail-closed flow does not answer 503 at every start only because Redis had not
+        been asked yet, and a Redis that is down does not keep relayd from starting."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_session.wait(), 2 * self._config.timeout)
+        return self.in_sync
 
     async def close(self) -> None:
         if self._task is not None:
@@ -188,6 +200,7 @@ class SharedState:
                     retry = _FIRST_RETRY
                 log.warning("shared state: %s; retrying in %.2gs", exc, retry)
             self._sync(False)
+            self._first_session.set()
             await asyncio.sleep(retry)  # the backoff itself, not a wait for an event
             retry = min(retry * 2, self._config.reconnect_max)
 
@@ -206,6 +219,7 @@ class SharedState:
                 await self._catch_up(commands, name, table)
             self._commands = commands
             self._sync(True)
+            self._first_session.set()
             while not subscriber.closed:
                 await asyncio.sleep(_PING_EVERY)  # a heartbeat's period, not synchronisation
                 if await self._answer(commands, pack("PING")) != b"PONG":

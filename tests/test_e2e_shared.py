@@ -86,8 +86,7 @@ def relays(workdir: Path, upstream: Upstream, key: Key, redis_server: RedisServe
             home = workdir / f"relay{n}"
             home.mkdir()
             running.append(Relayd(home, shared_config(home, upstream, key, redis_server.url, n == FAIL_OPEN)))
-        for relayd in running:  # serving is not yet holding the snapshot
-            poll_until(lambda: shared_status(relayd)["in_sync"] or None, 10, "relayd to be in sync with Redis")
+        assert all(shared_status(relayd)["in_sync"] for relayd in running)  # it listens once in sync
         yield running
     finally:
         for relayd in running:
@@ -247,6 +246,40 @@ def test_through_one_lighttpd_a_shared_rate_limit_spans_every_instance(relays: l
     assert refused.get("Retry-After") == "1" and refused.get("RateLimit-Policy") == f'"flow";q={RATE};w=1'
     per_instance = [limited_metric(relayd, "relay_rate_limit_requests_total", result="admitted") for relayd in relays]
     assert sum(per_instance) == admitted and sum(n > 0 for n in per_instance) >= 2, per_instance
+
+
+def secure(relayd: Relayd, token: bytes) -> Response:
+    return exchange(relayd.tcp, request_bytes("GET", "/secure/x", [("Authorization", "Bearer " + token.decode())]))
+
+
+def test_a_relayd_started_beside_redis_is_in_sync_before_it_serves(
+        workdir: Path, upstream: Upstream, key: Key, redis_server: RedisServer, tokens: dict[str, bytes]) -> None:
+    relayd = Relayd(workdir, shared_config(workdir, upstream, key, redis_server.url, fail_open=False))
+    try:
+        first = secure(relayd, tokens["bob"])  # the very first request, fail-closed
+        assert first.status == 200, first
+        assert shared_status(relayd)["in_sync"] is True
+    finally:
+        relayd.stop()
+
+
+@pytest.mark.parametrize("outage", ["stopped", "paused"])
+def test_a_relayd_started_while_redis_is_away_serves_fail_closed_503_until_it_is_back(
+        workdir: Path, upstream: Upstream, key: Key, redis_server: RedisServer, tokens: dict[str, bytes],
+        outage: str) -> None:
+    redis_server.stop() if outage == "stopped" else redis_server.pause()
+    config = shared_config(workdir, upstream, key, redis_server.url, fail_open=False) + 'timeout = "0.5s"\n'
+    started = time.monotonic()
+    relayd = Relayd(workdir, config)
+    try:
+        assert time.monotonic() - started < 10  # a Redis that does not answer does not hold the start
+        refused = secure(relayd, tokens["bob"])
+        assert refused.status == 503 and b"shared_state_unavailable" in refused.body, refused
+        assert "starting out of sync with Redis" in relayd.service.log_text()
+        redis_server.restart() if outage == "stopped" else redis_server.resume()
+        poll_until(lambda: secure(relayd, tokens["bob"]).status == 200 or None, 10, "relayd to reach Redis")
+    finally:
+        relayd.stop()
 
 
 def test_with_redis_killed_mid_run_fail_closed_answers_503_and_fail_open_counts_alone(
