@@ -9,7 +9,9 @@ file itself; SIGUSR1 reaches every worker (audit files reopened).
 
 Signing keys have one decider: the supervisor keeps relay's key set
 (``relay.identity.key_keeper``), creating it before any worker starts and rotating it on
-schedule; workers only read the file, and see each new version within a second.
+schedule; workers only read the file, and see each new version within a second. The
+supervisor audits each transition it makes in its own audit file (``NAME.supervisor.EXT``),
+so one made while no worker runs (all restarting with a supervisor killed) is recorded too.
 
 Revocations have one path: the supervisor keeps the state file
 (``relay.identity.revocation_file``), and every worker reads it before it serves. A
@@ -28,6 +30,7 @@ relayctl's ``grants`` commands are carried out by one worker, which audits them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -58,12 +61,13 @@ from relay.admin import (
     StatusReply,
     ask,
 )
+from relay.audit import AuditLog
 from relay.config import Config, ListenAddress, load_config
 from relay.control import revocation_of, rotate_keys
 from relay.errors import ConfigError, StartupError
 from relay.grants.file import GrantFile, documents
 from relay.grants.model import Grant, GrantBook
-from relay.identity.key_keeper import KeyKeeper
+from relay.identity.key_keeper import KeyKeeper, key_record
 from relay.identity.key_rotation import schedule_of
 from relay.identity.revocation import Revocations
 from relay.identity.revocation_file import RevocationFile
@@ -72,7 +76,7 @@ from relay.metrics_http import serve_metrics
 from relay.notify import notify
 from relay.policy import needs_signer
 from relay.unixsock import bind_unix_socket
-from relay.workers import WorkerRole, worker_path
+from relay.workers import WorkerRole, supervisor_path, worker_path
 
 log = logging.getLogger("relay.supervisor")
 
@@ -124,6 +128,8 @@ class Supervisor:
         self._turn = asyncio.Lock()
         #: relay's signing keys, decided here for every worker once the configuration signs anything
         self._keys: KeyKeeper | None = None
+        #: the key transitions this process decides, audited even while no worker runs
+        self._audit: AuditLog | None = None
 
     # --- sockets and processes ------------------------------------------------------------
 
@@ -220,13 +226,12 @@ class Supervisor:
                 metrics_server = await serve_metrics(self._config.server.metrics_listen, self._render_metrics)
         except BaseException:
             await self._stop_workers(keepers)
-            if self._keys is not None:
-                await self._keys.close()
+            await self._close_keys()
             raise
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-        loop.add_signal_handler(signal.SIGUSR1, self._signal_workers, signal.SIGUSR1)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_audit)
         log.info("relayd supervising %d workers on %s", len(self._workers),
                  ", ".join(a.spec for a in self._config.server.listen))
         notify("READY=1")
@@ -236,9 +241,14 @@ class Supervisor:
         if metrics_server is not None:
             metrics_server.close()
         await self._stop_workers(keepers)
+        await self._close_keys()
+        log.info("relayd stopped")
+
+    async def _close_keys(self) -> None:
         if self._keys is not None:
             await self._keys.close()
-        log.info("relayd stopped")
+        if self._audit is not None:
+            self._audit.close()
 
     def _open_keys(self, config: Config) -> None:
         """Open (or start) the key set when ``config`` is the first to sign anything.
@@ -248,14 +258,24 @@ class Supervisor:
         server = config.server
         # in the directory the workers were given at start, whatever a reloaded file says
         state_dir = self._config.server.state_dir
+        audit_config = self._config.audit  # its path as read at start, like the workers'
+        self._audit = audit = AuditLog(dataclasses.replace(audit_config, path=supervisor_path(audit_config.path)),
+                                       asyncio.get_running_loop())  # fmt: skip
         keeper = KeyKeeper(state_dir, server.identity_key, schedule_of(server, config.flows, config.tokens),
-                           server.identity_jwks_refresh, decides=True)  # fmt: skip
+                           server.identity_jwks_refresh, decides=True,
+                           on_transition=lambda times, state: audit.record(key_record(times, state)))  # fmt: skip
         try:
             keeper.open()
         except (OSError, ValueError) as exc:
             raise StartupError(f"signing keys {keeper.path}: {exc}") from None
         keeper.start()
         self._keys = keeper
+
+    def _reopen_audit(self) -> None:
+        """SIGUSR1: every audit file is reopened (after a rotation moved them), this one's too."""
+        if self._audit is not None:
+            self._audit.reopen()
+        self._signal_workers(signal.SIGUSR1)
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         for worker in self._workers:

@@ -39,6 +39,12 @@ def worker_path(path: str, worker: int) -> str:
     return f"{root}.w{worker}{ext}"
 
 
+def supervisor_path(path: str) -> str:
+    """``path`` for the supervisor itself: ``DIR/NAME.EXT`` → ``DIR/NAME.supervisor.EXT``."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.supervisor{ext}"
+
+
 class WorkerRole:
     """This process is worker ``id``, serving on sockets the supervisor bound."""
 

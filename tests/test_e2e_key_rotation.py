@@ -246,3 +246,20 @@ def test_a_reload_that_starts_signing_gives_every_worker_the_same_keys(tmp_path:
             assert use(front.address, issued["access_token"]) == 200
     finally:
         front.close()
+
+
+def test_with_workers_the_supervisor_audits_the_transitions_it_decides(tmp_path: Path, upstream: Upstream) -> None:
+    front = Front(tmp_path, upstream, 2)
+    try:
+        first = next(row["kid"] for row in ask(tmp_path / "admin.sock", "keys")["own"] if row["state"] == "current")
+        new = ask(tmp_path / "admin.sock", "keys", "rotate", "--now")["rotated"]
+        wanted = {(first, "key_current"), (new, "key_current"), (first, "key_retired")}
+
+        def decided() -> set[tuple[str, str]]:
+            path = tmp_path / "audit.supervisor.jsonl"
+            lines = path.read_text().splitlines() if path.exists() else []
+            return {(r["kid"], r["reason"]) for r in map(json.loads, lines) if r.get("event") == "signing_key"}
+
+        poll_until(lambda: wanted <= decided() or None, 10, "the supervisor's audit of the rotation")
+    finally:
+        front.close()
