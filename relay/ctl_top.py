@@ -12,7 +12,9 @@ replaces the last (plain ANSI: cursor home, clear); piped, frames follow one ano
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -87,13 +89,19 @@ def _top(args: argparse.Namespace) -> int:
     path = socket_path(args)
     count = 1 if args.once else args.count
     tty = sys.stdout.isatty()
+    # Ctrl-C is how top is meant to end: it ends the wait between two frames, rather than
+    # raising KeyboardInterrupt wherever it lands (a socket's close, a finalizer) and
+    # leaving a traceback or an "Exception ignored" line on the way out
+    stopped = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stopped.set())
     try:
         before = _snapshot(path, args.timeout)
         taken = time.monotonic()
         flows: list[str] = sorted({r["flow"] for r in before["requests"]})
         shown = 0
         while count is None or shown < count:
-            time.sleep(max(0.0, taken + args.interval - time.monotonic()))
+            if stopped.wait(max(0.0, taken + args.interval - time.monotonic())):
+                break
             now = _snapshot(path, args.timeout)
             at = time.monotonic()
             flows = sorted(set(flows) | {r["flow"] for r in now["requests"]})
@@ -106,8 +114,8 @@ def _top(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             before, taken = now, at
             shown += 1
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how top is meant to end
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 0
 
 
