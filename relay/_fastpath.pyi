@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from relay.context import ServerContext
 
 __all__ = ["LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head", "b64url_decode",
-           "check_request_line", "encode_chunk", "parse_compact", "scan_headers"]
+           "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer"]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 _Payload = TypeVar("_Payload", bytes, bytearray, memoryview)
@@ -117,4 +117,12 @@ def b64url_decode(segment: bytes) -> bytes:
 
 def parse_compact(token: bytes) -> Compact:
     """Split and decode a compact JWS; raises relay.errors.Unauthorized(reason="malformed")."""
+    ...
+
+
+# 6. Whole upstream answers
+
+def whole_answer(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    """``(status, headers, body)`` when ``data`` is one whole upstream answer in the plainest
+    HTTP/1.1 form; None when it is not, or may not be (then httptools parses it)."""
     ...

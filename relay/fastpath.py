@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from relay import _fastpath_py
 
 __all__ = ["COMPILED", "LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
-           "b64url_decode", "check_request_line", "encode_chunk", "parse_compact", "scan_headers"]
+           "b64url_decode", "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ COMPILED: bool = _impl is not _fastpath_py
 if TYPE_CHECKING:
     # Both implementations share one API; type-check callers against the compiled stub.
     from relay._fastpath import (LAST_CHUNK, Compact, HeaderRules, HeaderScan, TokenCache, admit_head,
-                                 b64url_decode, check_request_line, encode_chunk, parse_compact, scan_headers)
+                                 b64url_decode, check_request_line, encode_chunk, parse_compact, scan_headers,
+                                 whole_answer)
 else:
     # 1. header scanning
     HeaderRules = _impl.HeaderRules
@@ -57,3 +58,5 @@ else:
     Compact = _impl.Compact
     b64url_decode = _impl.b64url_decode
     parse_compact = _impl.parse_compact
+    # 6. whole upstream answers
+    whole_answer = _impl.whole_answer

@@ -202,6 +202,61 @@ def test_keep_alive(way: Route) -> None:
         assert conn.closed_by_peer()
 
 
+# Upstream answers that arrive whole in one read are taken apart in one call (see
+# relay.fastpath.whole_answer), others by httptools: both must relay the same answer.
+ARRIVALS = ["whole=1", "whole=0"]
+ANSWERS = [  # (the query that makes it, status, body size)
+    ("body=100", 200, 100), ("body=0", 200, 0), ("status=404&body=5", 404, 5),
+    ("status=201&body=3&header=X-A:%20a%20b%20%20", 201, 3),
+    ("body=10&header=X-Sendfile:%2Fetc%2Fpasswd&header=X-Accel-Redirect:%2Fx&header=Keep-Alive:%20timeout=5", 200, 10),
+]
+#: what differs between two answers, or with how the upstream's came: one that came in
+#: pieces may already stream (chunked) when its body arrives, and lighttpd offers ranges
+#: of an answer whose length it knows
+SET_PER_ANSWER = {"x-upstream-seq", "x-relay-request-id", "date", "content-length", "transfer-encoding",
+                  "accept-ranges"}
+
+
+@pytest.mark.parametrize(("query", "status", "size"), ANSWERS)
+def test_an_answer_that_arrives_whole_is_relayed_as_one_that_comes_in_pieces(
+        way: Route, query: str, status: int, size: int) -> None:
+    def relayed(arrival: str) -> tuple[int, bytes, list[tuple[str, str]]]:
+        response = exchange(way.address, request_bytes("GET", f"/data/{unique('whole')}?{query}&{arrival}"))
+        if arrival == "whole=1":
+            assert response.get("Content-Length") == str(size), str(response)  # all in hand: its length kept
+        return response.status, response.body, [(k.lower(), v) for k, v in response.headers
+                                                  if k.lower() not in SET_PER_ANSWER]
+
+    whole, pieces = relayed("whole=1"), relayed("whole=0")
+    assert whole == pieces
+    headers = whole[2]
+    assert whole[:2] == (status, payload(size))
+    names = {name for name, _ in headers}
+    assert not names & {"x-sendfile", "x-accel-redirect", "keep-alive"}, headers
+    if "header=X-A:" in query:
+        assert ("x-a", "a b") in headers  # trailing spaces trimmed
+
+
+@pytest.mark.parametrize("arrival", ARRIVALS)
+def test_an_upstream_connection_that_says_close_is_not_reused(way: Route, arrival: str) -> None:
+    tag = unique("reuse")
+    extras = ["", "&header=Connection:%20close", "", ""]
+    with RawConnection(way.address) as conn:
+        for n, extra in enumerate(extras):
+            conn.send(request_bytes("GET", f"/data/{tag}-{n}?body=3&{arrival}{extra}"))
+            assert conn.read_response().status == 200
+    conns = [way.upstream.wait_for(lambda r, n=n: r["target"].startswith(f"/data/{tag}-{n}?"))["conn"]
+             for n in range(len(extras))]
+    assert conns[2] != conns[1], "a connection the upstream answered Connection: close on was used again"
+    assert conns[3] == conns[2], "a clean keep-alive connection was not used again"
+
+
+@pytest.mark.parametrize("arrival", ARRIVALS)
+def test_an_upstream_answer_with_bad_headers_gives_502(way: Route, arrival: str) -> None:
+    response = exchange(way.address, request_bytes("GET", f"/data/x?header=Connection:%20a@b&{arrival}"))
+    assert_error(response, 502, "sink_failed", sink="up")
+
+
 @pytest.mark.parametrize("via", ["tcp", "unix"])
 def test_pipelined_requests_answer_in_order(stack: Stack, via: str) -> None:
     requests = (request_bytes("GET", "/data/pipe-1?body=3")

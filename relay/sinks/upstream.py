@@ -21,7 +21,7 @@ import httptools
 
 from relay.config import HttpSinkConfig
 from relay.errors import BadGateway, BadRequest, GatewayTimeout, RelayError
-from relay.fastpath import LAST_CHUNK, HeaderRules, encode_chunk, scan_headers
+from relay.fastpath import COMPILED, LAST_CHUNK, HeaderRules, encode_chunk, scan_headers, whole_answer
 from relay.reply import Reply
 from relay.timers import Deadlines
 
@@ -33,6 +33,9 @@ _RESPONSE_DROP = HeaderRules(
     (b"X-Sendfile", b"X-Sendfile2", b"X-LIGHTTPD-send-file"), (b"X-Accel-",), underscores=True)
 #: bytes of an unclaimed answer buffered before the upstream is paused
 HOLD_BYTES = 256 * 1024
+#: answers that arrive whole are taken apart in one call when that is compiled; the twin's
+#: regular expressions cost more than httptools' callbacks, so without it httptools parses all
+_WHOLE = COMPILED
 
 
 class Stale(Exception):
@@ -250,15 +253,20 @@ class UpstreamConnection(asyncio.Protocol):
             # bytes nobody asked for: this connection cannot be trusted any more
             self.close()
             return
+        # an answer that came whole in the first read: taken apart in one call, else by httptools
+        whole = whole_answer(data) if _WHOLE and not self._got_bytes and not self._head_only else None
         self._got_bytes = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            self._fail(cause if isinstance(cause, RelayError) else BadGateway(str(exc), self._pool.name))
-            return
-        except httptools.HttpParserError as exc:
-            self._fail(BadGateway(f"upstream answered garbage: {exc}", self._pool.name))
+        if whole is None:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                self._fail(cause if isinstance(cause, RelayError) else BadGateway(str(exc), self._pool.name))
+                return
+            except httptools.HttpParserError as exc:
+                self._fail(BadGateway(f"upstream answered garbage: {exc}", self._pool.name))
+                return
+        elif not self._took_whole(*whole):
             return
         self._flush()
         if self.state == EXCHANGE and not self._reading_paused:
@@ -290,6 +298,20 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._head_seen:
             self._headers.append((name, value))
 
+    def _took_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """What httptools' callbacks would have done with a whole answer (see
+        relay.fastpath.whole_answer); False when its headers failed the exchange."""
+        self._headers = headers
+        try:
+            self._answer_head(status, keep_alive=True)  # HTTP/1.1: a Connection: close is in the scan
+        except RelayError as exc:
+            self._fail(exc.with_traceback(None))
+            return False
+        if body:
+            self.on_body(body)
+        self._complete = True
+        return True
+
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
@@ -297,6 +319,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._informational = True
             self._headers = []
             return
+        self._answer_head(status, keep_alive=self._parser.should_keep_alive())
+
+    def _answer_head(self, status: int, *, keep_alive: bool) -> None:
+        """The final answer's head (its headers in ``_headers``) is in."""
         try:
             scan = scan_headers(self._headers, _RESPONSE_DROP)
         except BadRequest as exc:
@@ -307,7 +333,7 @@ class UpstreamConnection(asyncio.Protocol):
         # neither length nor chunked: the body ends when the upstream closes
         self._until_close = scan.content_length < 0 and not scan.chunked
         self._head_seen = True
-        if scan.close or self._until_close or not self._parser.should_keep_alive():
+        if scan.close or self._until_close or not keep_alive:
             self._reusable = False
         if self._head_only or status in (204, 304):
             # no body follows; httptools cannot be told so, so this connection is not reused

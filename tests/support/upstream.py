@@ -6,11 +6,12 @@ It shares no code with relay on purpose (standard library only, its own parser),
 a bug in relay's HTTP handling cannot hide behind the same bug here. Every request
 produces two JSON lines in the log, flushed as they happen:
 
-    {"phase": "head", "seq": N, "method", "target", "version", "headers": [[name, value], ...]}
+    {"phase": "head", "seq": N, "conn": C, "method", "target", "version", "headers": [[name, value], ...]}
     {"phase": "done", "seq": N, "complete": bool, "body_len", "sha256", "trailers": [...]}
 
 "head" is written as soon as the header block is read, so a request that reached the
-upstream is visible even if its body never completes. The query string steers the
+upstream is visible even if its body never completes; "conn" numbers the connection it
+came on (1 for the first accepted). The query string steers the
 answer (the options combine):
 
     status=N      answer with this status (default 200)
@@ -19,6 +20,8 @@ answer (the options combine):
                   body=host sends its Host (an answer that differs per virtual host)
     fill=N        send N bytes of b"f" instead, made as they go out (answers of any size)
     te=chunked    frame the answer chunked instead of with Content-Length
+    whole=1       send the head and the body in one write, as lighttpd and nginx send small
+                  answers (else the head goes first, then the body)
     delay=S       wait S seconds (after reading the body) before answering
     read_delay=S  read the body slowly: S seconds between 64 KiB reads
     fail=reset    reset the connection instead of answering (SO_LINGER 0)
@@ -108,11 +111,17 @@ class Log:
         self._stream = stream
         self._lock = threading.Lock()
         self._seq = 0
+        self._conns = 0
 
     def next_seq(self) -> int:
         with self._lock:
             self._seq += 1
             return self._seq
+
+    def next_conn(self) -> int:
+        with self._lock:
+            self._conns += 1
+            return self._conns
 
     def write(self, record: dict[str, Any]) -> None:
         with self._lock:
@@ -207,14 +216,14 @@ def filled(size: int, chunked: bool) -> Iterator[bytes]:
         yield b"0\r\n\r\n"
 
 
-def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
+def serve_one(conn: socket.socket, number: int, reader: Reader, log: Log) -> bool:
     """Handle one request; returns whether the connection may carry another."""
     head = read_head(reader)
     if head is None:
         return False
     method, target, version, headers = head
     seq = log.next_seq()
-    log.write({"phase": "head", "seq": seq, "method": method, "target": target,
+    log.write({"phase": "head", "seq": seq, "conn": number, "method": method, "target": target,
                "version": version, "headers": headers})
     query = parse_qs(urlsplit(target).query)
     options = {k: v[-1] for k, v in query.items()}
@@ -268,8 +277,13 @@ def serve_one(conn: socket.socket, reader: Reader, log: Log) -> bool:
              "Connection: keep-alive" if keep_alive else "Connection: close",
              *query.get("header", []),
              *(header(headers, options["header_from"]) if "header_from" in options else [])]
-    conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    for piece in filled(fill, chunked) if fill else frame(body, chunked):
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    pieces = filled(fill, chunked) if fill else frame(body, chunked)
+    if options.get("whole") == "1":
+        conn.sendall(head + b"".join(pieces))
+        return keep_alive
+    conn.sendall(head)
+    for piece in pieces:
         conn.sendall(piece)
     return keep_alive
 
@@ -288,8 +302,9 @@ def unchanged(request_headers: list[list[str]], answer_fields: list[str]) -> boo
 
 def handle(conn: socket.socket, log: Log) -> None:
     reader = Reader(conn)
+    number = log.next_conn()
     try:
-        while serve_one(conn, reader, log):
+        while serve_one(conn, number, reader, log):
             pass
     except (BadRequest, ValueError, OSError) as exc:
         print(f"upstream: dropping connection: {exc!r}", file=sys.stderr, flush=True)

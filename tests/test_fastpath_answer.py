@@ -1,0 +1,206 @@
+"""whole_answer: on both implementations, held to httptools.
+
+Whatever ``whole_answer`` takes apart, httptools must parse the same way: one whole
+message, the same status, the same header pairs, the same body, nothing left over. It may
+leave an answer to httptools (None) whenever it likes, but must not for the answers
+upstreams really send, or it would never pay.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import httptools
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay import _fastpath_py
+from relay.errors import BadRequest
+from relay._fastpath_py_answer import MAX_WHOLE_HEADERS
+from support.impls import COMPILED
+
+Parsed = tuple[int, list[tuple[bytes, bytes]], bytes]
+RULES = _fastpath_py.HeaderRules((), (), underscores=True)
+
+
+class Collector:
+    """What httptools' callbacks deliver of an answer."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.status = 0
+        self.messages = 0
+        self.in_head = True
+        self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.keep_alive = self.parser.should_keep_alive()  # as relay reads it: later it is reset
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.messages += 1
+
+
+def httptools_parse(data: bytes) -> tuple[Parsed, bool, bool] | None:
+    """httptools' reading of ``data``: the answer, whether it was one whole HTTP/1.1
+    message, and whether its connection may be reused; None when httptools refuses it."""
+    collector = Collector()
+    parser = collector.parser
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError:
+        return None
+    if collector.in_head:
+        return None
+    status = parser.get_status_code()
+    whole = collector.messages == 1 and parser.get_http_version() == "1.1"
+    return (status, collector.headers, b"".join(collector.body)), whole, collector.keep_alive
+
+
+LIGHTTPD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nETag: \"3880012345\"\r\n"
+            b"Last-Modified: Thu, 03 Dec 2026 10:00:00 GMT\r\nContent-Length: 100\r\nAccept-Ranges: bytes\r\n"
+            b"Date: Fri, 04 Dec 2026 19:00:00 GMT\r\nServer: lighttpd/1.4.69\r\n\r\n" + b"x" * 100)
+NGINX = (b"HTTP/1.1 404 Not Found\r\nServer: nginx\r\nDate: Fri, 04 Dec 2026 19:00:00 GMT\r\n"
+         b"Content-Type: text/html\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nnope\n")
+TAKEN_WHOLE = {
+    "lighttpd": LIGHTTPD,
+    "nginx 404": NGINX,
+    "empty body": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    "no reason": b"HTTP/1.1 503 \r\nContent-Length: 2\r\nRetry-After: 1\r\n\r\nno",
+    "odd spacing": b"HTTP/1.1 201 Created\r\nX-A:  a\t b \t\r\nX-Empty:\r\ncontent-LENGTH:\t3\r\n\r\nabc",
+    "close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n!",
+    "bad connection option": b"HTTP/1.1 200 OK\r\nConnection: a@b\r\nContent-Length: 1\r\n\r\n!",
+}
+
+
+@pytest.mark.parametrize("answer", list(TAKEN_WHOLE.values()), ids=list(TAKEN_WHOLE))
+def test_plain_answers_are_taken_whole_as_httptools_reads_them(impl: ModuleType, answer: bytes) -> None:
+    parsed = impl.whole_answer(answer)
+    assert parsed is not None
+    expected = httptools_parse(answer)
+    assert expected is not None
+    assert parsed == expected[0]
+
+
+def test_what_it_gives() -> None:
+    assert _fastpath_py.whole_answer(TAKEN_WHOLE["odd spacing"]) == (
+        201, [(b"X-A", b"a\t b \t"), (b"X-Empty", b""), (b"content-LENGTH", b"3")], b"abc")
+
+
+LEFT_TO_HTTPTOOLS = {
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
+    "no length": b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nto the close",
+    "two lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n!",
+    "short body": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc",
+    "longer than its length": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nab",
+    "two answers": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n!HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n!",
+    "head only": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",
+    "head unended": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r",
+    "204": b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+    "304": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n",
+    "interim first": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    "HTTP/1.0": b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n!",
+    "no space after status": b"HTTP/1.1 200\r\nContent-Length: 1\r\n\r\n!",
+    "four-digit status": b"HTTP/1.1 2000 OK\r\nContent-Length: 1\r\n\r\n!",
+    "status 600": b"HTTP/1.1 600 OK\r\nContent-Length: 1\r\n\r\n!",
+    "bare LF": b"HTTP/1.1 200 OK\nContent-Length: 1\n\n!",
+    "bare LF in a header": b"HTTP/1.1 200 OK\r\nX-A: 1\nContent-Length: 1\r\n\r\n!",
+    "obs-fold": b"HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 1\r\n\r\n!",
+    "space before colon": b"HTTP/1.1 200 OK\r\nX-A : 1\r\nContent-Length: 1\r\n\r\n!",
+    "obs-text": b"HTTP/1.1 200 OK\r\nX-A: caf\xc3\xa9\r\nContent-Length: 1\r\n\r\n!",
+    "NUL in a value": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 1\r\n\r\n!",
+    "length with a sign": b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n!",
+    "length with a space": b"HTTP/1.1 200 OK\r\nContent-Length: 1 \r\n\r\n!",
+    "length of 19 digits": b"HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000001\r\n\r\n!",
+    "empty length": b"HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\n",
+    "too many headers": b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * 64 + b"Content-Length: 0\r\n\r\n",
+    "not HTTP": b"\x00\x01 this is not HTTP \xff\r\n\r\n",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("answer", list(LEFT_TO_HTTPTOOLS.values()), ids=list(LEFT_TO_HTTPTOOLS))
+def test_anything_else_is_left_to_httptools(impl: ModuleType, answer: bytes) -> None:
+    assert impl.whole_answer(answer) is None
+
+
+def test_up_to_the_header_limit_is_taken() -> None:
+    answer = b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * 63 + b"Content-Length: 0\r\n\r\n"
+    for impl in _impls():
+        parsed = impl.whole_answer(answer)
+        assert parsed is not None and len(parsed[1]) == 64 == MAX_WHOLE_HEADERS
+
+
+def _impls() -> list[ModuleType]:
+    return [_fastpath_py] if COMPILED is None else [_fastpath_py, COMPILED]
+
+
+# Answers built from pieces that are mostly right and sometimes subtly not.
+_NAMES = st.sampled_from([b"Content-Type", b"Content-Length", b"content-length", b"Transfer-Encoding",
+                          b"Connection", b"X-A", b"ETag", b"X A", b"X-\xc3", b"", b"X:A"])
+_VALUES = st.one_of(
+    st.sampled_from([b"1", b"0", b"3", b" 3", b"3 ", b"close", b"keep-alive", b"chunked", b"", b"a\tb",
+                     b"keep-alive, close", b"Close", b"close, x", b"x,close", b"upgrade",
+                     b"x\x00", b"\xff", b"1\r\n 2", b"1\n", b"a,b"]),
+    st.binary(max_size=6),
+)
+_STATUS_LINES = st.sampled_from([b"HTTP/1.1 200 OK"] * 6 + [b"HTTP/1.1 404 Not Found", b"HTTP/1.1 204 No Content",
+                                 b"HTTP/1.1 100 Continue", b"HTTP/1.0 200 OK", b"HTTP/1.1 200", b"HTTP/1.1 299 \t",
+                                 b"HTTP/1.1 599 x", b"HTTP/1.1 20 OK", b"http/1.1 200 OK", b"HTTP/1.1 200 \x7f"])
+_ENDS = st.sampled_from([b"\r\n"] * 12 + [b"\n", b"\r", b" \r\n"])  # mostly right
+
+
+_PLAIN_FIELDS = st.sampled_from([b"Connection: close", b"Connection: keep-alive", b"connection:CLOSE",
+                                 b"Connection: keep-alive, close", b"Connection: x, close", b"Server: s",
+                                 b"X-Relay-Request-Id: 1", b"Keep-Alive: timeout=5", b"Upgrade: h2c"])
+
+
+@st.composite
+def answers(draw: Any) -> bytes:
+    status = draw(_STATUS_LINES) + draw(_ENDS)
+    fields = b"".join(
+        draw(_PLAIN_FIELDS) + b"\r\n" if draw(st.booleans())
+        else draw(_NAMES) + draw(st.sampled_from([b":", b": ", b":\t", b" :"])) + draw(_VALUES) + draw(_ENDS)
+        for _ in range(draw(st.integers(0, 5))))
+    body = draw(st.binary(max_size=8))
+    if draw(st.booleans()):  # most answers carry their true length
+        fields += b"Content-Length: %d\r\n" % len(body)
+    return status + fields + draw(_ENDS) + body
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(answer=answers())
+def test_whatever_is_taken_whole_httptools_reads_the_same(answer: bytes) -> None:
+    results = [impl.whole_answer(answer) for impl in _impls()]
+    assert all(result == results[0] for result in results)  # compiled == twin, always
+    if results[0] is not None:
+        expected = httptools_parse(answer)
+        assert expected is not None, "taken whole, but httptools refuses it"
+        parsed, whole, keep_alive = expected
+        assert whole, "taken whole, but httptools sees more or less than one HTTP/1.1 answer"
+        assert results[0] == parsed
+        # relay takes the connection's reuse from the scan's Connection: close alone
+        try:
+            scan = _fastpath_py.scan_headers(parsed[1], RULES)
+        except BadRequest:
+            return  # the exchange fails on the headers: the connection is not reused either
+        assert keep_alive == (not scan.close)
+
+
+@settings(max_examples=500, deadline=None)
+@given(answer=answers(), cut=st.integers(1, 200))
+def test_a_piece_of_an_answer_is_never_taken_whole(answer: bytes, cut: int) -> None:
+    if cut < len(answer):
+        for impl in _impls():
+            assert impl.whole_answer(answer[:cut]) is None or impl.whole_answer(answer) is None
