@@ -45,6 +45,9 @@ NOT_STARTED, STREAMING, DONE, ABORTED = ReplyState
 
 
 _NO_BODY_STATUSES = frozenset((204, 304))
+#: a whole answer with a body up to this size leaves in one piece, joined here: a writev of
+#: its half-dozen small pieces costs more than the copy (larger bodies go as they are)
+_JOIN_BELOW = 16 * 1024
 
 
 class Reply:
@@ -117,10 +120,8 @@ class Reply:
                 body = ()
         self.state = DONE
         self.started = True
-        self._send((
-            status_line(status), headers, self._rid_header, framing,
-            self._connection_header(), b"\r\n", *body,
-        ))
+        parts = (status_line(status), headers, self._rid_header, framing, self._connection_header(), b"\r\n", *body)
+        self._send((b"".join(parts),) if not body or length < _JOIN_BELOW else parts)
         self.bytes_out = length if body else 0
 
     def begin(self, status: int, headers: bytes) -> None:
@@ -134,10 +135,8 @@ class Reply:
             framing = b"Transfer-Encoding: chunked\r\n"
         self.state = STREAMING
         self.started = True
-        self._send((
-            status_line(status), headers, self._rid_header, framing,
-            self._connection_header(), b"\r\n",
-        ))
+        self._send((b"".join((status_line(status), headers, self._rid_header, framing, self._connection_header(),
+                              b"\r\n")),))
         if self.held is not None and self._on_stream is not None:
             self._on_stream()
 
@@ -149,10 +148,8 @@ class Reply:
         self._sized = True
         self.state = STREAMING
         self.started = True
-        self._send((
-            status_line(status), headers, self._rid_header, b"Content-Length: %d\r\n" % length,
-            self._connection_header(), b"\r\n",
-        ))
+        self._send((b"".join((status_line(status), headers, self._rid_header, b"Content-Length: %d\r\n" % length,
+                              self._connection_header(), b"\r\n")),))
         if self.held is not None and self._on_stream is not None:
             self._on_stream()
 
