@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from relay.context import ServerContext
 
 __all__ = ["LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head", "b64url_decode",
-           "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer"]
+           "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer",
+           "whole_request"]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 _Payload = TypeVar("_Payload", bytes, bytearray, memoryview)
@@ -120,7 +121,13 @@ def parse_compact(token: bytes) -> Compact:
     ...
 
 
-# 6. Whole upstream answers
+# 6. Whole heads
+
+def whole_request(data: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], int, bool] | None:
+    """``(method, target, headers, head_size, keep_alive)`` when ``data`` is one whole bodiless
+    GET or HEAD head in the plainest HTTP/1.1 form, alone; None when it is not, or may not be
+    (then httptools parses it)."""
+    ...
 
 def whole_answer(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
     """``(status, headers, body)`` when ``data`` is one whole upstream answer in the plainest

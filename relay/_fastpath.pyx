@@ -11,7 +11,7 @@ One included file per fast-path job, each cimporting what it uses:
 3. chunked transfer coding (framing), ``encode_chunk`` and ``LAST_CHUNK``: _fastpath_chunked.pxi
 4. admission, ``admit_head`` and ``check_request_line``: _fastpath_admission.pxi
 5. token decoding, ``Compact``, ``b64url_decode`` and ``parse_compact``: _fastpath_jose.pxi
-6. whole upstream answers, ``whole_answer``: _fastpath_answer.pxi
+6. whole heads, ``whole_request`` and ``whole_answer``: _fastpath_whole.pxi
 
 This file holds what they share: the RFC 9110 character classes and bytes helpers.
 """
@@ -22,7 +22,8 @@ from libc.string cimport memchr, memcmp, memcpy
 from relay.errors import BadRequest
 
 __all__ = ["LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head", "b64url_decode",
-           "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer"]
+           "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer",
+           "whole_request"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -129,4 +130,4 @@ include "_fastpath_tokencache.pxi"
 include "_fastpath_chunked.pxi"
 include "_fastpath_admission.pxi"
 include "_fastpath_jose.pxi"
-include "_fastpath_answer.pxi"
+include "_fastpath_whole.pxi"

@@ -19,12 +19,13 @@ Sections (one per fast-path job):
 5. token decoding: ``parse_compact`` checks the structure of a token nobody has seen
    yet and decodes its header, payload and signature into a ``Compact``;
    ``b64url_decode`` is its strict base64url.
-6. whole upstream answers: ``whole_answer`` takes apart, in one call, an upstream's answer
-   that arrived whole in the plainest form, and leaves every other to httptools.
+6. whole heads: ``whole_request`` and ``whole_answer`` take apart, in one call, a bodiless
+   request head or an upstream's answer that arrived whole in the plainest form, and
+   leave every other to httptools.
 
 Like the compiled side's one include per job, jobs 1, 3, 4, 5 and 6 have a module each
 (``_fastpath_py_headers``, ``_fastpath_py_chunked``, ``_fastpath_py_admission``,
-``_fastpath_py_jose``, ``_fastpath_py_answer``); the token cache, short, is here.
+``_fastpath_py_jose``, ``_fastpath_py_whole``); the token cache, short, is here.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay._fastpath_py_admission import admit_head, check_request_line
-from relay._fastpath_py_answer import whole_answer
+from relay._fastpath_py_whole import whole_answer, whole_request
 from relay._fastpath_py_chunked import LAST_CHUNK, encode_chunk
 from relay._fastpath_py_headers import HeaderRules, HeaderScan, scan_headers
 from relay._fastpath_py_jose import Compact, b64url_decode, parse_compact
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from relay.identity.claims import Identity
 
 __all__ = ["LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head", "b64url_decode",
-           "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer"]
+           "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer",
+           "whole_request"]
 
 # ---------------------------------------------------------------------------------------
 # 2. Verified-token cache

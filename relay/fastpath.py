@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from relay import _fastpath_py
 
 __all__ = ["COMPILED", "LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
-           "b64url_decode", "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer"]
+           "b64url_decode", "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer",
+           "whole_request"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     # Both implementations share one API; type-check callers against the compiled stub.
     from relay._fastpath import (LAST_CHUNK, Compact, HeaderRules, HeaderScan, TokenCache, admit_head,
                                  b64url_decode, check_request_line, encode_chunk, parse_compact, scan_headers,
-                                 whole_answer)
+                                 whole_answer, whole_request)
 else:
     # 1. header scanning
     HeaderRules = _impl.HeaderRules
@@ -58,5 +59,6 @@ else:
     Compact = _impl.Compact
     b64url_decode = _impl.b64url_decode
     parse_compact = _impl.parse_compact
-    # 6. whole upstream answers
+    # 6. whole heads
     whole_answer = _impl.whole_answer
+    whole_request = _impl.whole_request

@@ -31,7 +31,7 @@ from relay.errors import (
 )
 from relay.cached_answers import RecordingReply
 from relay.exchange import Answer, Exchange, Refusal
-from relay.fastpath import admit_head
+from relay.fastpath import COMPILED, admit_head, whole_request
 from relay.flowcontrol import NO_BODY, ClientGone, ReadGate, RequestBody
 from relay.pacing import BodyPace, SendWatch
 from relay.reply import Reply
@@ -52,6 +52,9 @@ _LINGER = 2.0
 #: a body up to this size that arrives in the read that completed its head is read whole
 #: before its exchange starts, so that a sink may take it at once (``Sink.relay_now``)
 _WHOLE_BODY_BYTES = 64 * 1024
+#: a bodiless head alone in its read is taken apart in one call when that is compiled; the
+#: twin's regular expressions cost more than httptools' callbacks, so without it httptools parses all
+_WHOLE = COMPILED
 
 
 #: what a closed connection keeps in place of its parser (which nothing feeds any more)
@@ -236,6 +239,11 @@ class ClientConnection(asyncio.Protocol):
         state = self._state
         if state >= DEAD:
             return
+        if state == IDLE and _WHOLE:
+            head = whole_request(data)
+            if head is not None:
+                self._took_whole(data, *head)
+                return
         if state != BODY:
             self._head_bytes += len(data)
             if state == HEAD and self._line_open:  # a head arriving in pieces: rare
@@ -302,7 +310,39 @@ class ClientConnection(asyncio.Protocol):
         self._state = BODY
         self._head_bytes = 0
         self.deadline = 0.0
-        outcome = self._build_request()
+        parser = self._parser
+        self._admit(parser.get_method(), parser.get_http_version(), parser.should_keep_alive(),
+                    self._line, self._line_at_start)
+
+    def _took_whole(self, data: bytes, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
+                    head_size: int, keep_alive: bool) -> None:
+        """What httptools' callbacks do with a bodiless HTTP/1.1 head that came whole and
+        alone in one read (see relay.fastpath.whole_request), from on_message_begin to
+        on_message_complete."""
+        self._begun = self._ctx.loop.time() - self._gate.paused_for
+        self._url = url
+        self._headers = headers
+        self._head_size = head_size
+        self._state = BODY
+        self._head_bytes = 0
+        self.deadline = 0.0
+        try:
+            self._admit(method, "1.1", keep_alive, data, True)
+        except RelayError as exc:
+            self._fail(exc)
+            return
+        self.on_message_complete()
+
+    def _admit(self, method: bytes, version: str, keep_alive: bool, line: bytes, line_at_start: bool) -> None:
+        """Start the exchange of the head just parsed: relayed, refused (401/403, ...), or
+        answered for matching no flow (see relay.fastpath.admit_head, where the checks live).
+
+        Raises a RelayError for heads that end the connection (malformed, too large, ...).
+        """
+        outcome = admit_head(
+            self._ctx, self._head_size, method, version, self._url, self._headers, keep_alive, line,
+            line_at_start, self._peer, self._trusted_peer, self._make_body,
+        )
         if isinstance(outcome, tuple):
             request, refusal = outcome
             self._parsing = request
@@ -316,11 +356,9 @@ class ClientConnection(asyncio.Protocol):
                 self._start(exchange)
         else:
             # a well-formed, bodiless request for no flow: answered, and the connection stays usable
-            parser = self._parser
             reply = Reply(
-                self._transport, self._ctx.next_request_id(), head_only=parser.get_method() == b"HEAD",
-                http10=parser.get_http_version() == "1.0", keep_alive=parser.should_keep_alive(),
-                client_paused=self._write_paused,
+                self._transport, self._ctx.next_request_id(), head_only=method == b"HEAD",
+                http10=version == "1.0", keep_alive=keep_alive, client_paused=self._write_paused,
             )
             self._start(Refusal(self._ctx, reply, outcome, raw_target=self._url, in_step=True))
 
@@ -345,20 +383,6 @@ class ClientConnection(asyncio.Protocol):
         self._start(exchange)
 
     # --- the head: relay's own strictness ------------------------------------------------
-
-    def _build_request(self) -> tuple[Request, RelayError | None] | RelayError:
-        """The request for the head just parsed, with the refusal to answer it with if its
-        caller may not use the flow (401/403); or the routing error for a request that
-        matched no flow (see relay.fastpath.admit_head, where the checks live).
-
-        Raises a RelayError for heads that end the connection (malformed, too large, ...).
-        """
-        parser = self._parser
-        return admit_head(
-            self._ctx, self._head_size, parser.get_method(), parser.get_http_version(), self._url,
-            self._headers, parser.should_keep_alive(), self._line, self._line_at_start,
-            self._peer, self._trusted_peer, self._make_body,
-        )
 
     def _make_body(self, max_body: int, expects_continue: bool) -> RequestBody:
         return RequestBody(

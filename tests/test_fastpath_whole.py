@@ -1,9 +1,10 @@
-"""whole_answer: on both implementations, held to httptools.
+"""whole_request and whole_answer: on both implementations, held to httptools.
 
-Whatever ``whole_answer`` takes apart, httptools must parse the same way: one whole
-message, the same status, the same header pairs, the same body, nothing left over. It may
-leave an answer to httptools (None) whenever it likes, but must not for the answers
-upstreams really send, or it would never pay.
+Whatever they take apart, httptools must parse the same way: one whole message, the same
+method and target or status, the same header pairs, the same body, the same reuse of the
+connection, nothing left over. They may leave a message to httptools (None) whenever they
+like, but must not for what clients, lighttpd and upstreams really send, or they would
+never pay.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay import _fastpath_py
+from relay._fastpath_py_whole import MAX_WHOLE_HEADERS
 from relay.errors import BadRequest
-from relay._fastpath_py_answer import MAX_WHOLE_HEADERS
 from support.impls import COMPILED
 
 Parsed = tuple[int, list[tuple[bytes, bytes]], bytes]
@@ -204,3 +205,161 @@ def test_a_piece_of_an_answer_is_never_taken_whole(answer: bytes, cut: int) -> N
     if cut < len(answer):
         for impl in _impls():
             assert impl.whole_answer(answer[:cut]) is None or impl.whole_answer(answer) is None
+
+
+# ---------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------
+
+
+class RequestCollector:
+    """What httptools' callbacks deliver of a request head, as relay's connection reads them."""
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.in_head = True
+        self.keep_alive = False
+        self.method = b""
+        self.version = ""
+        self.body = False
+        self.messages = 0
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.keep_alive = self.parser.should_keep_alive()
+        self.method = self.parser.get_method()
+        self.version = self.parser.get_http_version()
+
+    def on_body(self, body: bytes) -> None:
+        self.body = True
+
+    def on_message_complete(self) -> None:
+        self.messages += 1
+
+
+RequestParsed = tuple[bytes, bytes, list[tuple[bytes, bytes]], int, bool]
+
+
+def httptools_request(data: bytes) -> RequestParsed | None:
+    """httptools' reading of ``data`` when it is one whole bodiless HTTP/1.1 request,
+    ``head_size`` counted as relay's connection counts it; else None."""
+    collector = RequestCollector()
+    try:
+        collector.parser.feed_data(data)
+    except httptools.HttpParserError:
+        return None
+    if collector.messages != 1 or collector.body or collector.version != "1.1":
+        return None
+    head_size = len(collector.url) + sum(len(name) + len(value) + 4 for name, value in collector.headers)
+    return collector.method, collector.url, collector.headers, head_size, collector.keep_alive
+
+
+WRK = b"GET /bench/hello HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer eyJ.eyJ.sig\r\n\r\n"
+LIGHTTPD_PROXIED = (b"GET /bench/hello?a=1&b=%20 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+                    b"Authorization: Bearer eyJ.eyJ.sig\r\nX-Forwarded-For: 127.0.0.1\r\n"
+                    b"X-Host: 127.0.0.1:8080\r\nX-Forwarded-Host: 127.0.0.1:8080\r\n"
+                    b"X-Forwarded-Proto: http\r\nConnection: close\r\n\r\n")
+REQUESTS_TAKEN_WHOLE = {
+    "wrk": WRK,
+    "lighttpd proxied": LIGHTTPD_PROXIED,
+    "HEAD": b"HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n",
+    "no headers": b"GET / HTTP/1.1\r\n\r\n",
+    "absolute form": b"GET http://h/a HTTP/1.1\r\nHost: h\r\n\r\n",
+    "keep-alive": b"GET /a HTTP/1.1\r\nHost: h\r\nconnection: Keep-Alive\r\n\r\n",
+    "odd spacing": b"GET /a HTTP/1.1\r\nHost:h\r\nX-A: \t a b  \r\nX-Empty:\r\n\r\n",
+    "odd target": b"GET /a/../b;c=d?e=f#g%zz HTTP/1.1\r\nHost: h\r\n\r\n",
+    "close then keep-alive": b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
+    "duplicate Host": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # admission refuses it
+}
+
+
+@pytest.mark.parametrize("head", list(REQUESTS_TAKEN_WHOLE.values()), ids=list(REQUESTS_TAKEN_WHOLE))
+def test_plain_heads_are_taken_whole_as_httptools_reads_them(impl: ModuleType, head: bytes) -> None:
+    parsed = impl.whole_request(head)
+    assert parsed is not None
+    assert parsed == httptools_request(head)
+
+
+def test_what_a_head_gives() -> None:
+    method, url, headers, head_size, keep_alive = _fastpath_py.whole_request(LIGHTTPD_PROXIED[:-2] + b"X-A:  b \r\n\r\n")
+    assert (method, url, keep_alive) == (b"GET", b"/bench/hello?a=1&b=%20", False)
+    assert headers[0] == (b"Host", b"127.0.0.1:8080") and headers[-2:] == [(b"Connection", b"close"), (b"X-A", b"b ")]
+    assert head_size == len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+HEADS_LEFT_TO_HTTPTOOLS = {
+    "POST": b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    "GET with a length": b"GET /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    "GET with a body": b"GET /a HTTP/1.1\r\nContent-Length: 1\r\n\r\n!",
+    "chunked": b"GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "upgrade": b"GET /a HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    "an upgrade offer": b"GET /a HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+    "connection list": b"GET /a HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n",
+    "connection option": b"GET /a HTTP/1.1\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n",
+    "connection with a space": b"GET /a HTTP/1.1\r\nConnection: close \r\n\r\n",
+    "pipelined": WRK + WRK,
+    "a piece": WRK[:-1],
+    "HTTP/1.0": b"GET /a HTTP/1.0\r\nHost: h\r\n\r\n",
+    "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "lowercase method": b"get /a HTTP/1.1\r\n\r\n",
+    "DELETE": b"DELETE /a HTTP/1.1\r\n\r\n",
+    "CONNECT": b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+    "two spaces": b"GET  /a HTTP/1.1\r\n\r\n",
+    "space in the target": b"GET /a b HTTP/1.1\r\n\r\n",
+    "tab after the target": b"GET /a\tHTTP/1.1\r\n\r\n",
+    "obs-text in the target": b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n",
+    "empty target": b"GET  HTTP/1.1\r\n\r\n",
+    "no version": b"GET /a\r\n\r\n",
+    "bare LF": b"GET /a HTTP/1.1\nHost: h\n\n",
+    "obs-fold": b"GET /a HTTP/1.1\r\nX-A: 1\r\n 2\r\n\r\n",
+    "space before colon": b"GET /a HTTP/1.1\r\nHost : h\r\n\r\n",
+    "NUL in a value": b"GET /a HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+    "obs-text in a value": b"GET /a HTTP/1.1\r\nX-A: caf\xc3\xa9\r\n\r\n",
+    "too many headers": b"GET /a HTTP/1.1\r\n" + b"X-A: 1\r\n" * 65 + b"\r\n",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("head", list(HEADS_LEFT_TO_HTTPTOOLS.values()), ids=list(HEADS_LEFT_TO_HTTPTOOLS))
+def test_any_other_head_is_left_to_httptools(impl: ModuleType, head: bytes) -> None:
+    assert impl.whole_request(head) is None
+
+
+_REQUEST_LINES = st.sampled_from(
+    [b"GET /a HTTP/1.1"] * 6 + [b"HEAD /b?c HTTP/1.1", b"GET http://h/ HTTP/1.1", b"GET * HTTP/1.1",
+                                b"GET /a HTTP/1.0", b"GET /a HTTP/1.2", b"GET /a%00 HTTP/1.1", b"GET /\x7f HTTP/1.1",
+                                b"GET /<>\"{}|\\^` HTTP/1.1", b"GET /a HTTP/1.1 ", b"POST /a HTTP/1.1",
+                                b"OPTIONS * HTTP/1.1", b"GET /a?b=%zz#f HTTP/1.1"])
+_REQUEST_FIELDS = st.sampled_from([b"Host: h", b"Host: h:1", b"host:h", b"Connection: close", b"Connection: keep-alive",
+                                   b"Connection: Close", b"Connection: upgrade", b"Connection: close, x",
+                                   b"Authorization: Bearer a.b.c", b"X-Forwarded-For: 1.2.3.4", b"Expect: 100-continue",
+                                   b"Content-Length: 0", b"Transfer-Encoding: chunked", b"Upgrade: h2c",
+                                   b"Proxy-Connection: keep-alive", b"Keep-Alive: 5", b"X_A: 1"])
+
+
+@st.composite
+def request_heads(draw: Any) -> bytes:
+    fields = b"".join(
+        draw(_REQUEST_FIELDS) + b"\r\n" if draw(st.booleans())
+        else draw(_NAMES) + draw(st.sampled_from([b":", b": ", b":\t", b" :"])) + draw(_VALUES) + draw(_ENDS)
+        for _ in range(draw(st.integers(0, 5))))
+    tail = draw(st.sampled_from([b""] * 8 + [b"!", b"GET / HTTP/1.1\r\n\r\n", b"\r\n"]))
+    return draw(_REQUEST_LINES) + draw(_ENDS) + fields + draw(_ENDS) + tail
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(head=request_heads())
+def test_whatever_head_is_taken_whole_httptools_reads_the_same(head: bytes) -> None:
+    results = [impl.whole_request(head) for impl in _impls()]
+    assert all(result == results[0] for result in results)  # compiled == twin, always
+    if results[0] is not None:
+        assert results[0] == httptools_request(head)
