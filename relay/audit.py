@@ -283,7 +283,7 @@ class AuditLog:
                     notes.append(item)
             if chain:
                 fields["prev"] = prev
-            line = orjson.dumps(fields) + b"\n"
+            line = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)  # no copy to add it
             if chain:
                 prev = hashlib.sha256(line).hexdigest()
             lines.append(line)
