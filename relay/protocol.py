@@ -57,10 +57,6 @@ _WHOLE_BODY_BYTES = 64 * 1024
 _WHOLE = COMPILED
 
 
-#: what a closed connection keeps in place of its parser (which nothing feeds any more)
-_SPENT_PARSER = httptools.HttpRequestParser(object())
-
-
 class ParseState(IntEnum):
     IDLE = 0   # between requests
     HEAD = 1   # inside a request head
@@ -90,7 +86,9 @@ class ClientConnection(asyncio.Protocol):
         self._trusted_peer = unix and ctx.trust_unix_peers  # a TCP peer by its address, once known
         self._peer: str | None = None
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
-        self._parser = httptools.HttpRequestParser(self)
+        #: made for the first head httptools must read: one taken whole needs none, and
+        #: behind mod_proxy most connections carry just one such head
+        self._parser: httptools.HttpRequestParser | None = None
         self._gate: ReadGate = None  # type: ignore[assignment]
         self._state = IDLE
         self._url = b""
@@ -139,7 +137,7 @@ class ClientConnection(asyncio.Protocol):
         self._closed = True
         # the parser calls back into this object: let go of it, so that the connection's
         # objects are freed as it ends rather than left for the garbage collector to find
-        self._parser = _SPENT_PARSER
+        self._parser = None
         self._ctx.release(self)
         if self._send_watch is not None:
             self._ctx.deadlines.unwatch(self._send_watch)
@@ -251,8 +249,11 @@ class ClientConnection(asyncio.Protocol):
                 self._line_open = b"\n" not in data
         self._read = data
         self._read_fresh = state == IDLE
+        parser = self._parser
+        if parser is None:  # at a message boundary: whole heads leave the connection in step
+            parser = self._parser = httptools.HttpRequestParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             self._fail(cause if isinstance(cause, RelayError) else BadRequest(str(exc)))
@@ -311,6 +312,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self.deadline = 0.0
         parser = self._parser
+        assert parser is not None  # it is calling back
         self._admit(parser.get_method(), parser.get_http_version(), parser.should_keep_alive(),
                     self._line, self._line_at_start)
 
