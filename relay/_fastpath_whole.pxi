@@ -19,11 +19,35 @@ cdef inline bint _is_crlf(const unsigned char* s, Py_ssize_t at, Py_ssize_t end)
     return at + 1 < end and s[at] == 13 and s[at + 1] == 10
 
 
+cdef inline bint _all_plain(const unsigned char* s, Py_ssize_t n) noexcept:
+    """Every byte plain. Values can be long (bearer tokens), so as _is_field_value does,
+    eight bytes at a time: a word with no byte below 0x20 and none above 0x7e passes as is,
+    any other (a tab, say) is checked byte by byte. The second test adds 1 to each byte: a
+    carry out of one can only come from 0xff, which its top bit has flagged already."""
+    cdef uint64_t word
+    cdef Py_ssize_t i = 0, j
+    while i + 8 <= n:
+        memcpy(&word, s + i, 8)
+        if (_has_byte_below(word, 0x2020202020202020ULL)
+                or (word | (word + 0x0101010101010101ULL)) & 0x8080808080808080ULL):
+            for j in range(i, i + 8):
+                if not _is_plain(s[j]):
+                    return False
+        i += 8
+    for j in range(i, n):
+        if not _is_plain(s[j]):
+            return False
+    return True
+
+
 cdef inline Py_ssize_t _plain_until_crlf(const unsigned char* s, Py_ssize_t at, Py_ssize_t end) noexcept:
     """Where the CRLF ending a run of plain bytes from ``at`` is; -1 if another byte comes first."""
-    while at < end and _is_plain(s[at]):
-        at += 1
-    return at if _is_crlf(s, at, end) else -1
+    cdef const unsigned char* cr = <const unsigned char*>memchr(s + at, 13, end - at)
+    cdef Py_ssize_t cr_at
+    if cr == NULL:
+        return -1
+    cr_at = cr - s
+    return cr_at if _is_crlf(s, cr_at, end) and _all_plain(s + at, cr_at - at) else -1
 
 
 cdef inline bint _all_digits(const unsigned char* s, Py_ssize_t n) noexcept:

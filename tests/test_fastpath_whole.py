@@ -363,3 +363,22 @@ def test_whatever_head_is_taken_whole_httptools_reads_the_same(head: bytes) -> N
     assert all(result == results[0] for result in results)  # compiled == twin, always
     if results[0] is not None:
         assert results[0] == httptools_request(head)
+
+
+@pytest.mark.parametrize("bad", [b"\x00", b"\x1f", b"\x7f", b"\x80", b"\xff", b"\n", b"\r"])
+def test_one_bad_byte_anywhere_in_a_long_value_leaves_it_to_httptools(impl: ModuleType, bad: bytes) -> None:
+    token = b"Bearer " + b"e" * 40  # long enough for the eight-bytes-at-a-time check
+    for at in range(len(token)):
+        value = token[:at] + bad + token[at + 1:]
+        assert impl.whole_request(b"GET / HTTP/1.1\r\nAuthorization: " + value + b"\r\n\r\n") is None, at
+        assert impl.whole_answer(b"HTTP/1.1 200 OK\r\nX-A: " + value + b"\r\nContent-Length: 0\r\n\r\n") is None, at
+
+
+def test_tabs_and_the_edges_of_plain_pass_anywhere_in_a_long_value(impl: ModuleType) -> None:
+    for good in (b"\t", b" ", b"~", b"!"):
+        for at in range(1, 40):
+            value = b"e" * at + good + b"e" * (39 - at)
+            head = b"GET / HTTP/1.1\r\nAuthorization: " + value + b"\r\n\r\n"
+            parsed = impl.whole_request(head)
+            assert parsed is not None and parsed[2] == [(b"Authorization", value)], (good, at)
+            assert parsed == httptools_request(head)
