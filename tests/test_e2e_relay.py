@@ -237,6 +237,27 @@ def test_an_answer_that_arrives_whole_is_relayed_as_one_that_comes_in_pieces(
         assert ("x-a", "a b") in headers  # trailing spaces trimmed
 
 
+def test_heads_taken_whole_and_heads_httptools_reads_take_turns_on_one_connection(way: Route) -> None:
+    # relayd takes a bodiless head alone in its read in one call, and leaves the rest to
+    # httptools: one connection must stay in step whichever reads each request
+    whole = request_bytes("GET", "/data/turns?body=3")
+    with RawConnection(way.address) as conn:
+        for request, answers in [
+            (whole, [3]),
+            (request_bytes("POST", "/data/turns?body=echo", body=b"12345"), [5]),  # a body: httptools
+            (whole, [3]),
+            (whole + request_bytes("GET", "/data/turns?body=4"), [3, 4]),  # pipelined: httptools
+            (request_bytes("HEAD", "/data/turns?body=6"), [0]),
+            (b"GET /data/turns?body=2 HTTP/1.1\r\nHost: relay.test\r\nX-A: caf\xc3\xa9\r\n\r\n", [2]),  # obs-text
+            (whole, [3]),
+        ]:
+            conn.send(request)
+            for size in answers:
+                response = conn.read_response(head_request=request.startswith(b"HEAD "))
+                assert response.status == 200, str(response)
+                assert len(response.body) == size, str(response)
+
+
 @pytest.mark.parametrize("arrival", ARRIVALS)
 def test_an_upstream_connection_that_says_close_is_not_reused(way: Route, arrival: str) -> None:
     tag = unique("reuse")
