@@ -189,15 +189,16 @@ def child_env() -> dict[str, str]:
 
 
 class Relayd:
-    """relayd serving ``config_text`` (written to ``workdir/relay.toml``)."""
+    """relayd serving ``config_text`` (written to ``workdir/relay.toml``); ``extra_env``
+    overrides its environment (``RELAY_NO_EXTENSIONS``, say)."""
 
     def __init__(self, workdir: Path, config_text: str, name: str = "relayd",
-                 wait: bool = True) -> None:
+                 wait: bool = True, extra_env: dict[str, str] | None = None) -> None:
         self.config_path = workdir / f"{name}.toml"
         self.config_path.write_text(config_text, encoding="utf-8")
         self.addresses = listen_addresses(config_text)
         argv = [sys.executable, "-m", "relay", "-c", str(self.config_path)]
-        self.service = Service(name, argv, workdir / f"{name}.log", env=child_env())
+        self.service = Service(name, argv, workdir / f"{name}.log", env=child_env() | (extra_env or {}))
         if wait:
             self.service.wait_ready(self.addresses)
 
