@@ -1,17 +1,21 @@
-"""relayd with its compiled fast path answers every head as its twin does.
+"""relayd with its compiled fast path answers every head, and relays every answer, as its twin does.
 
 Compiled, relayd takes a bodiless head that came whole in the plainest form in one call
 (relay.fastpath.whole_request) and an upstream's plain whole answer likewise; its twin
 reads every message with httptools. Two relayds on one policy and one upstream, one of
 each, get the same bytes: odd, hostile and mangled heads, each on a connection of its
 own followed by a plain GET on the same connection. Both must give the same status and
-error code to the head, and the same answer to the GET after it (or both close).
+error code to the head, and the same answer to the GET after it (or both close). Then
+the same for upstream answers: odd and mangled ones from a canned upstream must reach
+the client alike (status, headers, body, or the same 502).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,4 +136,122 @@ def test_mangled_heads_get_the_same_answers(pair: tuple[Relayd, Relayd]) -> None
     compiled, twin = pair
     differ = [(head, got, expected) for head in mangled(1204)
               if (got := answers(compiled, head)) != (expected := answers(twin, head))]
+    assert not differ, differ[:3]
+
+
+# --- upstream answers -------------------------------------------------------------------------
+
+LIGHTTPD_ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nETag: \"3880012345\"\r\n"
+                   b"Last-Modified: Thu, 03 Dec 2026 10:00:00 GMT\r\nContent-Length: 11\r\n"
+                   b"Accept-Ranges: bytes\r\nServer: lighttpd/1.4.69\r\n\r\nhello world")
+ODD_ANSWERS = [
+    LIGHTTPD_ANSWER,
+    b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nab",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-A: caf\xc3\xa9\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nConnection: a@b\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-Sendfile: /etc/passwd\r\nX-Accel-Redirect: /x\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+    b"\x00\x01 this is not HTTP \xff\r\n\r\n",
+]
+
+
+def mangled_answers(seed: int) -> list[bytes]:
+    """LIGHTTPD_ANSWER with one to three of MANGLERS put in or in place of bytes of its head."""
+    rng = random.Random(seed)
+    head, _, body = LIGHTTPD_ANSWER.partition(b"\r\n\r\n")
+    answers = []
+    for _ in range(MANGLED):
+        mangled_head = bytearray(head)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(mangled_head))
+            mangled_head[at:at + rng.randint(0, 1)] = rng.choice(MANGLERS)
+        answers.append(bytes(mangled_head) + b"\r\n\r\n" + body)
+    return answers
+
+
+class CannedUpstream:
+    """Answers ``GET /data/N`` with ``answers[N]``, in one write, then closes the connection
+    (which also ends an answer framed by the close)."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = answers
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return  # closed: the module is done
+            with conn:
+                conn.settimeout(10)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        break
+                    head += piece
+                target = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
+                number = target.rsplit(b"/", 1)[-1]
+                if number.isdigit() and int(number) < len(self.answers):
+                    conn.sendall(self.answers[int(number)])
+
+    def close(self) -> None:
+        self._server.close()
+
+
+@pytest.fixture(scope="module")
+def canned_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Relayd, Relayd]]:
+    """A compiled relayd and its twin in front of one CannedUpstream."""
+    upstream = CannedUpstream(ODD_ANSWERS + mangled_answers(412))
+    both = []
+    for name, forced in (("compiled", ""), ("twin", "1")):
+        workdir: Path = tmp_path_factory.mktemp(name)
+        both.append(Relayd(workdir, relay_config(workdir, upstream.url), extra_env={"RELAY_NO_EXTENSIONS": forced}))
+    yield both[0], both[1]
+    for running in both:
+        running.stop()
+    upstream.close()
+
+
+#: set per answer, whoever relays it
+PER_ANSWER = {"x-relay-request-id", "date"}
+
+
+def relayed(relayd: Relayd, number: int) -> tuple[object, ...]:
+    """What the client gets for the upstream's answer ``number``: status, headers, body."""
+    with RawConnection(relayd.tcp, timeout=15) as conn:
+        conn.send(b"GET /data/%d HTTP/1.1\r\nHost: relay.test\r\n\r\n" % number)
+        try:
+            response = conn.read_response()
+        except ConnectionClosed:
+            return ("closed",)
+    body = response.body
+    if response.get("Content-Type") == "application/json":
+        body = json.loads(body).get("error", body)
+    return (response.status, [(k.lower(), v) for k, v in response.headers if k.lower() not in PER_ANSWER], body)
+
+
+def test_odd_and_mangled_upstream_answers_are_relayed_alike(canned_pair: tuple[Relayd, Relayd]) -> None:
+    compiled, twin = canned_pair
+    count = len(ODD_ANSWERS) + MANGLED
+    differ = [(number, got, expected) for number in range(count)
+              if (got := relayed(compiled, number)) != (expected := relayed(twin, number))]
     assert not differ, differ[:3]
