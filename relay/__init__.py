@@ -3,7 +3,8 @@
 ::
 
     client ─HTTP─▶ lighttpd ─mod_proxy─▶ relayd ──────────────────────────────▶ sinks
-                                         │ protocol   httptools → fastpath.admit_head (sans-IO):
+                                         │ protocol   fastpath.whole_request or httptools
+                                         │            → fastpath.admit_head (sans-IO):
                                          │ routing    paths.normalize_path → FlowTable,
                                          │            fastpath.scan_headers, token, rules, limits
                                          │ exchange   one task per request, in order
