@@ -7,7 +7,7 @@
                                          │            → fastpath.admit_head (sans-IO):
                                          │ routing    paths.normalize_path → FlowTable,
                                          │            fastpath.scan_headers, token, rules, limits
-                                         │ exchange   one task per request, in order
+                                         │ exchange   from callbacks (a task when a body streams), in order
                                          │ sinks      http (pooled), file, stream
                                          │ audit      one JSON line per decision
     control plane: config.load_config → policy.Policy (immutable) → swapped on reload
