@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from relay import _fastpath_py
 
-__all__ = ["COMPILED", "LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
+__all__ = ["COMPILED", "WHOLE_HEADS", "LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
            "b64url_decode", "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer",
            "whole_request"]
 
@@ -36,6 +36,10 @@ def _choose() -> ModuleType:
 _impl = _choose()
 #: True when the compiled module serves.
 COMPILED: bool = _impl is not _fastpath_py
+#: Whether a message that came whole is offered to whole_request / whole_answer before
+#: httptools: only compiled, as the twin's regular expressions cost more than httptools'
+#: callbacks (the twin's two functions are the spec the compiled ones are tested against).
+WHOLE_HEADS: bool = COMPILED
 
 if TYPE_CHECKING:
     # Both implementations share one API; type-check callers against the compiled stub.

@@ -31,7 +31,7 @@ from relay.errors import (
 )
 from relay.cached_answers import RecordingReply
 from relay.exchange import Answer, Exchange, Refusal
-from relay.fastpath import COMPILED, admit_head, whole_request
+from relay.fastpath import WHOLE_HEADS, admit_head, whole_request
 from relay.flowcontrol import NO_BODY, ClientGone, ReadGate, RequestBody
 from relay.pacing import BodyPace, SendWatch
 from relay.reply import Reply
@@ -52,9 +52,6 @@ _LINGER = 2.0
 #: a body up to this size that arrives in the read that completed its head is read whole
 #: before its exchange starts, so that a sink may take it at once (``Sink.relay_now``)
 _WHOLE_BODY_BYTES = 64 * 1024
-#: a bodiless head alone in its read is taken apart in one call when that is compiled; the
-#: twin's regular expressions cost more than httptools' callbacks, so without it httptools parses all
-_WHOLE = COMPILED
 
 
 class ParseState(IntEnum):
@@ -237,7 +234,7 @@ class ClientConnection(asyncio.Protocol):
         state = self._state
         if state >= DEAD:
             return
-        if state == IDLE and _WHOLE:
+        if state == IDLE and WHOLE_HEADS:  # a bodiless head alone in its read: one call
             head = whole_request(data)
             if head is not None:
                 self._took_whole(data, *head)

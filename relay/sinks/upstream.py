@@ -21,7 +21,7 @@ import httptools
 
 from relay.config import HttpSinkConfig
 from relay.errors import BadGateway, BadRequest, GatewayTimeout, RelayError
-from relay.fastpath import COMPILED, LAST_CHUNK, HeaderRules, encode_chunk, scan_headers, whole_answer
+from relay.fastpath import LAST_CHUNK, WHOLE_HEADS, HeaderRules, encode_chunk, scan_headers, whole_answer
 from relay.reply import Reply
 from relay.timers import Deadlines
 
@@ -33,9 +33,6 @@ _RESPONSE_DROP = HeaderRules(
     (b"X-Sendfile", b"X-Sendfile2", b"X-LIGHTTPD-send-file"), (b"X-Accel-",), underscores=True)
 #: bytes of an unclaimed answer buffered before the upstream is paused
 HOLD_BYTES = 256 * 1024
-#: answers that arrive whole are taken apart in one call when that is compiled; the twin's
-#: regular expressions cost more than httptools' callbacks, so without it httptools parses all
-_WHOLE = COMPILED
 
 
 class Stale(Exception):
@@ -254,7 +251,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         # an answer that came whole in the first read: taken apart in one call, else by httptools
-        whole = whole_answer(data) if _WHOLE and not self._got_bytes and not self._head_only else None
+        whole = whole_answer(data) if WHOLE_HEADS and not self._got_bytes and not self._head_only else None
         self._got_bytes = True
         if whole is None:
             try:
