@@ -33,8 +33,12 @@ __all__ = ["LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "
 cdef enum CharClass:
     TCHAR = 1        # RFC 9110 §5.6.2 token character
     VALUE_CHAR = 2   # allowed in a field value: HTAB, SP..~ and obs-text, no other CTL or DEL
+    PLAIN_CHAR = 4   # HTAB and SP..~: a field value without obs-text (what a whole head takes)
 
 cdef unsigned char _CHAR_CLASS[256]
+
+cdef enum:
+    MAX_CONTENT_LENGTH_DIGITS = 18  # a Content-Length relay reads (far above any body limit)
 
 
 cdef void _init_char_classes() noexcept:
@@ -44,6 +48,8 @@ cdef void _init_char_classes() noexcept:
         _CHAR_CLASS[c] = 0
         if c == 9 or 32 <= c <= 126 or c >= 128:
             _CHAR_CLASS[c] |= VALUE_CHAR
+        if c == 9 or 32 <= c <= 126:
+            _CHAR_CLASS[c] |= PLAIN_CHAR
         if 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122:
             _CHAR_CLASS[c] |= TCHAR
     for c in range(15):
@@ -71,21 +77,47 @@ cdef inline bint _is_token(const unsigned char* s, Py_ssize_t n) noexcept:
 
 
 cdef inline bint _is_field_value(const unsigned char* s, Py_ssize_t n) noexcept:
-    """No control character but HTAB and no DEL (RFC 9110 §5.5).
+    """No control character but HTAB and no DEL (RFC 9110 §5.5)."""
+    return _all_value_bytes(s, n, VALUE_CHAR)
 
-    Values can be long (bearer tokens), so this looks at eight bytes at a time: a word with
-    no byte below 0x20 and none equal to 0x7f passes as is; any other word (a tab, say) is
-    checked byte by byte. Both word tests can only err towards the byte-by-byte check."""
-    cdef uint64_t word
+
+cdef inline bint _is_plain_value(const unsigned char* s, Py_ssize_t n) noexcept:
+    """A field value of HTAB and SP..~ only: no obs-text either."""
+    return _all_value_bytes(s, n, PLAIN_CHAR)
+
+
+cdef inline bint _all_value_bytes(const unsigned char* s, Py_ssize_t n, unsigned char char_class) noexcept:
+    """Every byte of ``char_class``, VALUE_CHAR or PLAIN_CHAR. Values can be long (bearer
+    tokens), so this looks at eight bytes at a time: a word with no byte below 0x20 and
+    none equal to 0x7f (nor, for PLAIN_CHAR, above it) passes as is; any other word (a tab,
+    say) is checked byte by byte. The word tests can only err towards the byte-by-byte
+    check (adding 1 to each byte carries out of one only from 0xff, already flagged)."""
+    cdef uint64_t word, outside
     cdef Py_ssize_t i = 0
     while i + 8 <= n:
         memcpy(&word, s + i, 8)
-        if (_has_byte_below(word, 0x2020202020202020ULL)
-                or _has_byte_below(word ^ 0x7f7f7f7f7f7f7f7fULL, 0x0101010101010101ULL)):  # DEL
-            if not _all_of(s + i, 8, VALUE_CHAR):
+        if char_class == PLAIN_CHAR:
+            outside = (word | (word + 0x0101010101010101ULL)) & 0x8080808080808080ULL  # 0x7f and up
+        else:
+            outside = _has_byte_below(word ^ 0x7f7f7f7f7f7f7f7fULL, 0x0101010101010101ULL)  # DEL
+        if _has_byte_below(word, 0x2020202020202020ULL) or outside:
+            if not _all_of(s + i, 8, char_class):
                 return False
         i += 8
-    return _all_of(s + i, n - i, VALUE_CHAR)
+    return _all_of(s + i, n - i, char_class)
+
+
+cdef inline long long _digits_value(const unsigned char* s, Py_ssize_t n) noexcept:
+    """The value of 1 to MAX_CONTENT_LENGTH_DIGITS ASCII digits; -1 when ``s[:n]`` is anything else."""
+    cdef long long value = 0
+    cdef Py_ssize_t i
+    if not 0 < n <= MAX_CONTENT_LENGTH_DIGITS:
+        return -1
+    for i in range(n):
+        if not 48 <= s[i] <= 57:
+            return -1
+        value = value * 10 + (s[i] - 48)
+    return value
 
 
 cdef inline uint64_t _has_byte_below(uint64_t word, uint64_t limits) noexcept:

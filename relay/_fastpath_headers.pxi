@@ -26,7 +26,6 @@ cdef enum Kind:
 
 cdef enum:
     SMALL_HEADER_COUNT = 64     # the fields of up to this many headers live on the C stack
-    MAX_CONTENT_LENGTH_DIGITS = 18
 
 
 # Header names compared folded, as CGI, WSGI, Rack and PHP upstreams read them: ASCII case
@@ -253,7 +252,6 @@ cdef class HeaderScan:
 
     cdef int _take(self, tuple pair, Field* f) except -1:
         """Applies one header of a kind relay reads to the scan, enforcing its rules."""
-        cdef Py_ssize_t i
         if f.kind == HOST:
             if self.host is not None:
                 raise BadRequest("duplicate Host")
@@ -269,13 +267,9 @@ cdef class HeaderScan:
         elif f.kind == CONTENT_LENGTH:
             if self.content_length >= 0:
                 raise BadRequest("duplicate Content-Length")
-            if not 0 < f.value_len <= MAX_CONTENT_LENGTH_DIGITS:
+            self.content_length = _digits_value(f.value, f.value_len)
+            if self.content_length < 0:
                 raise BadRequest("bad Content-Length")
-            self.content_length = 0
-            for i in range(f.value_len):
-                if not 48 <= f.value[i] <= 57:
-                    raise BadRequest("bad Content-Length")
-                self.content_length = self.content_length * 10 + (f.value[i] - 48)
         elif f.kind == TRANSFER_ENCODING:
             if self.chunked:
                 raise BadRequest("duplicate Transfer-Encoding")

@@ -10,60 +10,19 @@ from cpython.list cimport PyList_GET_SIZE
 cdef Py_ssize_t _MAX_WHOLE_HEADERS = 64  # as the twin's MAX_WHOLE_HEADERS
 
 
-cdef inline bint _is_plain(unsigned char c) noexcept:
-    """Visible ASCII, space or tab: the bytes of a reason phrase or value taken whole."""
-    return c == 9 or 32 <= c <= 126
-
-
 cdef inline bint _is_crlf(const unsigned char* s, Py_ssize_t at, Py_ssize_t end) noexcept:
     return at + 1 < end and s[at] == 13 and s[at + 1] == 10
 
 
-cdef inline bint _all_plain(const unsigned char* s, Py_ssize_t n) noexcept:
-    """Every byte plain. Values can be long (bearer tokens), so as _is_field_value does,
-    eight bytes at a time: a word with no byte below 0x20 and none above 0x7e passes as is,
-    any other (a tab, say) is checked byte by byte. The second test adds 1 to each byte: a
-    carry out of one can only come from 0xff, which its top bit has flagged already."""
-    cdef uint64_t word
-    cdef Py_ssize_t i = 0, j
-    while i + 8 <= n:
-        memcpy(&word, s + i, 8)
-        if (_has_byte_below(word, 0x2020202020202020ULL)
-                or (word | (word + 0x0101010101010101ULL)) & 0x8080808080808080ULL):
-            for j in range(i, i + 8):
-                if not _is_plain(s[j]):
-                    return False
-        i += 8
-    for j in range(i, n):
-        if not _is_plain(s[j]):
-            return False
-    return True
-
-
 cdef inline Py_ssize_t _plain_until_crlf(const unsigned char* s, Py_ssize_t at, Py_ssize_t end) noexcept:
-    """Where the CRLF ending a run of plain bytes from ``at`` is; -1 if another byte comes first."""
+    """Where the CRLF ending a run of plain bytes (HTAB, SP..~) from ``at`` is; -1 if
+    another byte comes first."""
     cdef const unsigned char* cr = <const unsigned char*>memchr(s + at, 13, end - at)
     cdef Py_ssize_t cr_at
     if cr == NULL:
         return -1
     cr_at = cr - s
-    return cr_at if _is_crlf(s, cr_at, end) and _all_plain(s + at, cr_at - at) else -1
-
-
-cdef inline bint _all_digits(const unsigned char* s, Py_ssize_t n) noexcept:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if not (48 <= s[i] <= 57):
-            return False
-    return True
-
-
-cdef inline long long _digits_value(const unsigned char* s, Py_ssize_t n) noexcept:
-    cdef long long value = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        value = value * 10 + (s[i] - 48)
-    return value
+    return cr_at if _is_crlf(s, cr_at, end) and _is_plain_value(s + at, cr_at - at) else -1
 
 
 cdef struct WholeFields:
@@ -80,6 +39,7 @@ cdef Py_ssize_t _read_fields(const unsigned char* s, Py_ssize_t at, Py_ssize_t e
     """Append the header lines from ``at`` to ``headers`` up to the empty line, and return
     where the head ends; -1 when a line is not of the plain form."""
     cdef Py_ssize_t name_end, value_at, value_end, name_len, value_len
+    cdef long long length
     while not _is_crlf(s, at, end):
         if PyList_GET_SIZE(headers) == _MAX_WHOLE_HEADERS:
             return -1
@@ -97,11 +57,9 @@ cdef Py_ssize_t _read_fields(const unsigned char* s, Py_ssize_t at, Py_ssize_t e
         name_len = name_end - at
         value_len = value_end - value_at
         if name_len == 14 and _lower_equals(s + at, b"content-length", 14):
-            if (seen.content_length != -1 or value_len == 0 or value_len > MAX_CONTENT_LENGTH_DIGITS
-                    or not _all_digits(s + value_at, value_len)):
-                seen.content_length = -2
-            else:
-                seen.content_length = _digits_value(s + value_at, value_len)
+            length = _digits_value(s + value_at, value_len)
+            # several, or not plain digits: httptools decides
+            seen.content_length = length if seen.content_length == -1 and length >= 0 else -2
         elif name_len == 17 and _lower_equals(s + at, b"transfer-encoding", 17):
             seen.transfer_encoding = True
         elif name_len == 7 and _lower_equals(s + at, b"upgrade", 7):
