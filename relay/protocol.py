@@ -317,8 +317,7 @@ class ClientConnection(asyncio.Protocol):
                     head_size: int, keep_alive: bool) -> None:
         """What httptools' callbacks do with a bodiless HTTP/1.1 head that came whole and
         alone in one read (see relay.fastpath.whole_request), from on_message_begin to
-        on_message_complete."""
-        self._begun = self._ctx.loop.time() - self._gate.paused_for
+        on_message_complete. (``_begun`` is left alone: only a body is paced by it.)"""
         self._url = url
         self._headers = headers
         self._head_size = head_size

@@ -298,9 +298,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _took_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
         """What httptools' callbacks would have done with a whole answer (see
         relay.fastpath.whole_answer); False when its headers failed the exchange."""
-        self._headers = headers
         try:
-            self._answer_head(status, keep_alive=True)  # HTTP/1.1: a Connection: close is in the scan
+            self._answer_head(status, headers, keep_alive=True)  # HTTP/1.1: a Connection: close is in the scan
         except RelayError as exc:
             self._fail(exc.with_traceback(None))
             return False
@@ -316,12 +315,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._informational = True
             self._headers = []
             return
-        self._answer_head(status, keep_alive=self._parser.should_keep_alive())
+        self._answer_head(status, self._headers, keep_alive=self._parser.should_keep_alive())
 
-    def _answer_head(self, status: int, *, keep_alive: bool) -> None:
-        """The final answer's head (its headers in ``_headers``) is in."""
+    def _answer_head(self, status: int, headers: list[tuple[bytes, bytes]], *, keep_alive: bool) -> None:
+        """The final answer's head is in."""
         try:
-            scan = scan_headers(self._headers, _RESPONSE_DROP)
+            scan = scan_headers(headers, _RESPONSE_DROP)
         except BadRequest as exc:
             raise BadGateway(f"upstream answered bad headers: {exc.detail}", self._pool.name) from exc
         self._status = status
