@@ -12,6 +12,7 @@ the client alike (status, headers, body, or the same 502).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -72,31 +73,40 @@ MANGLERS = [b"\x00", b"\r", b"\n", b" ", b"\t", b":", b",", b"\x7f", b"\x80", b"
 MANGLED = 250
 
 
-def mangled(seed: int) -> list[bytes]:
-    """BASE with one to three of MANGLERS put in or in place of bytes before its last CRLF
-    CRLF (a head left unended would only wait for header_timeout)."""
+def mangled(message: bytes, seed: int) -> list[bytes]:
+    """MANGLED copies of ``message``, each with one to three of MANGLERS put in or in place
+    of bytes of its head, before the CRLF CRLF that ends it (a head left unended would only
+    wait for a timeout)."""
     rng = random.Random(seed)
-    heads = []
+    head, _, body = message.partition(b"\r\n\r\n")
+    copies = []
     for _ in range(MANGLED):
-        head = bytearray(BASE[:-4])
+        mangled_head = bytearray(head)
         for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(len(head))
-            piece = rng.choice(MANGLERS)
-            head[at:at + rng.randint(0, 1)] = piece
-        heads.append(bytes(head) + b"\r\n\r\n")
-    return heads
+            at = rng.randrange(len(mangled_head))
+            mangled_head[at:at + rng.randint(0, 1)] = rng.choice(MANGLERS)
+        copies.append(bytes(mangled_head) + b"\r\n\r\n" + body)
+    return copies
+
+
+@contextlib.contextmanager
+def compiled_and_twin(tmp_path_factory: pytest.TempPathFactory, upstream_url: str) -> Iterator[tuple[Relayd, Relayd]]:
+    """A compiled relayd and its twin, one policy, one upstream."""
+    both = []
+    try:
+        for name, forced in (("compiled", ""), ("twin", "1")):
+            workdir: Path = tmp_path_factory.mktemp(name)
+            both.append(Relayd(workdir, relay_config(workdir, upstream_url), extra_env={"RELAY_NO_EXTENSIONS": forced}))
+        yield both[0], both[1]
+    finally:
+        for running in both:
+            running.stop()
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[tuple[Relayd, Relayd]]:
-    """A compiled relayd and its twin, one policy, one upstream."""
-    both = []
-    for name, forced in (("compiled", ""), ("twin", "1")):
-        workdir: Path = tmp_path_factory.mktemp(name)
-        both.append(Relayd(workdir, relay_config(workdir, upstream.url), extra_env={"RELAY_NO_EXTENSIONS": forced}))
-    yield both[0], both[1]
-    for running in both:
-        running.stop()
+    with compiled_and_twin(tmp_path_factory, upstream.url) as both:
+        yield both
 
 
 def answers(relayd: Relayd, head: bytes) -> list[tuple[object, ...]]:
@@ -134,7 +144,7 @@ def test_odd_heads_get_the_same_answers(pair: tuple[Relayd, Relayd], head: bytes
 
 def test_mangled_heads_get_the_same_answers(pair: tuple[Relayd, Relayd]) -> None:
     compiled, twin = pair
-    differ = [(head, got, expected) for head in mangled(1204)
+    differ = [(head, got, expected) for head in mangled(BASE, 1204)
               if (got := answers(compiled, head)) != (expected := answers(twin, head))]
     assert not differ, differ[:3]
 
@@ -167,20 +177,6 @@ ODD_ANSWERS = [
     b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
     b"\x00\x01 this is not HTTP \xff\r\n\r\n",
 ]
-
-
-def mangled_answers(seed: int) -> list[bytes]:
-    """LIGHTTPD_ANSWER with one to three of MANGLERS put in or in place of bytes of its head."""
-    rng = random.Random(seed)
-    head, _, body = LIGHTTPD_ANSWER.partition(b"\r\n\r\n")
-    answers = []
-    for _ in range(MANGLED):
-        mangled_head = bytearray(head)
-        for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(len(mangled_head))
-            mangled_head[at:at + rng.randint(0, 1)] = rng.choice(MANGLERS)
-        answers.append(bytes(mangled_head) + b"\r\n\r\n" + body)
-    return answers
 
 
 class CannedUpstream:
@@ -220,15 +216,12 @@ class CannedUpstream:
 @pytest.fixture(scope="module")
 def canned_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Relayd, Relayd]]:
     """A compiled relayd and its twin in front of one CannedUpstream."""
-    upstream = CannedUpstream(ODD_ANSWERS + mangled_answers(412))
-    both = []
-    for name, forced in (("compiled", ""), ("twin", "1")):
-        workdir: Path = tmp_path_factory.mktemp(name)
-        both.append(Relayd(workdir, relay_config(workdir, upstream.url), extra_env={"RELAY_NO_EXTENSIONS": forced}))
-    yield both[0], both[1]
-    for running in both:
-        running.stop()
-    upstream.close()
+    upstream = CannedUpstream(ODD_ANSWERS + mangled(LIGHTTPD_ANSWER, 412))
+    try:
+        with compiled_and_twin(tmp_path_factory, upstream.url) as both:
+            yield both
+    finally:
+        upstream.close()
 
 
 #: set per answer, whoever relays it
