@@ -94,6 +94,15 @@ NEW_TOKEN = b".".join((
 ))  # fmt: skip
 # a body's 64 KiB piece, framed as one chunk
 PIECE = bytes(65536)
+# NEW_TOKEN's claims, as orjson gives them once its signature verified
+NEW_CLAIMS = {"iss": "https://idp.example.com/", "aud": "relay", "sub": "user-000042", "groups": ["orders-readers"],
+              "scope": "orders:read", "iat": 1796311480, "exp": 1798903480, "jti": "a1b2c3d4"}
+
+
+def claim_rules(module: ModuleType) -> Callable[..., object]:
+    """ClaimRules.check with the issuer's rules built once, as relay builds them."""
+    rules = module.ClaimRules(("relay",), 30.0, audience="aud", subject="sub", groups="groups", scopes="scope")
+    return rules.check
 
 
 CASES = [
@@ -104,6 +113,8 @@ CASES = [
     Case("scan_headers small (3 headers)", "scan_headers", (SMALL_HEADERS,), scanning(())),
     Case("TokenCache.get hit (800 B token)", "TokenCache", (BEARER, 1, 1e9), token_cache_hit),
     Case("parse_compact, a new RS256 token", "parse_compact", (NEW_TOKEN,)),
+    Case("ClaimRules.check, its claims", "ClaimRules", (NEW_CLAIMS, 1796311500.0), claim_rules),
+    Case("identity_block, its identity headers", "identity_block", ("user-000042", "idp", ("orders-readers",))),
     Case("encode_chunk one piece", "encode_chunk", (PIECE,)),
 ]
 

@@ -1,7 +1,7 @@
 """Types of the compiled fast path (relay/_fastpath.pyx); the twin relay/_fastpath_py.py
 has the same API. Import it through relay.fastpath."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, final
 
 from relay.errors import RelayError
@@ -12,9 +12,9 @@ from relay.request import Request
 if TYPE_CHECKING:
     from relay.context import ServerContext
 
-__all__ = ["LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head", "b64url_decode",
-           "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer",
-           "whole_request"]
+__all__ = ["LAST_CHUNK", "ClaimPath", "ClaimRules", "Compact", "HeaderRules", "HeaderScan", "TokenCache",
+           "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "header_value", "identity_block",
+           "parse_compact", "scan_headers", "whole_answer", "whole_request"]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 _Payload = TypeVar("_Payload", bytes, bytearray, memoryview)
@@ -132,4 +132,39 @@ def whole_request(data: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]],
 def whole_answer(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
     """``(status, headers, body)`` when ``data`` is one whole upstream answer in the plainest
     HTTP/1.1 form; None when it is not, or may not be (then httptools parses it)."""
+    ...
+
+
+# 7. A new identity
+
+@final
+class ClaimPath:
+    """A claim name or dotted path, resolved against a payload."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def steps(self) -> tuple[str, ...]: ...
+    def __init__(self, name: str) -> None: ...
+    def find(self, claims: Mapping[str, Any]) -> Any:
+        """The value at this path, or None when absent."""
+        ...
+
+@final
+class ClaimRules:
+    """One issuer's claim checks and mapping; built once per issuer."""
+
+    def __init__(self, audiences: Iterable[str], leeway: float, *, audience: str, subject: str, groups: str,
+                 scopes: str) -> None: ...
+    def check(self, payload: dict[str, Any], now: float) -> tuple[str, tuple[str, ...], tuple[str, ...], str | None, int]:
+        """``(subject, groups, scopes, jti, exp)`` of a verified payload at ``now``; raises
+        relay.errors.Unauthorized with the reason of the first check that fails."""
+        ...
+
+def header_value(text: str) -> bytes:
+    """``text`` as a safe header value: itself when plain, else percent-encoded UTF-8."""
+    ...
+
+def identity_block(subject: str, issuer: str, groups: tuple[str, ...]) -> bytes:
+    """The ``X-Relay-Subject``, ``X-Relay-Issuer`` and ``X-Relay-Groups`` lines."""
     ...

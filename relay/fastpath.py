@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from relay import _fastpath_py
 
-__all__ = ["COMPILED", "WHOLE_HEADS", "LAST_CHUNK", "Compact", "HeaderRules", "HeaderScan", "TokenCache", "admit_head",
-           "b64url_decode", "check_request_line", "encode_chunk", "parse_compact", "scan_headers", "whole_answer",
-           "whole_request"]
+__all__ = ["COMPILED", "WHOLE_HEADS", "LAST_CHUNK", "ClaimPath", "ClaimRules", "Compact", "HeaderRules", "HeaderScan",
+           "TokenCache", "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "header_value",
+           "identity_block", "parse_compact", "scan_headers", "whole_answer", "whole_request"]
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ WHOLE_HEADS: bool = COMPILED
 
 if TYPE_CHECKING:
     # Both implementations share one API; type-check callers against the compiled stub.
-    from relay._fastpath import (LAST_CHUNK, Compact, HeaderRules, HeaderScan, TokenCache, admit_head,
-                                 b64url_decode, check_request_line, encode_chunk, parse_compact, scan_headers,
-                                 whole_answer, whole_request)
+    from relay._fastpath import (LAST_CHUNK, ClaimPath, ClaimRules, Compact, HeaderRules, HeaderScan, TokenCache,
+                                 admit_head, b64url_decode, check_request_line, encode_chunk, header_value,
+                                 identity_block, parse_compact, scan_headers, whole_answer, whole_request)
 else:
     # 1. header scanning
     HeaderRules = _impl.HeaderRules
@@ -66,3 +66,8 @@ else:
     # 6. whole heads
     whole_answer = _impl.whole_answer
     whole_request = _impl.whole_request
+    # 7. a new identity
+    ClaimPath = _impl.ClaimPath
+    ClaimRules = _impl.ClaimRules
+    header_value = _impl.header_value
+    identity_block = _impl.identity_block

@@ -100,6 +100,16 @@ def test_valid_tokens_give_the_identity(h: Harness, key: Key) -> None:
     assert identity.scopes == ("orders:write", "orders:read")
     assert identity.expires_at == claims["exp"]
     assert identity.claims["aud"] == AUD
+    with pytest.raises(TypeError):  # every request with the token shares them: read-only
+        identity.claims["sub"] = "root"  # type: ignore[index]
+
+
+def test_a_token_that_never_expires_is_verified_and_cached(h: Harness) -> None:
+    # "never", spelled as a number past any clock: held to 2**53 s, not an overflow
+    for exp in (2**53 + 1, 2**63 - 1, 2**64 - 1):  # past 2**64 the JSON number is a float: malformed
+        token = RSA.token(good_claims(exp=exp))
+        assert h.ok(token).expires_at == 2**53
+        assert h.ok(token) is h.ok(token)  # the cache took it
 
 
 @pytest.mark.parametrize("alg", ["RS384", "RS512", "PS256", "PS384", "PS512"])

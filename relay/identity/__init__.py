@@ -14,7 +14,7 @@
     verify.Issuer.verify       pinned alg → key by kid (keys.IssuerKeys) →     │
           │                    signature (jwk.VerifyKey) → exp/nbf/iat/aud     │
           ▼                                                                    │
-    claims.ClaimsMapper ──────────────▶ Identity ◀─────────────────────────────┘
+    fastpath.ClaimRules ──────────────▶ Identity ◀─────────────────────────────┘
                                           │   issuers of the flow, revocation
                                           ▼
     authz.FlowAuthorizer.check          allow / deny rules of the flow → 403

@@ -8,38 +8,21 @@ removed every inbound ``X-Relay-*`` header, so these values replace, never appen
 Claim values come from the identity provider and may hold anything. A value that is
 not plain printable ASCII, or holds ``%`` or ``,`` (the groups separator), is sent
 percent-encoded UTF-8 (RFC 3986 §2.1): a CR, LF or NUL can never reach the header
-block, and a receiver that percent-decodes every value reads the original text.
+block, and a receiver that percent-decodes every value reads the original text. The
+plain block is built on the first request of each identity, so on the path of every
+token nobody has seen: ``identity_block`` and ``header_value`` are a fast-path job
+(spec in ``relay/_fastpath_py_claims.py``).
 """
 
 from __future__ import annotations
 
-import re
 import time
-from urllib.parse import quote
 
+from relay.fastpath import header_value, identity_block
 from relay.identity.claims import Identity
 from relay.identity.signing import IdentitySigner
 
 __all__ = ["header_value", "identity_headers"]
-
-# printable ASCII except "%" and ",", single spaces inside (edge spaces would be trimmed)
-_PLAIN = re.compile(r"[!-$&-+\--~]+(?: [!-$&-+\--~]+)*")
-_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")
-
-
-def header_value(text: str) -> bytes:
-    """``text`` as a safe header value: itself when plain, else percent-encoded UTF-8."""
-    if _PLAIN.fullmatch(text):
-        return text.encode("ascii")
-    return quote(text, safe=_SAFE).encode("ascii")
-
-
-def _plain_block(identity: Identity) -> bytes:
-    return b"".join((
-        b"X-Relay-Subject: ", header_value(identity.subject), b"\r\n",
-        b"X-Relay-Issuer: ", header_value(identity.issuer), b"\r\n",
-        b"X-Relay-Groups: ", b",".join(header_value(g) for g in identity.groups), b"\r\n",
-    ))  # fmt: skip
 
 
 def identity_headers(identity: Identity, flow_name: str, signer: IdentitySigner | None) -> bytes:
@@ -51,7 +34,7 @@ def identity_headers(identity: Identity, flow_name: str, signer: IdentitySigner 
     """
     block = identity.header_memo
     if block is None:
-        block = identity.header_memo = _plain_block(identity)
+        block = identity.header_memo = identity_block(identity.subject, identity.issuer, identity.groups)
     if signer is None:
         return block
     return block + b"X-Relay-Identity: " + signer.identity_token(identity, flow_name, time.time()) + b"\r\n"
