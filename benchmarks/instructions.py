@@ -6,7 +6,10 @@ relayd runs under ``valgrind --tool=callgrind`` in front of the benchmarks' upst
 lighttpd; after a warm-up the counters are zeroed, ``N`` requests for one RS256 token's
 flow are sent one after the other, and the instructions counted since are divided by
 ``N``. Two ways in: keep-alive over TCP (as wrk or an API client comes), and a new Unix
-connection per request with ``Connection: close`` (as lighttpd's mod_proxy comes).
+connection per request with ``Connection: close`` (as lighttpd's mod_proxy comes); and,
+keep-alive again, each request with an RS256 token relayd has not seen (its signature
+checked, its claims read, its identity headers built), the benchmarks' distinct tokens
+in turn.
 
 ``--records`` measures instead 1 KiB NDJSON records POSTed one per request on 16
 connections at once (as ``benchmarks.sinks`` sends them) into a file sink and a
@@ -23,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from benchmarks import sinks, tokens
@@ -74,6 +78,15 @@ def _keep_alive(port: int, token: str) -> Callable[[int], None]:
         with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
             for _ in range(count):
                 sock.sendall(head)
+                _read_answer(sock)
+    return send
+
+
+def _keep_alive_unseen(port: int, unseen: Iterator[str]) -> Callable[[int], None]:
+    def send(count: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            for token in itertools.islice(unseen, count):
+                sock.sendall(_head(token, close=False))
                 _read_answer(sock)
     return send
 
@@ -147,8 +160,9 @@ def _tree_env(tree: Path) -> dict[str, str]:
     return dict(os.environ) | {"PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
 
 
-def measure(ctx: Context, tree: Path, requests: int, token: str) -> dict[str, float]:
-    """Instructions per request of relayd from ``tree``, each way in."""
+def measure(ctx: Context, tree: Path, requests: int, token: str, unseen: Iterator[str]) -> dict[str, float]:
+    """Instructions per request of relayd from ``tree``, each way in; ``unseen`` gives the
+    tokens for the last way, each used once."""
     port, sock = ctx.port(), str(ctx.path("relay.sock"))
     config = ctx.path("relay.toml")
     config.write_text(relay_config(ctx, port, sock, "RS256"))
@@ -157,7 +171,8 @@ def measure(ctx: Context, tree: Path, requests: int, token: str) -> dict[str, fl
     try:
         relayd.wait_ready([("127.0.0.1", port), sock], timeout=300)
         return _under_callgrind(ctx.workdir, relayd, [("keep-alive (TCP)", _keep_alive(port, token)),
-                                                      ("a connection per request (Unix)", _per_connection(sock, token))],
+                                                      ("a connection per request (Unix)", _per_connection(sock, token)),
+                                                      ("a token not seen, keep-alive", _keep_alive_unseen(port, unseen))],
                                 requests, _WARM_UP)
     finally:
         relayd.stop(60)
@@ -195,10 +210,12 @@ def main() -> None:
         else:
             keys = tokens.ensure()
             token = keys.first_token("RS256")
+            # past the first, which the other ways use; each tree gets tokens of its own
+            unseen = iter(keys.tokens["RS256"].read_text(encoding="ascii").split()[1:])
             ctx = Context(Path(scratch), Cores(None, None), keys)
             upstreams = start_upstreams(ctx)
             try:
-                results = {tree: measure(ctx, tree, args.requests, token) for tree in trees}
+                results = {tree: measure(ctx, tree, args.requests, token, unseen) for tree in trees}
             finally:
                 for proc in reversed(upstreams):
                     proc.stop()
