@@ -24,8 +24,8 @@ BATCH = 2048
 
 def _note() -> ExchangeNote:
     who = Identity("bench-000000", "bench", ("bench-readers",), (), {}, "RS256-000000", "k1", 2_000_000_000)
-    return (time.time(), "a0b5b28a-000797f1", 200, "relayed", "data", "GET", "/index.txt", "127.0.0.1",
-            "up", None, 0, 138, 0.000836, who, 0.000801, None, None)
+    return ExchangeNote(time.time(), "a0b5b28a-000797f1", 200, "relayed", "data", "GET", "/index.txt", "127.0.0.1",
+                        "up", None, 0, 138, 0.000836, who, 0.000801, None, None)
 
 
 def _per_note_us(call: object) -> float:
