@@ -5,9 +5,10 @@ The protocol object only moves bytes: it feeds httptools, applies relay's own st
 hands each request to an ``Exchange`` that talks to the sinks. Exchanges on one connection
 run one at a time, in order; pipelined requests wait in a queue while reading is paused.
 
-Parsing state lives in one place (``_state``); everything the parser reports after a
-head has completed belongs to that request's body, so chunked trailers (which httptools
-reports through ``on_header``) can never become headers.
+Parsing state lives in one place (``_state``, changed only by ``_enter``, along the
+transitions ``_NEXT`` lists); everything the parser reports after a head has completed
+belongs to that request's body, so chunked trailers (which httptools reports through
+``on_header``) can never become headers.
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ class ParseState(IntEnum):
 # CPython 3.11, and the request path makes dozens of them.
 IDLE, HEAD, BODY, DEAD, LINGER = ParseState
 
+#: the states a connection may move to from each (by index), as ``_enter`` holds it to:
+#: a head, then its body, then the next; and once dead or lingering, nothing is parsed again
+#: (an exchange never ends inside a parser callback: sinks answer from later callbacks)
+_NEXT = (
+    frozenset((HEAD, BODY, DEAD, LINGER)),  # IDLE (to BODY: a head taken whole)
+    frozenset((BODY, DEAD, LINGER)),        # HEAD
+    frozenset((IDLE, DEAD, LINGER)),        # BODY
+    frozenset((DEAD, LINGER)),              # DEAD
+    frozenset((DEAD, LINGER)),              # LINGER
+)
+
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
@@ -111,6 +123,11 @@ class ClientConnection(asyncio.Protocol):
         self._line_open = False    # the request line may not be complete in _line yet
         #: the exchange of a small body still arriving in this read (see _WHOLE_BODY_BYTES)
         self._waiting: Exchange | None = None
+
+    def _enter(self, state: ParseState) -> None:
+        """The one place the connection's state changes, along ``_NEXT`` only."""
+        assert state in _NEXT[self._state], f"client connection: {self._state.name} -> {state.name}"
+        self._state = state
 
     # --- connection lifecycle ------------------------------------------------------------
 
@@ -276,7 +293,7 @@ class ClientConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._state = HEAD
+        self._enter(HEAD)
         self._line = self._read
         self._line_at_start = self._read_fresh
         self._read_fresh = False
@@ -305,7 +322,7 @@ class ClientConnection(asyncio.Protocol):
             self._head_bytes += len(name) + len(value)
 
     def on_headers_complete(self) -> None:
-        self._state = BODY
+        self._enter(BODY)
         self._head_bytes = 0
         self.deadline = 0.0
         parser = self._parser
@@ -321,7 +338,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = url
         self._headers = headers
         self._head_size = head_size
-        self._state = BODY
+        self._enter(BODY)
         self._head_bytes = 0
         self.deadline = 0.0
         try:
@@ -371,7 +388,7 @@ class ClientConnection(asyncio.Protocol):
             if request.body is not NO_BODY:  # born complete, and shared
                 request.body.feed_eof()
             self._parsing = None
-        self._state = IDLE
+        self._enter(IDLE)
         if self._waiting is not None:
             self._start_waiting()
 
@@ -408,7 +425,7 @@ class ClientConnection(asyncio.Protocol):
         # kept until answered: without its traceback, whose frames would hold this
         # connection in a cycle for the garbage collector
         err = err.with_traceback(None)
-        self._state = DEAD
+        self._enter(DEAD)
         self._gate.pause("dead")
         request = self._parsing
         self._parsing = None
@@ -441,7 +458,7 @@ class ClientConnection(asyncio.Protocol):
             self._close_lingering()
             return
         if not exchange.reply.keep_alive:
-            self._state = DEAD
+            self._enter(DEAD)
             self._close()
             return
         if self._queue:
@@ -466,7 +483,7 @@ class ClientConnection(asyncio.Protocol):
         half-close, read and drop whatever still arrives for up to ``_LINGER`` seconds,
         then close (earlier, when the client closes first).
         """
-        self._state = LINGER
+        self._enter(LINGER)
         transport = self._transport
         if self._closed or transport.is_closing():
             return

@@ -43,6 +43,16 @@ class ReplyState(IntEnum):
 # CPython 3.11, and the request path makes dozens of them.
 NOT_STARTED, STREAMING, DONE, ABORTED = ReplyState
 
+#: the states a reply may move to from each (by index), the rules ``Reply._enter`` holds it
+#: to: once done or aborted it never sends again, except that an answer withdrawn because
+#: its audit record could not be written starts over (to answer the 503 instead)
+_NEXT = (
+    frozenset((STREAMING, DONE, ABORTED)),     # NOT_STARTED
+    frozenset((DONE, ABORTED, NOT_STARTED)),   # STREAMING
+    frozenset((ABORTED, NOT_STARTED)),         # DONE
+    frozenset((ABORTED, NOT_STARTED)),         # ABORTED
+)
+
 
 _NO_BODY_STATUSES = frozenset((204, 304))
 #: a whole answer with a body up to this size leaves in one piece, joined here: a writev of
@@ -75,6 +85,7 @@ class Reply:
         self._head_only = head_only
         self._http10 = http10
         self.keep_alive = keep_alive
+        #: changed only by ``_enter``
         self.state = NOT_STARTED
         #: something was sent (state is no longer NOT_STARTED): a plain attribute, as it is
         #: read for every piece of an answer
@@ -100,6 +111,12 @@ class Reply:
     def client_is_paused(self) -> bool:
         return self._client_paused
 
+    def _enter(self, state: ReplyState) -> None:
+        """The one place the reply's state changes, along ``_NEXT`` only."""
+        assert state in _NEXT[self.state], f"reply {self.request_id}: {self.state.name} -> {state.name}"
+        self.state = state
+        self.started = state != NOT_STARTED
+
     def _connection_header(self) -> bytes:
         if not self.keep_alive:
             return b"Connection: close\r\n"
@@ -118,8 +135,7 @@ class Reply:
             framing = b"Content-Length: %d\r\n" % length
             if self._head_only:
                 body = ()
-        self.state = DONE
-        self.started = True
+        self._enter(DONE)
         parts = (status_line(status), headers, self._rid_header, framing, self._connection_header(), b"\r\n", *body)
         self._send((b"".join(parts),) if not body or length < _JOIN_BELOW else parts)
         self.bytes_out = length if body else 0
@@ -133,8 +149,7 @@ class Reply:
             framing = b""
         else:
             framing = b"Transfer-Encoding: chunked\r\n"
-        self.state = STREAMING
-        self.started = True
+        self._enter(STREAMING)
         self._send((b"".join((status_line(status), headers, self._rid_header, framing, self._connection_header(),
                               b"\r\n")),))
         if self.held is not None and self._on_stream is not None:
@@ -146,8 +161,7 @@ class Reply:
         it counts them with ``sent`` and calls ``end``. For HEAD nothing follows the head."""
         self.status = status
         self._sized = True
-        self.state = STREAMING
-        self.started = True
+        self._enter(STREAMING)
         self._send((b"".join((status_line(status), headers, self._rid_header, b"Content-Length: %d\r\n" % length,
                               self._connection_header(), b"\r\n")),))
         if self.held is not None and self._on_stream is not None:
@@ -174,7 +188,7 @@ class Reply:
 
     def end(self) -> None:
         if self.state == STREAMING:
-            self.state = DONE
+            self._enter(DONE)
             if not self._http10 and not self._sized:
                 self._send((LAST_CHUNK,))
 
@@ -184,8 +198,7 @@ class Reply:
             if err.close_connection:
                 self.keep_alive = False
             self.status = err.status
-            self.state = DONE
-            self.started = True
+            self._enter(DONE)
             self._send((error_response(err, self.request_id, self.keep_alive, head_only=self._head_only),))
         elif self.state == STREAMING:
             self.abort()
@@ -226,7 +239,7 @@ class Reply:
         What a streamed answer's producer still writes goes nowhere."""
         self.held = None
         self._on_stream = None
-        self.state = NOT_STARTED
+        self._enter(NOT_STARTED)
         self.keep_alive = False
         self.bytes_out = 0
         self.fail(err)
@@ -234,8 +247,7 @@ class Reply:
     def abort(self) -> None:
         """Close the client connection mid-response so the truncation is visible."""
         self.keep_alive = False
-        self.state = ABORTED
-        self.started = True
+        self._enter(ABORTED)
         self._transport.close()
 
     # --- back-pressure from the client socket -------------------------------------------

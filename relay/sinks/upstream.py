@@ -49,6 +49,14 @@ class ConnState(IntEnum):
 # CPython 3.11, and the request path makes dozens of them.
 IDLE, EXCHANGE, CLOSED = ConnState
 
+#: the states a connection may move to from each (by index), as ``_enter`` holds it to:
+#: one exchange at a time, and nothing after closing
+_NEXT = (
+    frozenset((EXCHANGE, CLOSED)),  # IDLE
+    frozenset((IDLE, CLOSED)),      # EXCHANGE
+    frozenset((CLOSED,)),           # CLOSED (closed by relay, then lost)
+)
+
 
 class Claim(IntEnum):
     HELD = 0        # nobody has claimed the answer yet
@@ -67,6 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._timeout = pool.config.timeout
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
+        #: changed only by ``_enter``
         self.state = IDLE
         self.deadline = 0.0
         #: created only for someone who waits for the answer's head (see answer_head)
@@ -84,6 +93,11 @@ class UpstreamConnection(asyncio.Protocol):
         #: served an earlier request: the upstream may have closed it meanwhile
         self.reused = False
         self._reset_answer()
+
+    def _enter(self, state: ConnState) -> None:
+        """The one place the connection's state changes, along ``_NEXT`` only."""
+        assert state in _NEXT[self.state], f"upstream {self._pool.name}: {self.state.name} -> {state.name}"
+        self.state = state
 
     def _reset_answer(self) -> None:
         self._claim = HELD
@@ -103,8 +117,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, parts: list[bytes], head_only: bool, body_sent: bool) -> None:
         """Send a request head and the first piece of its body (``parts``) in one write."""
-        assert self._transport is not None and self.state == IDLE
-        self.state = EXCHANGE
+        assert self._transport is not None
+        self._enter(EXCHANGE)
         self._head_only = head_only
         self._got_bytes = False
         self._head_waiter = None
@@ -171,19 +185,20 @@ class UpstreamConnection(asyncio.Protocol):
         """Pass the answer to ``reply``; ``on_done(None)`` once all of it is passed on, or
         ``on_done(failure)``. The callback runs from this connection's own callbacks (no
         future, no extra turn of the loop) and must be its last word on the exchange."""
-        self._claim = ATTACHED
         self._reply = reply
-        self._claimed(on_done)
+        self._claimed(ATTACHED, on_done)
 
     def discard(self) -> asyncio.Future[None]:
         """Read the answer to its end and drop it."""
         done = self._loop.create_future()
-        self._claim = DISCARDED
         self._pieces = []
-        self._claimed(lambda failure: _settle(done, failure))
+        self._claimed(DISCARDED, lambda failure: _settle(done, failure))
         return done
 
-    def _claimed(self, on_done: Callable[[BaseException | None], None]) -> None:
+    def _claimed(self, claim: Claim, on_done: Callable[[BaseException | None], None]) -> None:
+        """The one place an answer is claimed (each new answer starts HELD), once."""
+        assert self._claim == HELD, f"upstream {self._pool.name}: answer claimed twice"
+        self._claim = claim
         if self._failure is not None:
             self._loop.call_soon(on_done, self._failure)  # it failed before anyone claimed it
             return
@@ -221,7 +236,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         previous = self.state
-        self.state = CLOSED
+        self._enter(CLOSED)
         self._pool.forget(self)
         if previous == EXCHANGE:
             if self._until_close and self._head_seen:
@@ -394,7 +409,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.resume_reading()
             self.deadline = 0.0
         if self.state == EXCHANGE:
-            self.state = IDLE
+            self._enter(IDLE)
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             on_done(None)  # last: it may hand this connection to the next request
@@ -418,7 +433,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         self._reusable = False
         if self.state != CLOSED:
-            self.state = CLOSED
+            self._enter(CLOSED)
             self._pool.forget(self)
         if self._transport is not None:
             self._transport.abort()
