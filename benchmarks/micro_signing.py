@@ -28,7 +28,8 @@ from relay.identity.signing import IdentitySigner
 ALICE = Identity("alice", "idp", ("writers",), ("orders:write",), {}, None, "kid", 0)
 
 
-def _key(activates: float, retires: float | None) -> StoredKey:
+def stored_key(activates: float, retires: float | None) -> StoredKey:
+    """A fresh Ed25519 signing key, active from ``activates`` and retired at ``retires`` (None: not)."""
     key = Ed25519PrivateKey.generate()
     removes = None if retires is None else retires + 3600
     return StoredKey(KeyTimes(public_jwk(key)["kid"], activates - 300, activates, retires, removes), key)
@@ -36,8 +37,8 @@ def _key(activates: float, retires: float | None) -> StoredKey:
 
 def _rings(now: float) -> dict[str, KeyRing]:
     return {
-        "one key": KeyRing((_key(now - 100, None),)),
-        "three keys": KeyRing((_key(now - 1000, now - 100), _key(now - 100, now + 600), _key(now + 600, None))),
+        "one key": KeyRing((stored_key(now - 100, None),)),
+        "three keys": KeyRing((stored_key(now - 1000, now - 100), stored_key(now - 100, now + 600), stored_key(now + 600, None))),
     }
 
 
