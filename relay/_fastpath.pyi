@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from relay.context import ServerContext
 
 __all__ = ["LAST_CHUNK", "ClaimPath", "ClaimRules", "Compact", "HeaderRules", "HeaderScan", "TokenCache",
-           "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "header_value", "identity_block",
-           "parse_compact", "scan_headers", "whole_answer", "whole_request"]
+           "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "identity_block", "parse_compact",
+           "scan_headers", "whole_answer", "whole_request"]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 _Payload = TypeVar("_Payload", bytes, bytearray, memoryview)
@@ -160,10 +160,6 @@ class ClaimRules:
         """``(subject, groups, scopes, jti, exp)`` of a verified payload at ``now``; raises
         relay.errors.Unauthorized with the reason of the first check that fails."""
         ...
-
-def header_value(text: str) -> bytes:
-    """``text`` as a safe header value: itself when plain, else percent-encoded UTF-8."""
-    ...
 
 def identity_block(subject: str, issuer: str, groups: tuple[str, ...]) -> bytes:
     """The ``X-Relay-Subject``, ``X-Relay-Issuer`` and ``X-Relay-Groups`` lines."""

@@ -12,7 +12,7 @@ One included file per fast-path job, each cimporting what it uses:
 4. admission, ``admit_head`` and ``check_request_line``: _fastpath_admission.pxi
 5. token decoding, ``Compact``, ``b64url_decode`` and ``parse_compact``: _fastpath_jose.pxi
 6. whole heads, ``whole_request`` and ``whole_answer``: _fastpath_whole.pxi
-7. a new identity, ``ClaimPath``, ``ClaimRules``, ``header_value`` and ``identity_block``: _fastpath_claims.pxi
+7. a new identity, ``ClaimPath``, ``ClaimRules`` and ``identity_block``: _fastpath_claims.pxi
 
 This file holds what they share: the RFC 9110 character classes and bytes helpers.
 """
@@ -23,8 +23,8 @@ from libc.string cimport memchr, memcmp, memcpy
 from relay.errors import BadRequest
 
 __all__ = ["LAST_CHUNK", "ClaimPath", "ClaimRules", "Compact", "HeaderRules", "HeaderScan", "TokenCache",
-           "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "header_value", "identity_block",
-           "parse_compact", "scan_headers", "whole_answer", "whole_request"]
+           "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "identity_block", "parse_compact",
+           "scan_headers", "whole_answer", "whole_request"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-# 7. A new identity: ClaimPath, ClaimRules, header_value, identity_block. Included by _fastpath.pyx.
+# 7. A new identity: ClaimPath, ClaimRules, identity_block. Included by _fastpath.pyx.
 #
 # The twin, relay/_fastpath_py_claims.py, is the spec, with the order of the checks. Here
 # the payload (the dict orjson made of the token) is read with C dict lookups, the times
@@ -150,11 +150,6 @@ cdef tuple _claim_strings(ClaimPath path, dict claims, bint split):
         else:
             return tuple(<list>value)
     _claims_fail("malformed", f"claim '{path.name}' is not a string or an array of strings")
-
-
-def header_value(str text not None):
-    """``text`` as a safe header value; see the twin."""
-    return _header_value(text)
 
 
 cdef bytes _header_value(str text):

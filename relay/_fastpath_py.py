@@ -24,7 +24,7 @@ Sections (one per fast-path job):
    leave every other to httptools.
 7. a new identity: ``ClaimRules`` checks the claims of a token whose signature verified
    and reads the caller from them (``ClaimPath`` resolves one claim);
-   ``identity_block`` is the identity headers sent downstream (``header_value`` one value).
+   ``identity_block`` is the identity headers sent downstream.
 
 Like the compiled side's one include per job, jobs 1, 3, 4, 5, 6 and 7 have a module each
 (``_fastpath_py_headers``, ``_fastpath_py_chunked``, ``_fastpath_py_admission``,
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from relay._fastpath_py_admission import admit_head, check_request_line
 from relay._fastpath_py_whole import whole_answer, whole_request
 from relay._fastpath_py_chunked import LAST_CHUNK, encode_chunk
-from relay._fastpath_py_claims import ClaimPath, ClaimRules, header_value, identity_block
+from relay._fastpath_py_claims import ClaimPath, ClaimRules, identity_block
 from relay._fastpath_py_headers import HeaderRules, HeaderScan, scan_headers
 from relay._fastpath_py_jose import Compact, b64url_decode, parse_compact
 
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from relay.identity.claims import Identity
 
 __all__ = ["LAST_CHUNK", "ClaimPath", "ClaimRules", "Compact", "HeaderRules", "HeaderScan", "TokenCache",
-           "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "header_value", "identity_block",
-           "parse_compact", "scan_headers", "whole_answer", "whole_request"]
+           "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "identity_block", "parse_compact",
+           "scan_headers", "whole_answer", "whole_request"]
 
 # ---------------------------------------------------------------------------------------
 # 2. Verified-token cache

@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 from relay.errors import Unauthorized
 
-__all__ = ["ClaimPath", "ClaimRules", "header_value", "identity_block"]
+__all__ = ["ClaimPath", "ClaimRules", "identity_block"]
 
 #: |exp| is held to this: the seconds a double holds exactly, later than any clock reads
 MAX_EXP = 2**53
@@ -130,7 +130,7 @@ _PLAIN = re.compile(r"[!-$&-+\--~]+(?: [!-$&-+\--~]+)*")
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")
 
 
-def header_value(text: str) -> bytes:
+def _header_value(text: str) -> bytes:
     """``text`` as a safe header value: itself when plain, else percent-encoded UTF-8."""
     if _PLAIN.fullmatch(text):
         return text.encode("ascii")
@@ -140,7 +140,7 @@ def header_value(text: str) -> bytes:
 def identity_block(subject: str, issuer: str, groups: tuple[str, ...]) -> bytes:
     """The ``X-Relay-Subject``, ``X-Relay-Issuer`` and ``X-Relay-Groups`` (comma-joined) lines."""
     return b"".join((
-        b"X-Relay-Subject: ", header_value(subject), b"\r\n",
-        b"X-Relay-Issuer: ", header_value(issuer), b"\r\n",
-        b"X-Relay-Groups: ", b",".join(header_value(g) for g in groups), b"\r\n",
+        b"X-Relay-Subject: ", _header_value(subject), b"\r\n",
+        b"X-Relay-Issuer: ", _header_value(issuer), b"\r\n",
+        b"X-Relay-Groups: ", b",".join(_header_value(g) for g in groups), b"\r\n",
     ))  # fmt: skip

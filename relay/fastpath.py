@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from relay import _fastpath_py
 
 __all__ = ["COMPILED", "WHOLE_HEADS", "LAST_CHUNK", "ClaimPath", "ClaimRules", "Compact", "HeaderRules", "HeaderScan",
-           "TokenCache", "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "header_value",
-           "identity_block", "parse_compact", "scan_headers", "whole_answer", "whole_request"]
+           "TokenCache", "admit_head", "b64url_decode", "check_request_line", "encode_chunk", "identity_block",
+           "parse_compact", "scan_headers", "whole_answer", "whole_request"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ WHOLE_HEADS: bool = COMPILED
 if TYPE_CHECKING:
     # Both implementations share one API; type-check callers against the compiled stub.
     from relay._fastpath import (LAST_CHUNK, ClaimPath, ClaimRules, Compact, HeaderRules, HeaderScan, TokenCache,
-                                 admit_head, b64url_decode, check_request_line, encode_chunk, header_value,
-                                 identity_block, parse_compact, scan_headers, whole_answer, whole_request)
+                                 admit_head, b64url_decode, check_request_line, encode_chunk, identity_block,
+                                 parse_compact, scan_headers, whole_answer, whole_request)
 else:
     # 1. header scanning
     HeaderRules = _impl.HeaderRules
@@ -69,5 +69,4 @@ else:
     # 7. a new identity
     ClaimPath = _impl.ClaimPath
     ClaimRules = _impl.ClaimRules
-    header_value = _impl.header_value
     identity_block = _impl.identity_block

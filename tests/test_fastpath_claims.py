@@ -1,4 +1,4 @@
-"""ClaimRules, ClaimPath, header_value and identity_block: the claims of a verified token and
+"""ClaimRules, ClaimPath and identity_block: the claims of a verified token and
 the identity headers they become, on both implementations, and the compiled held to the twin."""
 
 from __future__ import annotations
@@ -146,7 +146,9 @@ def test_paths_prefer_the_whole_name_then_walk_objects(impl: ModuleType) -> None
     ("del\x7f", b"del%7F"),
 ])  # fmt: skip
 def test_header_values_are_safe_and_reversible(impl: ModuleType, text: str, sent: bytes) -> None:
-    assert impl.header_value(text) == sent
+    block = impl.identity_block(text, "idp", (text,))
+    assert block.startswith(b"X-Relay-Subject: " + sent + b"\r\n") and block.endswith(b"X-Relay-Groups: " + sent + b"\r\n")
+    assert unquote(sent.decode("ascii")) == text
 
 
 def test_the_identity_block(impl: ModuleType) -> None:

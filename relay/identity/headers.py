@@ -10,7 +10,7 @@ not plain printable ASCII, or holds ``%`` or ``,`` (the groups separator), is se
 percent-encoded UTF-8 (RFC 3986 §2.1): a CR, LF or NUL can never reach the header
 block, and a receiver that percent-decodes every value reads the original text. The
 plain block is built on the first request of each identity, so on the path of every
-token nobody has seen: ``identity_block`` and ``header_value`` are a fast-path job
+token nobody has seen: ``identity_block`` is a fast-path job
 (spec in ``relay/_fastpath_py_claims.py``).
 """
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import time
 
-from relay.fastpath import header_value, identity_block
+from relay.fastpath import identity_block
 from relay.identity.claims import Identity
 from relay.identity.signing import IdentitySigner
 
-__all__ = ["header_value", "identity_headers"]
+__all__ = ["identity_headers"]
 
 
 def identity_headers(identity: Identity, flow_name: str, signer: IdentitySigner | None) -> bytes:
