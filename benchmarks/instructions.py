@@ -170,10 +170,10 @@ def measure(ctx: Context, tree: Path, requests: int, token: str, unseen: Iterato
     relayd = Proc("relayd", argv, ctx.path("relayd.log"), cpus=None, env=_tree_env(tree), cwd=tree)
     try:
         relayd.wait_ready([("127.0.0.1", port), sock], timeout=300)
-        return _under_callgrind(ctx.workdir, relayd, [("keep-alive (TCP)", _keep_alive(port, token)),
-                                                      ("a connection per request (Unix)", _per_connection(sock, token)),
-                                                      ("a token not seen, keep-alive", _keep_alive_unseen(port, unseen))],
-                                requests, _WARM_UP)
+        ways = [("keep-alive (TCP)", _keep_alive(port, token)),
+                ("a connection per request (Unix)", _per_connection(sock, token)),
+                ("a token not seen, keep-alive", _keep_alive_unseen(port, unseen))]
+        return _under_callgrind(ctx.workdir, relayd, ways, requests, _WARM_UP)
     finally:
         relayd.stop(60)
 

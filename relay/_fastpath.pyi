@@ -156,7 +156,8 @@ class ClaimRules:
 
     def __init__(self, audiences: Iterable[str], leeway: float, *, audience: str, subject: str, groups: str,
                  scopes: str) -> None: ...
-    def check(self, payload: dict[str, Any], now: float) -> tuple[str, tuple[str, ...], tuple[str, ...], str | None, int]:
+    def check(self, payload: dict[str, Any],
+              now: float) -> tuple[str, tuple[str, ...], tuple[str, ...], str | None, int]:
         """``(subject, groups, scopes, jti, exp)`` of a verified payload at ``now``; raises
         relay.errors.Unauthorized with the reason of the first check that fails."""
         ...

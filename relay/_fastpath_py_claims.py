@@ -38,6 +38,8 @@ __all__ = ["ClaimPath", "ClaimRules", "identity_block"]
 
 #: |exp| is held to this: the seconds a double holds exactly, later than any clock reads
 MAX_EXP = 2**53
+#: what ClaimRules.check reads of a verified payload: subject, groups, scopes, jti, exp
+Caller = tuple[str, tuple[str, ...], tuple[str, ...], str | None, int]
 
 
 def _fail(reason: str, detail: str) -> NoReturn:
@@ -80,10 +82,10 @@ class ClaimRules:
         self._groups = ClaimPath(groups)
         self._scopes = ClaimPath(scopes)
 
-    def check(self, payload: dict[str, Any], now: float) -> tuple[str, tuple[str, ...], tuple[str, ...], str | None, int]:
+    def check(self, payload: dict[str, Any], now: float) -> Caller:
         """The caller ``payload`` speaks for at ``now``: subject, groups, scopes, jti (None
-        unless a string) and exp (held to ±``MAX_EXP``). Raises Unauthorized with the reason of the first check
-        that fails (see the module's text)."""
+        unless a string) and exp (held to ±``MAX_EXP``). Raises Unauthorized with the
+        reason of the first check that fails (see the module's text)."""
         exp = payload.get("exp")
         if type(exp) is not int:  # not bool, float or a numeric string: integers only
             _fail("malformed", "'exp' is missing or not an integer")

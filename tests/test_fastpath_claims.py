@@ -124,7 +124,8 @@ def test_paths_prefer_the_whole_name_then_walk_objects(impl: ModuleType) -> None
         assert impl.ClaimPath("a.b.c").find({"a": {"b": 3}}) is None
         assert impl.ClaimPath("n").find(mapping) is None
     payload = {**BASE, "realm_access": {"roles": ["ops", "dev"]}, "user": {"id": "u-7"}}
-    assert rules(impl, groups="realm_access.roles", subject="user.id").check(payload, NOW)[:2] == ("u-7", ("ops", "dev"))
+    nested = rules(impl, groups="realm_access.roles", subject="user.id")
+    assert nested.check(payload, NOW)[:2] == ("u-7", ("ops", "dev"))
 
 
 # -- identity headers ----------------------------------------------------------------------
@@ -147,7 +148,8 @@ def test_paths_prefer_the_whole_name_then_walk_objects(impl: ModuleType) -> None
 ])  # fmt: skip
 def test_header_values_are_safe_and_reversible(impl: ModuleType, text: str, sent: bytes) -> None:
     block = impl.identity_block(text, "idp", (text,))
-    assert block.startswith(b"X-Relay-Subject: " + sent + b"\r\n") and block.endswith(b"X-Relay-Groups: " + sent + b"\r\n")
+    assert block.startswith(b"X-Relay-Subject: " + sent + b"\r\n")
+    assert block.endswith(b"X-Relay-Groups: " + sent + b"\r\n")
     assert unquote(sent.decode("ascii")) == text
 
 
